@@ -1,0 +1,102 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# Shared settings and helpers for the project's scripts.
+#
+# Everything downloaded or built lives in $BALLOON_CACHE (outside the
+# checkout), keyed so that several kernel versions and configurations can
+# coexist and a rerun with the same inputs does nothing.
+#
+# Parameters (environment):
+#   KVER            kernel version to build against (default 7.3); the source
+#                   comes from Debian's linux-source-$KVER package.
+#   LLVM_VERSION    versioned clang/lld/llvm suffix (default 19).
+#   BALLOON_CACHE   cache root (default ${XDG_CACHE_HOME:-~/.cache}/virtio-balloon-rs).
+#   DEBIAN_MIRROR   Debian mirror (default: taken from the system's apt sources).
+#   DEBIAN_SUITES   suites searched for linux-source/rust-src
+#                   (default "trixie trixie-backports").
+#   JOBS            parallel make jobs (default: nproc).
+
+set -euo pipefail
+
+PROJECT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+KVER=${KVER:-7.3}
+LLVM_VERSION=${LLVM_VERSION:-19}
+LLVM_SUFFIX=-$LLVM_VERSION
+BALLOON_CACHE=${BALLOON_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/virtio-balloon-rs}
+DEBIAN_SUITES=${DEBIAN_SUITES:-trixie trixie-backports}
+JOBS=${JOBS:-$(nproc)}
+# Tools installed by setup (bindgen) live here, not in ~/.cargo.
+TOOLS_DIR=$BALLOON_CACHE/tools
+export PATH="$TOOLS_DIR/bin:$PATH"
+
+# bindgen-cli version installed by setup; the kernel's own minimum is checked
+# separately against scripts/min-tool-version.sh.
+BINDGEN_VERSION=${BINDGEN_VERSION:-0.73.2}
+
+# Debian packages the build and the tests need, from the system's own suite.
+APT_PACKAGES=(
+	"clang$LLVM_SUFFIX" "lld$LLVM_SUFFIX" "llvm$LLVM_SUFFIX" "libclang$LLVM_SUFFIX-dev"
+	qemu-system-x86 busybox-static
+	make gcc flex bison bc libelf-dev libssl-dev cpio xz-utils python3 kmod
+	debian-archive-keyring ca-certificates
+	# Host plotting for `make bench` (plotters' TrueType text).
+	libfontconfig-dev fonts-dejavu-core
+)
+
+msg() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+warn() { printf '\033[1;33mwarning:\033[0m %s\n' "$*" >&2; }
+die() {
+	printf '\033[1;31merror:\033[0m %s\n' "$1" >&2
+	shift
+	for line in "$@"; do printf '       %s\n' "$line" >&2; done
+	exit 1
+}
+
+# need_cmd CMD HINT: fail with a clear message when CMD is not on PATH.
+need_cmd() {
+	command -v "$1" >/dev/null 2>&1 || die "required tool '$1' not found" "$2"
+}
+
+sha12() { sha256sum | cut -c1-12; }
+
+rustc_version() { rustc --version | awk '{print $2}'; }
+
+# Kconfig fragments that apply to $KVER: the common one and the one for its
+# major version (Kconfig names differ between 6.x and 7.x).
+config_fragments() {
+	local major=${KVER%%.*}
+	echo "$PROJECT_DIR/scripts/kconfig/common.config"
+	if [[ -f "$PROJECT_DIR/scripts/kconfig/linux-$major.config" ]]; then
+		echo "$PROJECT_DIR/scripts/kconfig/linux-$major.config"
+	fi
+}
+
+# Directory the kernel source package for $KVER is unpacked to; its
+# .pkgversion records the exact Debian version.
+kernel_src_dir() { echo "$BALLOON_CACHE/src/linux-source-$KVER"; }
+
+# The build key: kernel package version + config fragments + toolchain.
+# Prints nothing if the source has not been fetched yet.
+build_key() {
+	local src
+	src=$(kernel_src_dir)
+	[[ -f "$src/.pkgversion" ]] || return 0
+	{
+		cat "$src/.pkgversion"
+		config_fragments | xargs cat
+		rustc --version
+		"clang$LLVM_SUFFIX" --version 2>/dev/null | head -1 || true
+		echo "bindgen $BINDGEN_VERSION"
+	} | sha12
+}
+
+# The kernel build (O=) directory for the current key.
+kernel_build_dir() {
+	local key
+	key=$(build_key)
+	[[ -n "$key" ]] || return 0
+	echo "$BALLOON_CACHE/build/linux-$KVER-$key"
+}
+
+# Make arguments shared by every kernel-tree make invocation.
+kmake_args() { echo "LLVM=$LLVM_SUFFIX"; }

@@ -1,0 +1,290 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Sets up everything the module build and the QEMU tests need, from scratch:
+#
+#   1. apt packages (clang/lld/llvm, libclang, QEMU, busybox-static, ...)
+#   2. bindgen-cli (cargo install, into the cache)
+#   3. the kernel source (Debian linux-source-$KVER through a private apt
+#      state directory; the system's apt sources are never edited)
+#   4. Rust library sources matching the installed rustc exactly
+#   5. a guest kernel configured from scripts/kconfig/*.config, verified
+#   6. bzImage + vmlinux + modules, built once per key
+#
+# Each step is skipped when its result is already in the cache, so a second
+# run is a no-op.  Usage: scripts/setup.sh [step...]  (default: all steps)
+
+source "$(dirname "$0")/lib.sh"
+
+APT_STATE=$BALLOON_CACHE/apt
+
+# --------------------------------------------------------------------------
+# 1. apt packages
+# --------------------------------------------------------------------------
+step_packages() {
+	command -v dpkg-query >/dev/null ||
+		die "this setup needs a Debian-based host (dpkg/apt not found)" \
+			"Install the equivalent of: ${APT_PACKAGES[*]}"
+	local missing=()
+	for p in "${APT_PACKAGES[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+			missing+=("$p")
+	done
+	if ((${#missing[@]} == 0)); then
+		msg "apt packages: all present"
+		return
+	fi
+	msg "apt packages: installing ${missing[*]}"
+	local sudo=()
+	if ((EUID != 0)); then
+		command -v sudo >/dev/null || die "installing packages needs root" \
+			"Run as root, or install: ${missing[*]}"
+		sudo=(sudo)
+	fi
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q ||
+		die "apt-get update failed" "Check the system's apt sources and network access."
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -q --no-install-recommends "${missing[@]}" ||
+		die "apt-get install failed for: ${missing[*]}"
+}
+
+# --------------------------------------------------------------------------
+# 2. bindgen
+# --------------------------------------------------------------------------
+step_bindgen() {
+	local have=""
+	if command -v bindgen >/dev/null; then
+		have=$(bindgen --version | awk '{print $2}')
+	fi
+	if [[ "$have" == "$BINDGEN_VERSION" ]]; then
+		msg "bindgen $have: present ($(command -v bindgen))"
+		return
+	fi
+	need_cmd cargo "Install Rust with rustup (https://rustup.rs) first."
+	msg "bindgen: installing bindgen-cli $BINDGEN_VERSION into $TOOLS_DIR"
+	LIBCLANG_PATH=$("llvm-config$LLVM_SUFFIX" --libdir) \
+		cargo install --locked --root "$TOOLS_DIR" bindgen-cli --version "$BINDGEN_VERSION" ||
+		die "cargo install bindgen-cli $BINDGEN_VERSION failed" \
+			"Check access to crates.io and that libclang$LLVM_SUFFIX-dev is installed."
+}
+
+# --------------------------------------------------------------------------
+# 3./4. Debian packages from other suites, through a private apt state
+# --------------------------------------------------------------------------
+debian_mirror() {
+	if [[ -n "${DEBIAN_MIRROR:-}" ]]; then
+		echo "$DEBIAN_MIRROR"
+		return
+	fi
+	local uri
+	uri=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+		/etc/apt/sources.list.d/*.sources 2>/dev/null |
+		grep -oE 'https?://[^ ]*/debian/?( |$)' | grep -v security | head -1 | tr -d ' ')
+	echo "${uri:-http://deb.debian.org/debian}"
+}
+
+apt_private() {
+	local cmd=$1
+	shift
+	"$cmd" -o Dir::Etc::sourcelist="$APT_STATE/sources.list" \
+		-o Dir::Etc::sourceparts=- \
+		-o Dir::State::Lists="$APT_STATE/lists" \
+		-o Dir::State::status=/dev/null \
+		-o Dir::Cache="$APT_STATE/cache" \
+		-o APT::Architectures=amd64 \
+		-o APT::Sandbox::User="$(id -un)" \
+		-o Acquire::Languages=none \
+		-o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false \
+		-o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false \
+		-o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false \
+		-o Acquire::IndexTargets::deb::CNF::DefaultEnabled=false \
+		"$@"
+}
+
+APT_UPDATED=0
+apt_private_update() {
+	((APT_UPDATED)) && return
+	local mirror
+	mirror=$(debian_mirror)
+	mkdir -p "$APT_STATE/lists/partial" "$APT_STATE/cache/archives/partial"
+	: >"$APT_STATE/sources.list"
+	for suite in $DEBIAN_SUITES; do
+		echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main" \
+			>>"$APT_STATE/sources.list"
+	done
+	msg "private apt state: updating ($DEBIAN_SUITES from $mirror)"
+	apt_private apt-get -q update >"$APT_STATE/update.log" 2>&1 ||
+		die "apt-get update with the private state in $APT_STATE failed" \
+			"See $APT_STATE/update.log; set DEBIAN_MIRROR if the mirror is wrong."
+	APT_UPDATED=1
+}
+
+# apt_private_download PKG[=VER] DIR: download one .deb into DIR, print its path.
+apt_private_download() {
+	local spec=$1 dir=$2
+	mkdir -p "$dir"
+	(cd "$dir" && apt_private apt-get -q download "$spec" >/dev/null) ||
+		die "could not download $spec from $DEBIAN_SUITES" \
+			"Available versions: $(apt_private apt-cache madison "${spec%%=*}" | awk -F'|' '{print $2}' | xargs)" \
+			"Set KVER / DEBIAN_SUITES to a kernel Debian ships, or KDIR to your own build."
+	ls -t "$dir"/"${spec%%=*}"_*.deb | head -1
+}
+
+step_kernel_source() {
+	local src
+	src=$(kernel_src_dir)
+	if [[ -f "$src/.pkgversion" && -f "$src/Makefile" ]]; then
+		msg "kernel source: linux-source-$KVER $(cat "$src/.pkgversion") present"
+		return
+	fi
+	apt_private_update
+	local tmp deb
+	tmp=$(mktemp -d "$BALLOON_CACHE/src.XXXXXX")
+	deb=$(apt_private_download "linux-source-$KVER" "$tmp")
+	local version
+	version=$(dpkg-deb -f "$deb" Version)
+	msg "kernel source: unpacking linux-source-$KVER $version"
+	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" --wildcards './usr/src/linux-source-*.tar.*'
+	local tarball
+	tarball=$(ls "$tmp"/usr/src/linux-source-"$KVER".tar.*)
+	tar -x -C "$tmp" -f "$tarball"
+	[[ -f "$tmp/linux-source-$KVER/Makefile" ]] || die "unexpected layout in $deb"
+	echo "$version" >"$tmp/linux-source-$KVER/.pkgversion"
+	rm -rf "$src"
+	mkdir -p "$(dirname "$src")"
+	mv "$tmp/linux-source-$KVER" "$src"
+	rm -rf "$tmp"
+}
+
+# Prints the Rust library source directory matching the active rustc.
+rust_lib_src() {
+	local ver sysroot
+	ver=$(rustc_version)
+	sysroot=$(rustc --print sysroot)
+	if [[ -f "$sysroot/lib/rustlib/src/rust/library/core/src/lib.rs" ]]; then
+		echo "$sysroot/lib/rustlib/src/rust/library"
+		return
+	fi
+	local dir=$BALLOON_CACHE/rust-src/$ver
+	if [[ -f "$dir/library/core/src/lib.rs" ]]; then
+		echo "$dir/library"
+	fi
+}
+
+step_rust_src() {
+	local ver lib
+	ver=$(rustc_version)
+	lib=$(rust_lib_src)
+	if [[ -n "$lib" ]]; then
+		msg "rust library sources for rustc $ver: $lib"
+		return
+	fi
+	apt_private_update
+	# Debian versions look like 1.95.0+dfsg1-2~bpo13+1: the upstream part
+	# must equal rustc's own version exactly.
+	local debver
+	debver=$(apt_private apt-cache madison rust-src | awk -F'|' '{gsub(/ /,"",$2); print $2}' |
+		grep -E "^${ver//./\\.}[+-]" | head -1 || true)
+	if [[ -z "$debver" ]]; then
+		die "no Rust library sources match rustc $ver" \
+			"The kernel's Rust build needs core/alloc sources of exactly the rustc version." \
+			"Debian rust-src versions in $DEBIAN_SUITES: $(apt_private apt-cache madison rust-src | awk -F'|' '{print $2}' | xargs)" \
+			"Fix: 'rustup component add rust-src', or 'rustup default <one of those versions>'."
+	fi
+	local tmp deb
+	tmp=$(mktemp -d "$BALLOON_CACHE/rust-src.XXXXXX")
+	deb=$(apt_private_download "rust-src=$debver" "$tmp")
+	msg "rust library sources: unpacking Debian rust-src $debver"
+	dpkg-deb -x "$deb" "$tmp/root"
+	local libdir
+	libdir=$(ls -d "$tmp"/root/usr/src/rustc-*/library | head -1)
+	[[ -f "$libdir/core/src/lib.rs" ]] || die "unexpected layout in $deb"
+	rm -rf "$BALLOON_CACHE/rust-src/$ver"
+	mkdir -p "$BALLOON_CACHE/rust-src/$ver"
+	mv "$libdir" "$BALLOON_CACHE/rust-src/$ver/library"
+	echo "$debver" >"$BALLOON_CACHE/rust-src/$ver/.debversion"
+	rm -rf "$tmp"
+}
+
+# --------------------------------------------------------------------------
+# 5./6. configure and build the guest kernel
+# --------------------------------------------------------------------------
+kmake() {
+	RUST_LIB_SRC="$RUST_LIB_SRC" make -s -C "$(kernel_src_dir)" O="$KOUT" "$(kmake_args)" RUST_LIB_SRC="$RUST_LIB_SRC" "$@"
+}
+
+# Checks that every option of the fragments has the requested value in .config.
+verify_config() {
+	local config=$1 bad=()
+	while IFS= read -r line; do
+		case "$line" in
+		CONFIG_*=*)
+			grep -qxF "$line" "$config" || bad+=("$line (got: $(grep -E "^(# )?${line%%=*}[= ]" "$config" || echo 'absent'))")
+			;;
+		"# CONFIG_"*" is not set")
+			local opt=${line#\# }
+			opt=${opt%% *}
+			if grep -qE "^$opt=" "$config"; then bad+=("$line (got: $(grep -E "^$opt=" "$config"))"); fi
+			;;
+		esac
+	done < <(config_fragments | xargs cat)
+	if ((${#bad[@]})); then
+		die "the guest kernel configuration in $config lacks required options:" "${bad[@]}" \
+			"Kconfig drops options whose dependencies are unmet or whose names changed;" \
+			"fix scripts/kconfig/*.config for linux $KVER."
+	fi
+}
+
+step_kernel() {
+	KOUT=$(kernel_build_dir)
+	[[ -n "$KOUT" ]] || die "kernel source for $KVER not fetched; run: make setup"
+	local key stamp=$KOUT/.balloon-built
+	key=$(build_key)
+	if [[ -f "$stamp" && "$(cat "$stamp")" == "$key" ]]; then
+		msg "guest kernel: $KOUT is built"
+		return
+	fi
+	RUST_LIB_SRC=$(rust_lib_src)
+	[[ -n "$RUST_LIB_SRC" ]] || die "Rust library sources missing; run: scripts/setup.sh rust_src"
+	need_cmd "clang$LLVM_SUFFIX" "apt-get install clang$LLVM_SUFFIX (or set LLVM_VERSION)"
+	need_cmd "ld.lld$LLVM_SUFFIX" "apt-get install lld$LLVM_SUFFIX"
+	need_cmd bindgen "run: scripts/setup.sh bindgen"
+	export LIBCLANG_PATH
+	LIBCLANG_PATH=$("llvm-config$LLVM_SUFFIX" --libdir)
+	mkdir -p "$KOUT"
+
+	msg "guest kernel: checking the Rust toolchain (make rustavailable)"
+	kmake rustavailable ||
+		die "the kernel rejects this Rust toolchain (make rustavailable failed, see above)" \
+			"rustc $(rustc_version), bindgen $(bindgen --version | awk '{print $2}'), RUST_LIB_SRC=$RUST_LIB_SRC"
+
+	msg "guest kernel: configuring (tinyconfig + $(config_fragments | xargs -n1 basename | xargs))"
+	kmake tinyconfig >/dev/null
+	# shellcheck disable=SC2046
+	"$(kernel_src_dir)/scripts/kconfig/merge_config.sh" -m -O "$KOUT" "$KOUT/.config" \
+		$(config_fragments) >"$KOUT/merge_config.log"
+	kmake olddefconfig
+	verify_config "$KOUT/.config"
+	grep -qx CONFIG_RUST=y "$KOUT/.config" || die "CONFIG_RUST did not stick"
+
+	msg "guest kernel: building with $JOBS jobs in $KOUT (several minutes)"
+	local t0=$SECONDS
+	kmake -j"$JOBS" bzImage vmlinux modules ||
+		die "the kernel build failed (see above); build dir: $KOUT"
+	msg "guest kernel: built in $((SECONDS - t0)) s"
+	[[ -x "$KOUT/usr/gen_init_cpio" ]] || kmake usr/gen_init_cpio
+	echo "$key" >"$stamp"
+}
+
+# --------------------------------------------------------------------------
+ALL_STEPS=(packages bindgen kernel_source rust_src kernel)
+mkdir -p "$BALLOON_CACHE"
+steps=("$@")
+((${#steps[@]})) || steps=("${ALL_STEPS[@]}")
+for s in "${steps[@]}"; do
+	declare -F "step_$s" >/dev/null || die "unknown setup step '$s'" "steps: ${ALL_STEPS[*]}"
+	"step_$s"
+done
+if [[ " ${steps[*]} " == *" kernel "* ]]; then
+	msg "setup done: KDIR=$(kernel_build_dir)"
+fi
