@@ -1,0 +1,81 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# virtio_balloon_rs: a virtio memory balloon driver in Rust-for-Linux.
+#
+#   make setup      install tools, fetch and build the guest kernel (cached)
+#   make            build virtio_balloon_rs.ko against $(KDIR)
+#   make test       host unit tests + QEMU tests (C baseline and ours)
+#   make run        boot a guest with the driver and a serial shell
+#   make bench      C vs Rust inflate/deflate benchmark
+#
+# Parameters: KVER (default 7.3), KDIR (default: the kernel `make setup`
+# built for KVER), LLVM_VERSION (default 19), CLIPPY=1, ACCEL=tcg|kvm|auto.
+
+KVER ?= 7.3
+LLVM_VERSION ?= 19
+BALLOON_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/virtio-balloon-rs
+export KVER LLVM_VERSION BALLOON_CACHE
+# bindgen installed by `make setup` lives in the cache.
+export PATH := $(BALLOON_CACHE)/tools/bin:$(PATH)
+
+ifeq ($(origin KDIR),undefined)
+KDIR := $(shell KVER=$(KVER) LLVM_VERSION=$(LLVM_VERSION) scripts/kdir.sh 2>/dev/null)
+endif
+export KDIR
+
+# Per-checkout build products (initramfs, logs); gitignored.
+BUILD_DIR := $(CURDIR)/build
+INITRAMFS := $(BUILD_DIR)/initramfs-$(KVER).cpio
+MODULE    := virtio_balloon_rs.ko
+C_MODULE  := $(KDIR)/drivers/virtio/virtio_balloon.ko
+
+KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=-$(LLVM_VERSION)
+
+.PHONY: all modules setup check-kdir clean initramfs test unit-test qemu-test \
+	run bench fmt clippy
+
+all: modules
+
+setup:
+	scripts/setup.sh
+
+check-kdir:
+	@scripts/check-kdir.sh "$(KDIR)"
+
+modules: check-kdir
+	$(KMAKE) modules
+
+clippy: check-kdir
+	$(KMAKE) CLIPPY=1 modules
+
+# Kernel rustfmt settings (the kernel tree's .rustfmt.toml) on every Rust
+# source of the module and the host crates.
+fmt: check-kdir
+	rustfmt --config-path $(KDIR)/source/.rustfmt.toml --edition 2021 \
+		$(shell find src -name '*.rs' ! -name '*generated*')
+	cargo fmt --all
+
+initramfs: modules
+	scripts/mkinitramfs.sh "$(KDIR)" "$(INITRAMFS)" "$(CURDIR)/$(MODULE)"
+
+unit-test:
+	cargo test --locked -p virtio-balloon-logic
+
+qemu-test: initramfs
+	BALLOON_KDIR="$(KDIR)" BALLOON_INITRAMFS="$(INITRAMFS)" \
+	BALLOON_LOG_DIR="$(BUILD_DIR)/logs" \
+		cargo test --locked --release -p qemu-test -- --test-threads=$${QEMU_TEST_THREADS:-2}
+
+test: unit-test qemu-test
+
+run: initramfs
+	BALLOON_KDIR="$(KDIR)" BALLOON_INITRAMFS="$(INITRAMFS)" scripts/run.sh
+
+bench: initramfs
+	BALLOON_KDIR="$(KDIR)" BALLOON_INITRAMFS="$(INITRAMFS)" \
+	BALLOON_LOG_DIR="$(BUILD_DIR)/logs" \
+		cargo run --locked --release -p qemu-test --bin bench -- $(BENCH_ARGS)
+
+clean:
+	-[ -n "$(KDIR)" ] && [ -d "$(KDIR)" ] && $(KMAKE) clean
+	rm -rf $(BUILD_DIR) src/bindings/bindings_generated.rs src/bindings/wrappers.c
