@@ -1,23 +1,30 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Virtio memory balloon driver.
+//! Virtio memory balloon driver, in Rust.
+//!
+//! The crate is laid out like a small subsystem plus a driver:
+//!
+//! - [`bindings`]: bindgen output for the C APIs `kernel::bindings` lacks,
+//!   generated at build time;
+//! - [`virtio`]: a safe abstraction of the virtio driver API;
+//! - [`kext`]: safe abstractions of other kernel APIs the driver needs;
+//! - [`logic`]: kernel-independent logic, unit-tested on the host;
+//! - [`balloon`]: the driver, in safe Rust only.
 
-use kernel::prelude::*;
-
+mod balloon;
 mod bindings;
+mod kext;
+#[path = "logic/lib.rs"]
+mod logic;
+// Written as a reusable bus abstraction: its `pub` items are its API, not
+// all of which this one driver uses.
+#[allow(unreachable_pub, dead_code)]
+mod virtio;
 
-module! {
-    type: VirtioBalloonModule,
+module_virtio_driver! {
+    type: balloon::VirtioBalloon,
     name: "virtio_balloon_rs",
     authors: ["virtio_balloon_rs developers"],
     description: "Virtio memory balloon driver (Rust)",
     license: "GPL",
-}
-
-struct VirtioBalloonModule;
-
-impl kernel::Module for VirtioBalloonModule {
-    fn init(_module: &'static ThisModule) -> Result<Self> {
-        Ok(Self)
-    }
 }

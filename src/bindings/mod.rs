@@ -28,3 +28,26 @@ use pin_init::MaybeZeroable;
 use kernel::bindings::*;
 
 include!("bindings_generated.rs");
+
+/// The virtio balloon device ABI (`include/uapi/linux/virtio_balloon.h` and
+/// the generic virtio feature bits it relies on): constants and the
+/// configuration layout, which the driver may use directly.
+pub(crate) mod uapi {
+    pub(crate) use super::{
+        virtio_balloon_config,
+        VIRTIO_BALLOON_CMD_ID_DONE,
+        VIRTIO_BALLOON_CMD_ID_STOP,
+        VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
+        VIRTIO_BALLOON_F_FREE_PAGE_HINT,
+        VIRTIO_BALLOON_F_MUST_TELL_HOST,
+        VIRTIO_BALLOON_F_PAGE_POISON,
+        VIRTIO_BALLOON_F_REPORTING,
+        VIRTIO_BALLOON_F_STATS_VQ,
+        VIRTIO_BALLOON_PFN_SHIFT,
+        VIRTIO_BALLOON_S_NR,
+        VIRTIO_F_ACCESS_PLATFORM,
+        VIRTIO_F_VERSION_1,
+        VIRTIO_ID_BALLOON,
+        VIRTIO_RING_F_INDIRECT_DESC, //
+    };
+}

@@ -3,9 +3,18 @@
 //! Kernel-independent logic of the balloon driver.
 //!
 //! Everything here uses `core` only, so the same files are compiled into the
-//! kernel module (as `crate::logic`) and into a host crate whose `cargo test`
-//! runs their unit tests.
+//! kernel module (as `crate::logic`) and into a host crate
+//! (`virtio-balloon-logic`) whose `cargo test` runs their unit tests.
+//! Values that come from the host (the target, stats requests, command ids)
+//! are checked and clamped here.
 #![cfg_attr(not(MODULE), no_std)]
+// In the module these items are crate-internal, and some serve only the
+// host tests or features the kernel configuration leaves out.
+#![cfg_attr(MODULE, allow(unreachable_pub, dead_code))]
 
 #[cfg(test)]
 extern crate std;
+
+pub mod pfn;
+pub mod stats;
+pub mod target;

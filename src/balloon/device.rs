@@ -1,0 +1,377 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The state of one balloon device (C's `struct virtio_balloon`), probe,
+//! the size-update work (`update_balloon_size_func()`), and removal.
+
+use super::wakeup::{
+    Wakeup,
+    WakeupSignal, //
+};
+use crate::{
+    bindings::uapi,
+    impl_has_balloon_dev_info,
+    kext::{
+        self,
+        balloon::{
+            BalloonDevInfo,
+            BalloonPage, //
+        },
+    },
+    logic::{
+        pfn::{
+            pages_per_page,
+            Endian,
+            PfnArray,
+            PFNS_PER_BUFFER, //
+        },
+        stats::StatsArray,
+        target::{
+            Step,
+            Target, //
+        },
+    },
+    virtio::{
+        self,
+        VqInfo, //
+    },
+};
+use core::mem::offset_of;
+use kernel::{
+    device::{
+        Bound,
+        Core, //
+    },
+    new_mutex,
+    new_spinlock_irq,
+    prelude::*,
+    sync::{
+        atomic::{
+            Atomic,
+            Relaxed, //
+        },
+        Arc,
+        Mutex,
+        SpinLockIrq, //
+    },
+    workqueue::{
+        self,
+        impl_has_work,
+        new_work,
+        Work,
+        WorkItem, //
+    },
+};
+
+/// Offset of `num_pages` (the host's target) in the configuration space.
+pub(super) const CONFIG_NUM_PAGES: usize = offset_of!(uapi::virtio_balloon_config, num_pages);
+/// Offset of `actual` (the balloon's size) in the configuration space.
+pub(super) const CONFIG_ACTUAL: usize = offset_of!(uapi::virtio_balloon_config, actual);
+
+const _: () = assert!(crate::logic::pfn::BALLOON_PFN_SHIFT == uapi::VIRTIO_BALLOON_PFN_SHIFT);
+const _: () = assert!(crate::logic::stats::tag::NR == uapi::VIRTIO_BALLOON_S_NR as usize);
+
+/// A PFN buffer for the inflate and deflate queues.
+pub(super) type PfnBuffer = KBox<PfnArray>;
+/// A statistics buffer for the stats queue.
+pub(super) type StatsBuffer = KBox<StatsArray>;
+
+/// State protected by the balloon lock (C's `balloon_lock`).
+pub(super) struct Locked {
+    /// Balloon pages the host was told about (C's `num_pages`).
+    pub(super) num_pages: u32,
+    /// The PFN buffer, while no queue holds it.
+    pub(super) pfns: Option<PfnBuffer>,
+    /// Pages being deflated; capacity for one batch, so deflating never
+    /// allocates (the OOM path relies on this).
+    pub(super) leaking: KVec<BalloonPage>,
+}
+
+/// Negotiated features and fixed properties of the device.
+#[derive(Clone, Copy)]
+pub(super) struct Props {
+    /// `VIRTIO_BALLOON_F_STATS_VQ`.
+    pub(super) stats: bool,
+    /// `VIRTIO_BALLOON_F_MUST_TELL_HOST`.
+    pub(super) must_tell_host: bool,
+    /// Balloon pages per guest page.
+    pub(super) per_page: u32,
+    /// Byte order of the queues' PFNs and statistics.
+    pub(super) endian: Endian,
+}
+
+/// One balloon device.
+///
+/// `pages` comes first so that it is dropped first, while everything its
+/// migration callback uses still exists.
+#[pin_data]
+pub(crate) struct Balloon {
+    #[pin]
+    pub(super) pages: BalloonDevInfo<Balloon>,
+    pub(super) binding: virtio::Binding,
+    pub(super) props: Props,
+    #[pin]
+    pub(super) locked: Mutex<Locked>,
+    /// Pages allocated for the next inflate batch (only the size work fills).
+    #[pin]
+    pub(super) filling: Mutex<KVec<BalloonPage>>,
+    /// C's `stop_update`: once set, no work is queued any more.
+    #[pin]
+    pub(super) stop_update: SpinLockIrq<bool>,
+    #[pin]
+    pub(super) wakeup: Wakeup,
+    #[pin]
+    pub(super) size_work: Work<Balloon, 0>,
+    #[pin]
+    pub(super) stats_work: Work<Balloon, 1>,
+    /// Inflate failures since the last success, for rate-limited logging.
+    pub(super) out_of_puff: Atomic<u32>,
+    /// Whether an excessive host target was already reported.
+    pub(super) clamp_reported: Atomic<bool>,
+}
+
+impl_has_balloon_dev_info!(Balloon, pages);
+
+impl_has_work! {
+    impl HasWork<Balloon, 0> for Balloon { self.size_work }
+    impl HasWork<Balloon, 1> for Balloon { self.stats_work }
+}
+
+impl Balloon {
+    /// Sets up a new device (C's `virtballoon_probe()`): queues, balloon
+    /// list, first statistics buffer. The core sets `DRIVER_OK` afterwards.
+    pub(super) fn probe(dev: &virtio::Device<Core<'_>>) -> Result<Arc<Self>> {
+        if !dev.has_config_access() {
+            dev_err!(dev.as_ref(), "config access disabled\n");
+            return Err(EINVAL);
+        }
+
+        let stats = dev.has_feature(uapi::VIRTIO_BALLOON_F_STATS_VQ);
+        let props = Props {
+            stats,
+            must_tell_host: dev.has_feature(uapi::VIRTIO_BALLOON_F_MUST_TELL_HOST),
+            per_page: pages_per_page(kernel::page::PAGE_SHIFT as u32),
+            endian: if dev.is_little_endian() {
+                Endian::Little
+            } else {
+                Endian::Native
+            },
+        };
+
+        dev.find_vqs(&[
+            VqInfo::new(c"inflate"),
+            VqInfo::new(c"deflate"),
+            if stats {
+                VqInfo::new(c"stats")
+            } else {
+                VqInfo::UNUSED
+            },
+        ])?;
+
+        let this = Arc::pin_init(
+            try_pin_init!(Self {
+                pages <- BalloonDevInfo::new(true),
+                binding: dev.binding(),
+                props,
+                locked <- new_mutex!(Locked {
+                    num_pages: 0,
+                    pfns: Some(KBox::new([0; PFNS_PER_BUFFER], GFP_KERNEL)?),
+                    leaking: KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?,
+                }),
+                filling <- new_mutex!(KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?),
+                stop_update <- new_spinlock_irq!(false),
+                wakeup <- Wakeup::new(),
+                size_work <- new_work!("virtio_balloon_rs::size_work"),
+                stats_work <- new_work!("virtio_balloon_rs::stats_work"),
+                out_of_puff: Atomic::new(0),
+                clamp_reported: Atomic::new(false),
+            }? Error),
+            GFP_KERNEL,
+        )?;
+
+        if stats {
+            // Prime the stats queue with one buffer so the host can use it
+            // to ask for statistics later (C's `init_vqs()`).
+            this.stats_prime(dev)?;
+        }
+        dev.set_wakeup_capable(true);
+        Ok(this)
+    }
+
+    /// The device is live: start moving towards the host's target.
+    pub(super) fn ready(self: &Arc<Self>, dev: &virtio::Device<Core<'_>>) {
+        if self.towards_target(dev) != Step::Idle {
+            self.changed(dev);
+        }
+    }
+
+    /// Configuration changed (C's `virtballoon_changed()`), interrupt
+    /// context: queue the size work.
+    pub(super) fn changed(self: &Arc<Self>, dev: &virtio::Device<Bound>) {
+        let stopped = self.stop_update.lock();
+        if !*stopped {
+            self.wakeup.start(dev, WakeupSignal::Adjust);
+            self.queue_size_work();
+        }
+    }
+
+    fn queue_size_work(self: &Arc<Self>) {
+        // An `Err` means the work is already queued, which is what we want.
+        let _ = workqueue::system_freezable().enqueue::<Arc<Balloon>, 0>(self.clone());
+    }
+
+    /// Reads the host's target and decides the next step (C's `towards_target()`).
+    pub(super) fn towards_target(&self, dev: &virtio::Device<Bound>) -> Step {
+        let num_pages = dev.config_read_le32(CONFIG_NUM_PAGES);
+        let current = self.locked.lock().num_pages;
+        // The guest's memory in balloon pages: what it has now plus what the
+        // balloon took out of the managed page count.
+        let guest_pages = kext::mm::totalram_pages() * u64::from(self.props.per_page)
+            + u64::from(current);
+        let target = Target::from_host(num_pages, self.props.per_page, guest_pages);
+        if target.clamped && !self.clamp_reported.xchg(true, Relaxed) {
+            dev_warn!(
+                dev.as_ref(),
+                "host asks for {} balloon pages, the guest has {}: limiting the balloon to {}\n",
+                num_pages,
+                guest_pages,
+                target.pages
+            );
+        }
+        target.step_from(current)
+    }
+
+    /// Writes the balloon size to `actual` (C's `update_balloon_size()`).
+    pub(super) fn update_balloon_size(&self, dev: &virtio::Device<Bound>) {
+        let actual = self.locked.lock().num_pages;
+        if let Err(e) = dev.config_write_le32(CONFIG_ACTUAL, actual) {
+            dev_warn!(dev.as_ref(), "cannot write actual: {:?}\n", e);
+        }
+    }
+
+    /// One round of the size work (C's `update_balloon_size_func()`):
+    /// move one batch towards the target; returns whether more remains.
+    fn update_balloon_size_func(&self, dev: &virtio::Device<Bound>) -> bool {
+        let step = self.towards_target(dev);
+        let moved = match step {
+            Step::Idle => return false,
+            Step::Inflate(n) => self.fill_balloon(dev, n),
+            Step::Deflate(n) => self.leak_balloon(dev, n),
+        };
+        self.update_balloon_size(dev);
+        moved < step.remaining()
+    }
+
+    /// Sends the first `bytes` of PFNs in `buf` on queue `index` and waits
+    /// until the host has processed them (C's `tell_host()`). Returns the
+    /// buffer for reuse; it is lost only if the queue disappears meanwhile.
+    pub(super) fn tell_host(
+        &self,
+        dev: &virtio::Device<Bound>,
+        index: usize,
+        buf: PfnBuffer,
+        bytes: usize,
+    ) -> Option<PfnBuffer> {
+        let vq = match dev.vq::<PfnBuffer>(index) {
+            Ok(vq) => vq,
+            Err(e) => {
+                dev_warn!(dev.as_ref(), "queue {} unavailable: {:?}\n", index, e);
+                return Some(buf);
+            }
+        };
+        // We should always be able to add one buffer to an empty queue.
+        if let Err(rejected) = vq.add_outbuf(buf, bytes) {
+            dev_warn!(dev.as_ref(), "queue {} refused PFNs: {:?}\n", index, rejected.err);
+            return Some(rejected.buf);
+        }
+        vq.kick();
+        match vq.wait_buf() {
+            Ok((buf, _)) => Some(buf),
+            Err(e) => {
+                dev_warn!(dev.as_ref(), "queue {} lost its buffer: {:?}\n", index, e);
+                None
+            }
+        }
+    }
+
+    /// Takes the PFN buffer, allocating a new one if a vanished queue took it.
+    pub(super) fn take_pfns(locked: &mut Locked) -> Option<PfnBuffer> {
+        locked
+            .pfns
+            .take()
+            .or_else(|| KBox::new([0; PFNS_PER_BUFFER], GFP_KERNEL).ok())
+    }
+
+    /// Stops all asynchronous work (C's `virtballoon_quiesce()`).
+    pub(super) fn quiesce(self: &Arc<Self>) {
+        *self.stop_update.lock() = true;
+        kext::workqueue::cancel_work_sync::<_, 0>(self);
+        kext::workqueue::cancel_work_sync::<_, 1>(self);
+    }
+
+    /// The device goes away (C's `virtballoon_remove()`): stop the work,
+    /// give every page back, telling the host, and report the empty balloon.
+    pub(super) fn remove(self: &Arc<Self>, dev: &virtio::Device<Core<'_>>) {
+        self.quiesce();
+        self.release_all(dev);
+        self.wakeup.finish(dev);
+    }
+
+    /// Deflates the whole balloon (C's `remove_common()` without the reset).
+    pub(super) fn release_all(&self, dev: &virtio::Device<Bound>) {
+        /// Give up after this many rounds without progress (10 s).
+        const MAX_STALLS: u32 = 1000;
+        let mut stalled = 0u32;
+        loop {
+            let left = self.locked.lock().num_pages;
+            if left == 0 {
+                break;
+            }
+            if self.leak_balloon(dev, left) > 0 {
+                stalled = 0;
+                continue;
+            }
+            // Every remaining page is isolated for migration right now:
+            // wait for compaction to put it back.
+            stalled += 1;
+            if stalled == MAX_STALLS {
+                dev_err!(
+                    dev.as_ref(),
+                    "{} balloon pages cannot be deflated; freeing them unannounced\n",
+                    left
+                );
+                break;
+            }
+            kernel::time::delay::fsleep(kernel::time::Delta::from_millis(10));
+        }
+        self.update_balloon_size(dev);
+    }
+}
+
+impl WorkItem<0> for Balloon {
+    type Pointer = Arc<Balloon>;
+
+    fn run(this: Arc<Balloon>) {
+        this.wakeup.process(WakeupSignal::Adjust);
+        let again = match this.binding.access() {
+            Some(dev) => this.update_balloon_size_func(&dev),
+            None => false,
+        };
+        if again && !*this.stop_update.lock() {
+            let _ = workqueue::system_freezable().enqueue::<Arc<Balloon>, 0>(this);
+        } else {
+            this.wakeup.finish(this.binding.device());
+        }
+    }
+}
+
+impl WorkItem<1> for Balloon {
+    type Pointer = Arc<Balloon>;
+
+    fn run(this: Arc<Balloon>) {
+        this.wakeup.process(WakeupSignal::Stats);
+        if let Some(dev) = this.binding.access() {
+            this.stats_handle_request(&dev);
+        }
+        this.wakeup.finish(this.binding.device());
+    }
+}

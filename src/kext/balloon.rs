@@ -1,0 +1,247 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Balloon page lists (`include/linux/balloon.h`, `mm/balloon.c`).
+//!
+//! A [`BalloonDevInfo`] is the kernel's book-keeper of the pages a balloon
+//! holds: pages are linked through their own `lru` field (no per-page
+//! metadata of the driver's), counted in `NR_BALLOON_PAGES`, optionally
+//! taken out of the managed page count, and, with `CONFIG_BALLOON_MIGRATION`,
+//! stay movable: compaction may ask the driver to swap a ballooned page for
+//! another ([`MigratePage`]).
+//!
+//! A [`BalloonPage`] is a page allocated for the balloon that is not on the
+//! list: freshly allocated, or dequeued to be freed. Dropping it frees it.
+
+use crate::bindings;
+use core::{
+    marker::{
+        PhantomData,
+        PhantomPinned, //
+    },
+    ptr::NonNull,
+};
+use kernel::{
+    bindings as kb,
+    ffi::c_int,
+    prelude::*,
+    types::Opaque, //
+};
+
+/// A page owned by the balloon driver that is not on a balloon list.
+///
+/// # Invariants
+///
+/// `self.0` is a page from `balloon_page_alloc()` (or dequeued from a
+/// balloon list) on which we own the one reference, not on any list.
+pub(crate) struct BalloonPage(NonNull<kb::page>);
+
+// SAFETY: A page we own can be handed to any thread.
+unsafe impl Send for BalloonPage {}
+
+impl BalloonPage {
+    /// Allocates a movable page for the balloon (`balloon_page_alloc()`):
+    /// no retries, no warning, no emergency reserves.
+    pub(crate) fn alloc() -> Option<Self> {
+        // SAFETY: Always safe to call; returns null or a page with one reference.
+        let page = unsafe { bindings::balloon_page_alloc() };
+        // INVARIANT: A freshly allocated page we own.
+        NonNull::new(page).map(Self)
+    }
+
+    /// The page's frame number, in guest pages.
+    pub(crate) fn pfn(&self) -> u64 {
+        page_pfn(self.0)
+    }
+
+    fn into_raw(self) -> *mut kb::page {
+        let page = self.0.as_ptr();
+        core::mem::forget(self);
+        page
+    }
+}
+
+impl Drop for BalloonPage {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant we own the page's reference; dropping it frees the page.
+        unsafe { bindings::put_page(self.0.as_ptr()) };
+    }
+}
+
+fn page_pfn(page: NonNull<kb::page>) -> u64 {
+    // SAFETY: `page` is a valid `struct page`.
+    unsafe { bindings::rust_vb_page_to_pfn(page.as_ptr()) as u64 }
+}
+
+/// A page the balloon core passes to [`MigratePage::migrate_page`], valid
+/// for the duration of the call.
+pub(crate) struct PageRef<'a>(NonNull<kb::page>, PhantomData<&'a kb::page>);
+
+impl PageRef<'_> {
+    /// The page's frame number, in guest pages.
+    pub(crate) fn pfn(&self) -> u64 {
+        page_pfn(self.0)
+    }
+}
+
+/// Balloon page migration on behalf of compaction.
+pub(crate) trait MigratePage: Sync {
+    /// Called with `old` isolated from the balloon and `new` a fresh page:
+    /// tell the host that `new` is now ballooned and `old` is not.
+    ///
+    /// Return `Ok(())` once both are done; the balloon core then puts `new`
+    /// on the list and frees `old`. Return [`EAGAIN`] to have compaction put
+    /// `old` back and retry later, [`ENOENT`] if `old` was deflated but `new`
+    /// could not be inflated.
+    fn migrate_page(&self, new: PageRef<'_>, old: PageRef<'_>) -> Result;
+}
+
+/// Types embedding a [`BalloonDevInfo`] at a fixed place, so that the
+/// migration callback finds its owner.
+///
+/// # Safety
+///
+/// `OFFSET` must be the offset of a `BalloonDevInfo<Self>` field of `Self`.
+/// Use [`impl_has_balloon_dev_info!`](crate::impl_has_balloon_dev_info).
+pub(crate) unsafe trait HasBalloonDevInfo: MigratePage + Sized {
+    /// Offset of the [`BalloonDevInfo`] field.
+    const OFFSET: usize;
+}
+
+/// Implements [`HasBalloonDevInfo`] for a struct and one of its fields.
+#[macro_export]
+macro_rules! impl_has_balloon_dev_info {
+    ($owner:ty, $field:ident) => {
+        // SAFETY: `offset_of!` names a field that the type checker requires to be a
+        // `BalloonDevInfo<$owner>`.
+        unsafe impl $crate::kext::balloon::HasBalloonDevInfo for $owner {
+            const OFFSET: usize = {
+                #[allow(dead_code)]
+                fn check(o: &$owner) -> &$crate::kext::balloon::BalloonDevInfo<$owner> {
+                    &o.$field
+                }
+                ::core::mem::offset_of!($owner, $field)
+            };
+        }
+    };
+}
+
+/// A balloon's page list (`struct balloon_dev_info`), embedded in its owner `T`.
+///
+/// # Invariants
+///
+/// `raw` was initialized by `balloon_devinfo_init()`; while pages are on
+/// its list or isolated, their `private` field points to `raw`, so it stays
+/// pinned, inside a live `T`, until they are gone (ensured by `Drop`). `raw`
+/// is the first field of this `repr(C)` struct, so its address is the
+/// address of the `BalloonDevInfo`.
+#[repr(C)]
+#[pin_data(PinnedDrop)]
+pub(crate) struct BalloonDevInfo<T: HasBalloonDevInfo> {
+    #[pin]
+    raw: Opaque<bindings::balloon_dev_info>,
+    #[pin]
+    _pin: PhantomPinned,
+    _owner: PhantomData<T>,
+}
+
+// SAFETY: The page list is protected by the balloon core's own lock.
+unsafe impl<T: HasBalloonDevInfo> Send for BalloonDevInfo<T> {}
+// SAFETY: The page list is protected by the balloon core's own lock.
+unsafe impl<T: HasBalloonDevInfo> Sync for BalloonDevInfo<T> {}
+
+impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
+    /// Creates an empty balloon. With `adjust_managed_page_count`, ballooned
+    /// pages are taken out of the managed page count (`MemTotal` shrinks).
+    pub(crate) fn new(adjust_managed_page_count: bool) -> impl PinInit<Self> {
+        pin_init!(Self {
+            raw <- Opaque::ffi_init(move |slot: *mut bindings::balloon_dev_info| {
+                // SAFETY: `slot` is valid for writes; `balloon_devinfo_init` initializes all of
+                // it (empty list, no callback).
+                unsafe { bindings::balloon_devinfo_init(slot) };
+                // SAFETY: `slot` was just initialized; `T::OFFSET` locates the owner of this
+                // field for the callback.
+                unsafe {
+                    (*slot).adjust_managed_page_count = adjust_managed_page_count;
+                    (*slot).migratepage = Some(Self::migratepage_callback);
+                }
+            }),
+            _pin: PhantomPinned,
+            _owner: PhantomData,
+        })
+    }
+
+    /// Puts `page` on the balloon list (`balloon_page_enqueue()`).
+    pub(crate) fn enqueue(&self, page: BalloonPage) {
+        // SAFETY: `self.raw` is initialized (type invariant); the page is ours and on no list,
+        // and the list takes over our reference.
+        unsafe { bindings::balloon_page_enqueue(self.raw.get(), page.into_raw()) };
+    }
+
+    /// Takes a page off the balloon list (`balloon_page_dequeue()`).
+    ///
+    /// Returns `None` if every remaining page is isolated for migration at
+    /// the moment. The caller must know that pages are ballooned: the
+    /// balloon core treats dequeuing from an empty balloon as a bug.
+    pub(crate) fn dequeue(&self) -> Option<BalloonPage> {
+        // SAFETY: `self.raw` is initialized (type invariant).
+        let page = unsafe { bindings::balloon_page_dequeue(self.raw.get()) };
+        // INVARIANT: A dequeued page is off the list, and its list reference is now ours.
+        NonNull::new(page).map(BalloonPage)
+    }
+
+    /// Number of pages compaction has isolated from the list.
+    fn isolated_pages(&self) -> usize {
+        // SAFETY: `self.raw` is initialized; a racy read of a counter is only used to wait.
+        unsafe { core::ptr::read_volatile(&(*self.raw.get()).isolated_pages) as usize }
+    }
+
+    unsafe extern "C" fn migratepage_callback(
+        info: *mut bindings::balloon_dev_info,
+        newpage: *mut kb::page,
+        page: *mut kb::page,
+        _mode: kb::migrate_mode,
+    ) -> c_int {
+        // SAFETY: The balloon core passes the `raw` field of a `BalloonDevInfo<T>`, which by the
+        // safety requirement of `HasBalloonDevInfo` lies at `T::OFFSET` in a live `T` (type
+        // invariant: it outlives its pages); `raw` is at offset 0 of `Self`.
+        let owner = unsafe { &*info.cast::<u8>().sub(T::OFFSET).cast::<T>() };
+        let (Some(new), Some(old)) = (NonNull::new(newpage), NonNull::new(page)) else {
+            return EINVAL.to_errno();
+        };
+        match owner.migrate_page(PageRef(new, PhantomData), PageRef(old, PhantomData)) {
+            Ok(()) => 0,
+            Err(e) => e.to_errno(),
+        }
+    }
+}
+
+#[pinned_drop]
+impl<T: HasBalloonDevInfo> PinnedDrop for BalloonDevInfo<T> {
+    fn drop(self: Pin<&mut Self>) {
+        // Pages still on the list point back at us: a driver must deflate
+        // before it goes away. As a last resort, release them here (the host
+        // is not told) rather than leave dangling pointers behind.
+        let mut leaked = 0usize;
+        loop {
+            while self.isolated_pages() > 0 {
+                kernel::time::delay::fsleep(kernel::time::Delta::from_millis(10));
+            }
+            // SAFETY: `self.raw` is initialized; checking list emptiness under no lock is fine
+            // here: nothing enqueues any more and isolated pages were put back or migrated.
+            let empty = unsafe { bindings::list_empty(&(*self.raw.get()).pages) } != 0;
+            if empty {
+                break;
+            }
+            match self.dequeue() {
+                Some(page) => {
+                    drop(page);
+                    leaked += 1;
+                }
+                None => continue,
+            }
+        }
+        if leaked > 0 {
+            pr_err!("balloon list dropped with {leaked} pages still on it; freed them\n");
+        }
+    }
+}

@@ -1,0 +1,98 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Memory information the balloon reports or depends on: total RAM,
+//! page poisoning, and the statistics of the stats virtqueue.
+
+use crate::{
+    bindings,
+    logic::stats::{
+        MemStats,
+        VmEvents, //
+    },
+};
+use kernel::bindings as kb;
+
+/// Number of pages of RAM the kernel manages (`totalram_pages()`), the
+/// `MemTotal` of `/proc/meminfo`.
+pub(crate) fn totalram_pages() -> u64 {
+    // SAFETY: `totalram_pages()` reads a global counter; always safe to call.
+    unsafe { bindings::totalram_pages() as u64 }
+}
+
+/// Whether freed pages are poisoned (`page_poisoning_enabled_static()`).
+pub(crate) fn page_poisoning_enabled() -> bool {
+    // SAFETY: Reads a static key; always safe to call.
+    unsafe { bindings::page_poisoning_enabled_static() }
+}
+
+/// Whether freed pages are zeroed (`want_init_on_free()`).
+pub(crate) fn want_init_on_free() -> bool {
+    // SAFETY: Reads a static key; always safe to call.
+    unsafe { bindings::want_init_on_free() }
+}
+
+/// The byte page poisoning writes into freed pages (`PAGE_POISON`).
+pub(crate) const PAGE_POISON: u8 = bindings::VB_PAGE_POISON as u8;
+
+fn node_state(item: kb::node_stat_item) -> u64 {
+    // SAFETY: `item` is a valid node statistic; reading the global counter is always safe.
+    unsafe { bindings::global_node_page_state(item) as u64 }
+}
+
+#[cfg(CONFIG_VM_EVENT_COUNTERS)]
+fn vm_events() -> Option<VmEvents> {
+    let mut ev = [0 as kernel::ffi::c_ulong; kb::vm_event_item_NR_VM_EVENT_ITEMS as usize];
+    // SAFETY: `ev` has room for `NR_VM_EVENT_ITEMS` counters, which `all_vm_events` fills.
+    unsafe { kb::all_vm_events(ev.as_mut_ptr()) };
+    let at = |item: kb::vm_event_item| ev[item as usize] as u64;
+
+    // All zones' allocation stalls, as C sums them.
+    let first = kb::vm_event_item_ALLOCSTALL_NORMAL - kb::zone_type_ZONE_NORMAL;
+    let alloc_stalls = (0..kb::zone_type___MAX_NR_ZONES)
+        .map(|zone| at(first + zone))
+        .fold(0u64, u64::wrapping_add);
+
+    #[cfg(CONFIG_HUGETLB_PAGE)]
+    let hugetlb = Some((
+        at(kb::vm_event_item_HTLB_BUDDY_PGALLOC),
+        at(kb::vm_event_item_HTLB_BUDDY_PGALLOC_FAIL),
+    ));
+    #[cfg(not(CONFIG_HUGETLB_PAGE))]
+    let hugetlb = None;
+
+    Some(VmEvents {
+        swap_in: at(kb::vm_event_item_PSWPIN),
+        swap_out: at(kb::vm_event_item_PSWPOUT),
+        major_faults: at(kb::vm_event_item_PGMAJFAULT),
+        faults: at(kb::vm_event_item_PGFAULT),
+        oom_kills: at(kb::vm_event_item_OOM_KILL),
+        alloc_stalls,
+        async_scan: node_state(kb::node_stat_item_PGSCAN_KSWAPD),
+        direct_scan: node_state(kb::node_stat_item_PGSCAN_DIRECT),
+        async_reclaim: node_state(kb::node_stat_item_PGSTEAL_KSWAPD),
+        direct_reclaim: node_state(kb::node_stat_item_PGSTEAL_DIRECT),
+        hugetlb,
+    })
+}
+
+#[cfg(not(CONFIG_VM_EVENT_COUNTERS))]
+fn vm_events() -> Option<VmEvents> {
+    None
+}
+
+/// Collects the statistics C's `update_balloon_stats()` reports, from the
+/// same sources.
+pub(crate) fn mem_stats() -> MemStats {
+    let mut info = kb::sysinfo::default();
+    // SAFETY: `info` is a writable `struct sysinfo`.
+    unsafe { kb::si_meminfo(&mut info) };
+    // SAFETY: Always safe to call.
+    let available = unsafe { kb::si_mem_available() };
+    MemStats {
+        events: vm_events(),
+        free: info.freeram as u64,
+        total: info.totalram as u64,
+        available: u64::try_from(available).unwrap_or(0),
+        caches: node_state(kb::node_stat_item_NR_FILE_PAGES),
+    }
+}

@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Balloon page frame numbers.
+//!
+//! The balloon device counts in 4 KiB "balloon pages" whatever the guest's
+//! page size (virtio spec 5.5.6: `VIRTIO_BALLOON_PFN_SHIFT`), and PFNs on the
+//! inflate and deflate queues are 32-bit. A guest page of `1 << page_shift`
+//! bytes is reported as `pages_per_page(page_shift)` consecutive balloon
+//! PFNs.
+
+/// Shift from a balloon PFN to a guest physical address (4 KiB pages).
+pub const BALLOON_PFN_SHIFT: u32 = 12;
+
+/// PFNs per inflate/deflate buffer: the C driver's
+/// `VIRTIO_BALLOON_ARRAY_PFNS_MAX`.
+pub const PFNS_PER_BUFFER: usize = 256;
+
+/// Bytes of one PFN on the queues (`__virtio32`).
+pub const PFN_BYTES: usize = 4;
+
+/// Number of balloon pages in one guest page of `1 << page_shift` bytes.
+///
+/// Guest pages smaller than balloon pages do not exist on any architecture
+/// Linux supports; `page_shift` below 12 is treated as 12.
+pub const fn pages_per_page(page_shift: u32) -> u32 {
+    if page_shift <= BALLOON_PFN_SHIFT {
+        1
+    } else {
+        1 << (page_shift - BALLOON_PFN_SHIFT)
+    }
+}
+
+/// Byte order of 32-bit values on the virtqueues (`__virtio32`): little
+/// endian for a VIRTIO 1.0 device, guest-native for a legacy one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endian {
+    /// Little endian (`VIRTIO_F_VERSION_1`, or a little-endian guest).
+    Little,
+    /// Guest byte order (legacy device on a big-endian guest).
+    Native,
+}
+
+impl Endian {
+    /// Encodes `v` for the device.
+    pub const fn u16(self, v: u16) -> u16 {
+        match self {
+            Endian::Little => v.to_le(),
+            Endian::Native => v,
+        }
+    }
+
+    /// Encodes `v` for the device.
+    pub const fn u32(self, v: u32) -> u32 {
+        match self {
+            Endian::Little => v.to_le(),
+            Endian::Native => v,
+        }
+    }
+
+    /// Encodes `v` for the device.
+    pub const fn u64(self, v: u64) -> u64 {
+        match self {
+            Endian::Little => v.to_le(),
+            Endian::Native => v,
+        }
+    }
+}
+
+/// A buffer of PFNs for the inflate or deflate queue, as the device reads it.
+pub type PfnArray = [u32; PFNS_PER_BUFFER];
+
+/// Fills a [`PfnArray`] with the balloon PFNs of guest pages.
+#[derive(Debug)]
+pub struct PfnBatch {
+    page_shift: u32,
+    endian: Endian,
+    len: usize,
+}
+
+/// Why a guest page could not be added to a [`PfnBatch`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The buffer has no room for another guest page.
+    Full,
+    /// The page lies above what a 32-bit balloon PFN can express (guests
+    /// with more than 16 TiB of memory): the host cannot be told about it.
+    /// The C driver truncates such PFNs silently and inflates the wrong page.
+    Unreachable,
+}
+
+impl PfnBatch {
+    /// Starts an empty batch.
+    pub const fn new(page_shift: u32, endian: Endian) -> Self {
+        Self {
+            page_shift,
+            endian,
+            len: 0,
+        }
+    }
+
+    /// Balloon pages per guest page.
+    pub const fn pages_per_page(&self) -> u32 {
+        pages_per_page(self.page_shift)
+    }
+
+    /// Number of PFNs in the batch.
+    pub const fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the batch holds no PFN.
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Size in bytes of the PFNs in the batch, for the virtqueue.
+    pub const fn bytes(&self) -> usize {
+        self.len * PFN_BYTES
+    }
+
+    /// Whether another guest page fits.
+    pub const fn is_full(&self) -> bool {
+        self.len + self.pages_per_page() as usize > PFNS_PER_BUFFER
+    }
+
+    /// Appends the balloon PFNs of the guest page with frame number `pfn`
+    /// (in guest page units) to `buf`.
+    pub fn push(&mut self, buf: &mut PfnArray, pfn: u64) -> Result<(), PushError> {
+        let per = self.pages_per_page();
+        if self.is_full() {
+            return Err(PushError::Full);
+        }
+        let first = pfn.checked_mul(u64::from(per)).ok_or(PushError::Unreachable)?;
+        let last = first + u64::from(per) - 1;
+        if last > u64::from(u32::MAX) {
+            return Err(PushError::Unreachable);
+        }
+        for i in 0..per {
+            buf[self.len] = self.endian.u32(first as u32 + i);
+            self.len += 1;
+        }
+        Ok(())
+    }
+
+    /// Empties the batch for reuse.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn four_k_pages_map_one_to_one() {
+        assert_eq!(pages_per_page(12), 1);
+        let mut buf = [0; PFNS_PER_BUFFER];
+        let mut b = PfnBatch::new(12, Endian::Little);
+        b.push(&mut buf, 0x1234).unwrap();
+        b.push(&mut buf, 7).unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.bytes(), 8);
+        assert_eq!(u32::from_le(buf[0]), 0x1234);
+        assert_eq!(u32::from_le(buf[1]), 7);
+    }
+
+    #[test]
+    fn large_pages_expand_to_consecutive_balloon_pfns() {
+        // 64 KiB pages: 16 balloon pages each, first one at the page start.
+        let mut buf = [0; PFNS_PER_BUFFER];
+        let mut b = PfnBatch::new(16, Endian::Little);
+        assert_eq!(b.pages_per_page(), 16);
+        b.push(&mut buf, 3).unwrap();
+        assert_eq!(b.len(), 16);
+        for i in 0..16 {
+            assert_eq!(u32::from_le(buf[i]), 48 + i as u32);
+        }
+    }
+
+    #[test]
+    fn batch_holds_exactly_one_buffer() {
+        let mut buf = [0; PFNS_PER_BUFFER];
+        let mut b = PfnBatch::new(12, Endian::Little);
+        for pfn in 0..PFNS_PER_BUFFER as u64 {
+            b.push(&mut buf, pfn).unwrap();
+        }
+        assert!(b.is_full());
+        assert_eq!(b.push(&mut buf, 999), Err(PushError::Full));
+        assert_eq!(b.bytes(), 1024);
+        b.clear();
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn large_page_batch_is_full_when_next_page_does_not_fit() {
+        let mut buf = [0; PFNS_PER_BUFFER];
+        let mut b = PfnBatch::new(16, Endian::Little);
+        for pfn in 0..16 {
+            b.push(&mut buf, pfn).unwrap();
+        }
+        assert_eq!(b.len(), 256);
+        assert_eq!(b.push(&mut buf, 16), Err(PushError::Full));
+    }
+
+    #[test]
+    fn pfns_beyond_32_bits_are_refused_not_truncated() {
+        let mut buf = [0; PFNS_PER_BUFFER];
+        let mut b = PfnBatch::new(12, Endian::Little);
+        assert_eq!(b.push(&mut buf, 1 << 32), Err(PushError::Unreachable));
+        assert_eq!(b.push(&mut buf, u64::from(u32::MAX)), Ok(()));
+        let mut b = PfnBatch::new(16, Endian::Little);
+        assert_eq!(b.push(&mut buf, 1 << 28), Err(PushError::Unreachable));
+        assert_eq!(b.push(&mut buf, u64::MAX), Err(PushError::Unreachable));
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn native_endian_leaves_values_alone() {
+        let mut buf = [0; PFNS_PER_BUFFER];
+        let mut b = PfnBatch::new(12, Endian::Native);
+        b.push(&mut buf, 0x01020304).unwrap();
+        assert_eq!(buf[0], 0x01020304);
+    }
+}

@@ -1,0 +1,144 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Moving the balloon towards the host's target.
+//!
+//! The host writes the wanted balloon size, `num_pages` (in 4 KiB balloon
+//! pages), to the configuration space. It is untrusted: it is rounded up to
+//! whole guest pages as in C's `towards_target()` (so the balloon does not
+//! oscillate) and then limited to the guest's memory, which the C driver
+//! does not do.
+
+/// The balloon size the driver aims for, derived from the host's `num_pages`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Balloon pages to hold, a multiple of the balloon pages per guest page.
+    pub pages: u32,
+    /// Whether the host asked for more than the guest has.
+    pub clamped: bool,
+}
+
+impl Target {
+    /// Interprets the host's `num_pages`.
+    ///
+    /// `per_page` is the number of balloon pages per guest page and
+    /// `limit` the guest's memory in balloon pages.
+    pub fn from_host(num_pages: u32, per_page: u32, limit: u64) -> Self {
+        let per = u64::from(per_page.max(1));
+        let aligned = u64::from(num_pages).div_ceil(per) * per;
+        // The most the balloon can hold: all guest memory, whole guest pages,
+        // representable in the 32-bit `actual` field.
+        let max = (limit.min(u64::from(u32::MAX)) / per) * per;
+        if aligned > max {
+            Self {
+                pages: max as u32,
+                clamped: true,
+            }
+        } else {
+            Self {
+                pages: aligned as u32,
+                clamped: false,
+            }
+        }
+    }
+
+    /// What to do to get from `current` balloon pages to this target.
+    pub fn step_from(self, current: u32) -> Step {
+        match self.pages.cmp(&current) {
+            core::cmp::Ordering::Greater => Step::Inflate(self.pages - current),
+            core::cmp::Ordering::Less => Step::Deflate(current - self.pages),
+            core::cmp::Ordering::Equal => Step::Idle,
+        }
+    }
+}
+
+/// One move of the balloon, in balloon pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The balloon has the target size.
+    Idle,
+    /// Take this many balloon pages from the guest.
+    Inflate(u32),
+    /// Give this many balloon pages back to the guest.
+    Deflate(u32),
+}
+
+impl Step {
+    /// Balloon pages still to move.
+    pub const fn remaining(self) -> u32 {
+        match self {
+            Step::Idle => 0,
+            Step::Inflate(n) | Step::Deflate(n) => n,
+        }
+    }
+}
+
+/// Number of guest pages to move in one batch of at most `max_pfns` balloon
+/// PFNs when `remaining` balloon pages are left (at least one guest page
+/// when anything remains, as C rounds targets up to guest pages).
+pub fn batch_pages(remaining: u32, per_page: u32, max_pfns: usize) -> usize {
+    let per = per_page.max(1) as usize;
+    let pfns = (remaining as usize).min(max_pfns);
+    pfns.div_ceil(per)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB_IN_4K: u64 = 262_144;
+
+    #[test]
+    fn target_is_the_host_value_for_4k_pages() {
+        let t = Target::from_host(1000, 1, GIB_IN_4K);
+        assert_eq!(t, Target { pages: 1000, clamped: false });
+    }
+
+    #[test]
+    fn target_rounds_up_to_whole_guest_pages() {
+        // 64 KiB guest pages: 16 balloon pages each.
+        assert_eq!(Target::from_host(17, 16, GIB_IN_4K).pages, 32);
+        assert_eq!(Target::from_host(32, 16, GIB_IN_4K).pages, 32);
+        assert_eq!(Target::from_host(1, 16, GIB_IN_4K).pages, 16);
+    }
+
+    #[test]
+    fn target_beyond_guest_memory_is_clamped() {
+        let t = Target::from_host(u32::MAX, 1, GIB_IN_4K);
+        assert_eq!(t, Target { pages: GIB_IN_4K as u32, clamped: true });
+        let t = Target::from_host(GIB_IN_4K as u32 + 1, 1, GIB_IN_4K);
+        assert!(t.clamped);
+        assert_eq!(Target::from_host(GIB_IN_4K as u32, 1, GIB_IN_4K).clamped, false);
+    }
+
+    #[test]
+    fn rounding_up_cannot_overflow_or_exceed_the_limit() {
+        // u32::MAX rounded up to 16 would not fit in 32 bits.
+        let t = Target::from_host(u32::MAX, 16, u64::MAX);
+        assert!(t.clamped);
+        assert_eq!(t.pages % 16, 0);
+        assert!(u64::from(t.pages) <= u64::from(u32::MAX));
+        // A limit that is not a whole number of guest pages rounds down.
+        let t = Target::from_host(100, 16, 40);
+        assert_eq!(t.pages, 32);
+    }
+
+    #[test]
+    fn steps_point_towards_the_target() {
+        let t = Target::from_host(500, 1, GIB_IN_4K);
+        assert_eq!(t.step_from(0), Step::Inflate(500));
+        assert_eq!(t.step_from(800), Step::Deflate(300));
+        assert_eq!(t.step_from(500), Step::Idle);
+        assert_eq!(t.step_from(0).remaining(), 500);
+        assert_eq!(Step::Idle.remaining(), 0);
+    }
+
+    #[test]
+    fn batches_are_bounded_by_the_buffer() {
+        assert_eq!(batch_pages(1000, 1, 256), 256);
+        assert_eq!(batch_pages(10, 1, 256), 10);
+        assert_eq!(batch_pages(0, 1, 256), 0);
+        // 16 balloon pages per guest page: 256 PFNs are 16 guest pages.
+        assert_eq!(batch_pages(1000, 16, 256), 16);
+        assert_eq!(batch_pages(17, 16, 256), 2);
+    }
+}

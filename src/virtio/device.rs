@@ -1,0 +1,298 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `struct virtio_device`: feature bits, configuration space, status and
+//! virtqueue set-up, split by device context.
+//!
+//! - any context: identity and negotiated feature bits (plain memory reads);
+//! - [`Device<Bound>`](Device): configuration space, virtqueues, wakeup
+//!   source, available while the device is bound to our driver;
+//! - [`Device<Core>`](Device): what only bus callbacks may do: create and
+//!   delete the virtqueues, set `DRIVER_OK`, reset the device, hand out a
+//!   [`Binding`] for deferred work.
+
+use super::{
+    binding::BindState,
+    virtqueue::{
+        Buffer,
+        Virtqueue,
+        VqInfo, //
+    },
+    Binding,
+    MAX_VQS, //
+};
+use crate::bindings;
+use core::{
+    marker::PhantomData,
+    mem::offset_of,
+    ptr::{
+        addr_of_mut,
+        NonNull, //
+    },
+};
+use kernel::{
+    device,
+    prelude::*,
+    sync::aref::AlwaysRefCounted,
+    types::Opaque, //
+};
+
+/// A virtio device (`struct virtio_device`).
+///
+/// # Invariants
+///
+/// A [`Device`] instance represents a valid `struct virtio_device` registered
+/// with the virtio bus by a transport. While a `Device<Bound>` (or
+/// `Device<Core>`) reference exists, the device is bound to a driver of this
+/// abstraction and `priv` points to that binding's [`BindState`].
+#[repr(transparent)]
+pub struct Device<Ctx: device::DeviceContext = device::Normal>(
+    Opaque<bindings::virtio_device>,
+    PhantomData<Ctx>,
+);
+
+impl<Ctx: device::DeviceContext> Device<Ctx> {
+    pub(super) fn as_raw(&self) -> *mut bindings::virtio_device {
+        self.0.get()
+    }
+
+    /// Returns the embedded `struct device`.
+    pub(super) fn as_raw_device(&self) -> *mut kernel::bindings::device {
+        // SAFETY: By the type invariant `self.as_raw()` is valid.
+        unsafe { addr_of_mut!((*self.as_raw()).dev) }
+    }
+
+    /// Returns the virtio device type (`VIRTIO_ID_*`).
+    pub fn device_id(&self) -> u32 {
+        // SAFETY: By the type invariant `self.as_raw()` is valid; `id` is set by the transport
+        // before registration and never changes.
+        unsafe { (*self.as_raw()).id.device }
+    }
+
+    /// Returns whether feature `bit` was negotiated.
+    ///
+    /// Unlike C's `virtio_has_feature()`, a bit the driver does not list in
+    /// [`Driver::FEATURES`](super::Driver::FEATURES) reads as `false` instead of hitting `BUG()`
+    /// (the device cannot have negotiated it).
+    pub fn has_feature(&self, bit: u32) -> bool {
+        if bit >= bindings::VIRTIO_FEATURES_BITS {
+            return false;
+        }
+        // SAFETY: By the type invariant `self.as_raw()` is valid and `bit` is in range of the
+        // feature bitmap.
+        unsafe { bindings::__virtio_test_bit(self.as_raw(), bit) }
+    }
+
+    /// Whether the device's virtqueue data (`__virtio16/32/64`) is little
+    /// endian (`virtio_is_little_endian()`): always for VIRTIO 1.0 devices.
+    pub fn is_little_endian(&self) -> bool {
+        // SAFETY: By the type invariant `self.as_raw()` is valid; this only reads feature bits.
+        unsafe { bindings::virtio_is_little_endian(self.as_raw()) }
+    }
+
+    /// Keeps the system awake until [`Self::pm_relax`] (`pm_stay_awake()`),
+    /// callable from any context.
+    pub fn pm_stay_awake(&self) {
+        // SAFETY: `self.as_raw()` is valid, so is its embedded `struct device`.
+        unsafe { kernel::bindings::pm_stay_awake(self.as_raw_device()) };
+    }
+
+    /// Ends a [`Self::pm_stay_awake`] section (`pm_relax()`).
+    pub fn pm_relax(&self) {
+        // SAFETY: `self.as_raw()` is valid, so is its embedded `struct device`.
+        unsafe { kernel::bindings::pm_relax(self.as_raw_device()) };
+    }
+}
+
+impl Device<device::Bound> {
+    /// Returns the state of the current binding.
+    pub(super) fn bind_state(&self) -> &BindState {
+        // SAFETY: By the type invariant, a `Device<Bound>` is bound to a driver of this
+        // abstraction, whose `priv` points to its `BindState`; the binding keeps it alive until
+        // after the device is unbound, which outlives `self`.
+        unsafe { &*(*self.as_raw()).priv_.cast::<BindState>() }
+    }
+
+    /// Reads a little-endian 32-bit field of the device configuration space.
+    ///
+    /// `offset` must be the offset of a field the device has (for example one
+    /// guarded by a negotiated feature): transports treat reads past the end
+    /// of their configuration space as a bug. May sleep.
+    pub fn config_read_le32(&self, offset: usize) -> u32 {
+        let mut bytes = [0u8; 4];
+        // SAFETY: By the type invariant `self.as_raw()` is a valid device bound to us, so its
+        // transport and config ops are live; `bytes` is valid for 4 bytes of writes.
+        unsafe {
+            bindings::virtio_cread_bytes(
+                self.as_raw(),
+                offset as u32,
+                bytes.as_mut_ptr().cast(),
+                bytes.len(),
+            )
+        };
+        u32::from_le_bytes(bytes)
+    }
+
+    /// Writes a little-endian 32-bit field of the device configuration space.
+    ///
+    /// Returns [`ENODEV`] when the transport offers no configuration access.
+    /// The same rules for `offset` as for [`Self::config_read_le32`] apply.
+    pub fn config_write_le32(&self, offset: usize, value: u32) -> Result {
+        let bytes = value.to_le_bytes();
+        // SAFETY: By the type invariant the transport's `config` ops table is valid.
+        let set = unsafe { (*(*self.as_raw()).config).set }.ok_or(ENODEV)?;
+        // SAFETY: `set` is the transport's config writer for this bound device; `bytes` is valid
+        // for 4 bytes of reads.
+        unsafe {
+            set(
+                self.as_raw(),
+                offset as u32,
+                bytes.as_ptr().cast(),
+                bytes.len() as u32,
+            )
+        };
+        Ok(())
+    }
+
+    /// Returns whether the transport offers configuration space access at all.
+    pub fn has_config_access(&self) -> bool {
+        // SAFETY: By the type invariant the transport's `config` ops table is valid.
+        unsafe { (*(*self.as_raw()).config).get.is_some() }
+    }
+
+    /// Returns virtqueue `index` for buffers of type `B`.
+    ///
+    /// The first access fixes a queue's buffer type; asking for the same
+    /// queue with another type, or for a queue that does not exist (not
+    /// requested in [`Device::find_vqs`], or deleted), fails with [`EINVAL`]
+    /// or [`ENODEV`].
+    pub fn vq<B: Buffer>(&self, index: usize) -> Result<Virtqueue<'_, B>> {
+        Virtqueue::new(self.bind_state().slot(index)?)
+    }
+}
+
+impl<'a> Device<device::Core<'a>> {
+    /// Creates the device's virtqueues, one per entry of `vqs` (a `None`
+    /// name leaves that queue unused, as in C).
+    pub fn find_vqs(&self, vqs: &[VqInfo]) -> Result {
+        self.bind_state().find_vqs(self, vqs)
+    }
+
+    /// Deletes the virtqueues, dropping buffers still queued. The device
+    /// must have been reset first (see [`Self::reset`]).
+    pub fn del_vqs(&self) {
+        self.bind_state().del_vqs(self)
+    }
+
+    /// Sets `DRIVER_OK`: the device may now use the virtqueues.
+    pub fn ready(&self) {
+        // SAFETY: `self.as_raw()` is a valid device in a bus callback.
+        unsafe { bindings::virtio_device_ready(self.as_raw()) };
+    }
+
+    /// Resets the device (`virtio_reset_device()`): afterwards it uses no
+    /// buffer and raises no interrupt until set up again.
+    pub fn reset(&self) {
+        // SAFETY: `self.as_raw()` is a valid device in a bus callback.
+        unsafe { bindings::virtio_reset_device(self.as_raw()) };
+    }
+
+    /// Returns a handle through which deferred work reaches the device while
+    /// it stays bound (see [`Binding`]).
+    pub fn binding(&self) -> Binding {
+        Binding::new(self)
+    }
+
+    /// Declares that the device can wake the system (`device_set_wakeup_capable()`).
+    pub fn set_wakeup_capable(&self, capable: bool) {
+        // SAFETY: `self.as_raw()` is valid, so is its embedded `struct device`.
+        unsafe {
+            kernel::bindings::device_set_wakeup_capable(
+                addr_of_mut!((*self.as_raw()).dev),
+                capable,
+            )
+        };
+    }
+}
+
+/// The device's feature bits while the driver validates them (`validate`
+/// callback), before they are finalized.
+pub struct Features<'a>(&'a Device<device::Normal>);
+
+impl<'a> Features<'a> {
+    pub(super) fn new(dev: &'a Device<device::Normal>) -> Self {
+        Self(dev)
+    }
+
+    /// Returns whether feature `bit` is offered by both device and driver.
+    pub fn has(&self, bit: u32) -> bool {
+        self.0.has_feature(bit)
+    }
+
+    /// Declines feature `bit` (`__virtio_clear_bit()`).
+    pub fn clear(&mut self, bit: u32) {
+        if bit < bindings::VIRTIO_FEATURES_BITS {
+            // SAFETY: The device is valid for `'a`; during `validate` the features are not yet
+            // finalized and the virtio core allows the driver to clear bits.
+            unsafe { bindings::__virtio_clear_bit(self.0.as_raw(), bit) };
+        }
+    }
+
+    /// Returns the device these features belong to.
+    pub fn device(&self) -> &Device {
+        self.0
+    }
+}
+
+// SAFETY: `Device` is a transparent wrapper of `struct virtio_device`, which embeds its base
+// `struct device` at the offset given.
+unsafe impl<Ctx: device::DeviceContext> device::AsBusDevice<Ctx> for Device<Ctx> {
+    const OFFSET: usize = offset_of!(bindings::virtio_device, dev);
+}
+
+// SAFETY: `Device` is a transparent wrapper of a type that doesn't depend on `Device`'s generic
+// argument.
+kernel::impl_device_context_deref!(unsafe { Device });
+kernel::impl_device_context_into_aref!(Device);
+
+// SAFETY: Instances of `Device` are always reference-counted through their embedded
+// `struct device`.
+unsafe impl AlwaysRefCounted for Device {
+    fn inc_ref(&self) {
+        // SAFETY: The existence of a shared reference guarantees that the refcount is non-zero.
+        unsafe { kernel::bindings::get_device(self.as_raw_device()) };
+    }
+
+    unsafe fn dec_ref(obj: NonNull<Self>) {
+        // CAST: `Self` is a transparent wrapper of `bindings::virtio_device`.
+        let vdev: *mut bindings::virtio_device = obj.cast().as_ptr();
+
+        // SAFETY: By the type invariant `vdev` is valid, so is its embedded `struct device`.
+        let dev = unsafe { addr_of_mut!((*vdev).dev) };
+
+        // SAFETY: The safety requirements guarantee that the refcount is non-zero.
+        unsafe { kernel::bindings::put_device(dev) }
+    }
+}
+
+impl<Ctx: device::DeviceContext> AsRef<device::Device<Ctx>> for Device<Ctx> {
+    fn as_ref(&self) -> &device::Device<Ctx> {
+        // SAFETY: By the type invariant `self.as_raw()` is valid, so is its embedded
+        // `struct device`.
+        let dev = unsafe { addr_of_mut!((*self.as_raw()).dev) };
+
+        // SAFETY: `dev` points to a valid `struct device` that lives as long as `self`.
+        unsafe { device::Device::from_raw(dev) }
+    }
+}
+
+// SAFETY: A `Device` is reference-counted and can be released from any thread.
+unsafe impl Send for Device {}
+
+// SAFETY: All methods of `Device<Normal>` are thread safe.
+unsafe impl Sync for Device {}
+
+// SAFETY: `Bound` is a zero-sized type-state marker over the same `struct virtio_device`; the
+// bound-only methods synchronize internally (virtqueue locks) or are thread safe in C.
+unsafe impl Sync for Device<device::Bound> {}
+
+const _: () = assert!(MAX_VQS <= u32::MAX as usize);
