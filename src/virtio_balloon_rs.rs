@@ -18,7 +18,7 @@ mod kext;
 mod logic;
 // Written as a reusable bus abstraction: its `pub` items are its API, not
 // all of which this one driver uses.
-#[allow(unreachable_pub, dead_code)]
+#[allow(unreachable_pub, dead_code, unused_imports)]
 mod virtio;
 
 module_virtio_driver! {

@@ -3,19 +3,26 @@
 //! The state of one balloon device (C's `struct virtio_balloon`), probe,
 //! the size-update work (`update_balloon_size_func()`), and removal.
 
-use super::wakeup::{
-    Wakeup,
-    WakeupSignal, //
+use super::{
+    hinting::HintState,
+    vq,
+    wakeup::{
+        Wakeup,
+        WakeupSignal, //
+    },
 };
 use crate::{
     bindings::uapi,
-    impl_has_balloon_dev_info,
+    impl_embeds,
     kext::{
         self,
         balloon::{
             BalloonDevInfo,
             BalloonPage, //
         },
+        oom::OomNotifier,
+        page_reporting::PageReporting,
+        shrinker::Shrinker,
     },
     logic::{
         pfn::{
@@ -66,6 +73,14 @@ use kernel::{
 pub(super) const CONFIG_NUM_PAGES: usize = offset_of!(uapi::virtio_balloon_config, num_pages);
 /// Offset of `actual` (the balloon's size) in the configuration space.
 pub(super) const CONFIG_ACTUAL: usize = offset_of!(uapi::virtio_balloon_config, actual);
+/// Offset of `free_page_hint_cmd_id` (`VIRTIO_BALLOON_F_FREE_PAGE_HINT`).
+pub(super) const CONFIG_FREE_PAGE_HINT_CMD_ID: usize =
+    offset_of!(uapi::virtio_balloon_config, __bindgen_anon_1);
+/// Offset of `poison_val` (`VIRTIO_BALLOON_F_PAGE_POISON`).
+pub(super) const CONFIG_POISON_VAL: usize = offset_of!(uapi::virtio_balloon_config, poison_val);
+
+/// Priority of the OOM notifier (C's `VIRTIO_BALLOON_OOM_NOTIFY_PRIORITY`).
+const OOM_NOTIFY_PRIORITY: i32 = 80;
 
 const _: () = assert!(crate::logic::pfn::BALLOON_PFN_SHIFT == uapi::VIRTIO_BALLOON_PFN_SHIFT);
 const _: () = assert!(crate::logic::stats::tag::NR == uapi::VIRTIO_BALLOON_S_NR as usize);
@@ -91,8 +106,14 @@ pub(super) struct Locked {
 pub(super) struct Props {
     /// `VIRTIO_BALLOON_F_STATS_VQ`.
     pub(super) stats: bool,
-    /// `VIRTIO_BALLOON_F_MUST_TELL_HOST`.
-    pub(super) must_tell_host: bool,
+    /// `VIRTIO_BALLOON_F_DEFLATE_ON_OOM`.
+    pub(super) deflate_on_oom: bool,
+    /// `VIRTIO_BALLOON_F_FREE_PAGE_HINT`.
+    pub(super) free_page_hint: bool,
+    /// `VIRTIO_BALLOON_F_PAGE_POISON`.
+    pub(super) page_poison: bool,
+    /// `VIRTIO_BALLOON_F_REPORTING`.
+    pub(super) reporting: bool,
     /// Balloon pages per guest page.
     pub(super) per_page: u32,
     /// Byte order of the queues' PFNs and statistics.
@@ -101,10 +122,16 @@ pub(super) struct Props {
 
 /// One balloon device.
 ///
-/// `pages` comes first so that it is dropped first, while everything its
-/// migration callback uses still exists.
+/// The kernel registrations come first so that they are dropped (and
+/// unregistered) first, while everything their callbacks use still exists.
 #[pin_data]
 pub(crate) struct Balloon {
+    #[pin]
+    pub(super) oom: OomNotifier<Balloon>,
+    #[pin]
+    pub(super) reporting: PageReporting<Balloon>,
+    #[pin]
+    pub(super) shrinker: Shrinker<Balloon>,
     #[pin]
     pub(super) pages: BalloonDevInfo<Balloon>,
     pub(super) binding: virtio::Binding,
@@ -123,32 +150,46 @@ pub(crate) struct Balloon {
     pub(super) size_work: Work<Balloon, 0>,
     #[pin]
     pub(super) stats_work: Work<Balloon, 1>,
+    /// Free page hinting (`VIRTIO_BALLOON_F_FREE_PAGE_HINT`).
+    #[pin]
+    pub(super) hint: HintState,
+    #[pin]
+    pub(super) hint_work: Work<Balloon, 2>,
     /// Inflate failures since the last success, for rate-limited logging.
     pub(super) out_of_puff: Atomic<u32>,
     /// Whether an excessive host target was already reported.
     pub(super) clamp_reported: Atomic<bool>,
 }
 
-impl_has_balloon_dev_info!(Balloon, pages);
+impl_embeds!(Balloon {
+    pages: BalloonDevInfo<Balloon>,
+    oom: OomNotifier<Balloon>,
+    reporting: PageReporting<Balloon>,
+    shrinker: Shrinker<Balloon>,
+});
 
 impl_has_work! {
     impl HasWork<Balloon, 0> for Balloon { self.size_work }
     impl HasWork<Balloon, 1> for Balloon { self.stats_work }
+    impl HasWork<Balloon, 2> for Balloon { self.hint_work }
 }
 
 impl Balloon {
     /// Sets up a new device (C's `virtballoon_probe()`): queues, balloon
-    /// list, first statistics buffer. The core sets `DRIVER_OK` afterwards.
+    /// list, first statistics buffer, OOM notifier, free page hinting and
+    /// reporting, poison value. The core sets `DRIVER_OK` afterwards.
     pub(super) fn probe(dev: &virtio::Device<Core<'_>>) -> Result<Arc<Self>> {
         if !dev.has_config_access() {
             dev_err!(dev.as_ref(), "config access disabled\n");
             return Err(EINVAL);
         }
 
-        let stats = dev.has_feature(uapi::VIRTIO_BALLOON_F_STATS_VQ);
         let props = Props {
-            stats,
-            must_tell_host: dev.has_feature(uapi::VIRTIO_BALLOON_F_MUST_TELL_HOST),
+            stats: dev.has_feature(uapi::VIRTIO_BALLOON_F_STATS_VQ),
+            deflate_on_oom: dev.has_feature(uapi::VIRTIO_BALLOON_F_DEFLATE_ON_OOM),
+            free_page_hint: dev.has_feature(uapi::VIRTIO_BALLOON_F_FREE_PAGE_HINT),
+            page_poison: dev.has_feature(uapi::VIRTIO_BALLOON_F_PAGE_POISON),
+            reporting: dev.has_feature(uapi::VIRTIO_BALLOON_F_REPORTING),
             per_page: pages_per_page(kernel::page::PAGE_SHIFT as u32),
             endian: if dev.is_little_endian() {
                 Endian::Little
@@ -157,19 +198,25 @@ impl Balloon {
             },
         };
 
-        dev.find_vqs(&[
-            VqInfo::new(c"inflate"),
-            VqInfo::new(c"deflate"),
-            if stats {
-                VqInfo::new(c"stats")
-            } else {
-                VqInfo::UNUSED
-            },
-        ])?;
+        Self::init_vqs(dev, &props)?;
+
+        let reporting_capacity = if props.reporting {
+            dev.sg_vq(vq::REPORTING)?.size()
+        } else {
+            0
+        };
+        if props.free_page_hint && dev.vq::<kext::free_page_hint::HintBuffer>(vq::FREE_PAGE)?.size() < 2 {
+            // One entry is always reserved for the command id.
+            return Err(ENOSPC);
+        }
 
         let this = Arc::pin_init(
             try_pin_init!(Self {
-                pages <- BalloonDevInfo::new(true),
+                oom <- OomNotifier::new(OOM_NOTIFY_PRIORITY),
+                reporting <- PageReporting::new(None, reporting_capacity),
+                shrinker <- Shrinker::new(),
+                // Without deflate-on-OOM, ballooned pages leave MemTotal.
+                pages <- BalloonDevInfo::new(!props.deflate_on_oom),
                 binding: dev.binding(),
                 props,
                 locked <- new_mutex!(Locked {
@@ -182,19 +229,46 @@ impl Balloon {
                 wakeup <- Wakeup::new(),
                 size_work <- new_work!("virtio_balloon_rs::size_work"),
                 stats_work <- new_work!("virtio_balloon_rs::stats_work"),
+                hint <- HintState::new(),
+                hint_work <- new_work!("virtio_balloon_rs::hint_work"),
                 out_of_puff: Atomic::new(0),
                 clamp_reported: Atomic::new(false),
             }? Error),
             GFP_KERNEL,
         )?;
 
-        if stats {
+        if props.stats {
             // Prime the stats queue with one buffer so the host can use it
             // to ask for statistics later (C's `init_vqs()`).
             this.stats_prime(dev)?;
         }
+        if props.free_page_hint {
+            // Hinted blocks may be reused under memory pressure.
+            this.shrinker.register(&this, c"virtio-balloon-rs")?;
+        }
+        if props.deflate_on_oom {
+            this.oom.register(&this)?;
+        }
+        if props.page_poison {
+            this.write_poison_val(dev);
+        }
+        if props.reporting {
+            this.reporting.register(&this)?;
+        }
         dev.set_wakeup_capable(true);
         Ok(this)
+    }
+
+    /// Creates the virtqueues the negotiated features call for.
+    pub(super) fn init_vqs(dev: &virtio::Device<Core<'_>>, props: &Props) -> Result {
+        let used = |on: bool, info: VqInfo| if on { info } else { VqInfo::UNUSED };
+        dev.find_vqs(&[
+            VqInfo::new(c"inflate"),
+            VqInfo::new(c"deflate"),
+            used(props.stats, VqInfo::new(c"stats")),
+            used(props.free_page_hint, VqInfo::polled(c"free_page_vq")),
+            used(props.reporting, VqInfo::new(c"reporting_vq")),
+        ])
     }
 
     /// The device is live: start moving towards the host's target.
@@ -211,6 +285,7 @@ impl Balloon {
         if !*stopped {
             self.wakeup.start(dev, WakeupSignal::Adjust);
             self.queue_size_work();
+            self.queue_free_page_work();
         }
     }
 
@@ -250,7 +325,7 @@ impl Balloon {
 
     /// One round of the size work (C's `update_balloon_size_func()`):
     /// move one batch towards the target; returns whether more remains.
-    fn update_balloon_size_func(&self, dev: &virtio::Device<Bound>) -> bool {
+    fn update_balloon_size_func(self: &Arc<Self>, dev: &virtio::Device<Bound>) -> bool {
         let step = self.towards_target(dev);
         let moved = match step {
             Step::Idle => return false,
@@ -303,17 +378,30 @@ impl Balloon {
 
     /// Stops all asynchronous work (C's `virtballoon_quiesce()`).
     pub(super) fn quiesce(self: &Arc<Self>) {
+        self.reporting.unregister();
+        self.oom.unregister();
+        self.shrinker.unregister();
         *self.stop_update.lock() = true;
         kext::workqueue::cancel_work_sync::<_, 0>(self);
         kext::workqueue::cancel_work_sync::<_, 1>(self);
+        kext::workqueue::cancel_work_sync::<_, 2>(self);
     }
 
     /// The device goes away (C's `virtballoon_remove()`): stop the work,
     /// give every page back, telling the host, and report the empty balloon.
     pub(super) fn remove(self: &Arc<Self>, dev: &virtio::Device<Core<'_>>) {
         self.quiesce();
-        self.release_all(dev);
+        self.remove_common(dev);
         self.wakeup.finish(dev);
+    }
+
+    /// C's `remove_common()` up to the reset, which the virtio abstraction
+    /// does: deflate everything and return hinted pages.
+    pub(super) fn remove_common(&self, dev: &virtio::Device<Bound>) {
+        self.release_all(dev);
+        if self.props.free_page_hint {
+            self.return_free_pages_to_mm(usize::MAX);
+        }
     }
 
     /// Deflates the whole balloon (C's `remove_common()` without the reset).
@@ -373,5 +461,15 @@ impl WorkItem<1> for Balloon {
             this.stats_handle_request(&dev);
         }
         this.wakeup.finish(this.binding.device());
+    }
+}
+
+impl WorkItem<2> for Balloon {
+    type Pointer = Arc<Balloon>;
+
+    fn run(this: Arc<Balloon>) {
+        if let Some(dev) = this.binding.access() {
+            this.report_free_page_func(&dev);
+        }
     }
 }

@@ -21,7 +21,10 @@ use crate::{
 use kernel::{
     device::Bound,
     prelude::*,
-    sync::atomic::Relaxed,
+    sync::{
+        atomic::Relaxed,
+        Arc, //
+    },
     time::{
         delay::fsleep,
         Delta, //
@@ -34,7 +37,7 @@ const OUT_OF_PUFF_BACKOFF_MS: i64 = 200;
 impl Balloon {
     /// Inflates by up to one buffer of `num` balloon pages; returns how many
     /// balloon pages the host was told about.
-    pub(super) fn fill_balloon(&self, dev: &virtio::Device<Bound>, num: u32) -> u32 {
+    pub(super) fn fill_balloon(self: &Arc<Self>, dev: &virtio::Device<Bound>, num: u32) -> u32 {
         let per = self.props.per_page;
         let want = batch_pages(num, per, PFNS_PER_BUFFER);
 
@@ -76,10 +79,12 @@ impl Balloon {
         let mut batch = PfnBatch::new(kernel::page::PAGE_SHIFT as u32, self.props.endian);
         for page in filling.drain_all() {
             match batch.push(&mut buf, page.pfn()) {
-                Ok(()) => {
-                    self.pages.enqueue(page);
-                    locked.num_pages += per;
-                }
+                Ok(()) => match self.pages.enqueue(self, page) {
+                    Ok(()) => locked.num_pages += per,
+                    // `pages` is our own field, so this does not happen;
+                    // should it, the page is freed and not announced.
+                    Err(_page) => batch.pop_page(),
+                },
                 Err(PushError::Unreachable) => {
                     dev_warn!(
                         dev.as_ref(),

@@ -19,13 +19,22 @@
 //! [`migrate`]. While the balloon is adjusting, the device holds a wakeup
 //! event ([`wakeup`]).
 //!
+//! Optional features, as in C: deflate on OOM ([`oom`]), free page
+//! reporting ([`reporting`]), free page hinting for live migration
+//! ([`hinting`]), page poisoning ([`poison`]); and system sleep ([`pm`]).
+//!
 //! All of this is safe Rust over the abstractions in `crate::virtio` and
 //! `crate::kext`.
 
 mod deflate;
 mod device;
+mod hinting;
 mod inflate;
 mod migrate;
+mod oom;
+mod pm;
+mod poison;
+mod reporting;
 mod stats;
 mod wakeup;
 
@@ -53,6 +62,8 @@ mod vq {
     pub(super) const INFLATE: usize = 0;
     pub(super) const DEFLATE: usize = 1;
     pub(super) const STATS: usize = 2;
+    pub(super) const FREE_PAGE: usize = 3;
+    pub(super) const REPORTING: usize = 4;
 }
 
 /// The virtio balloon driver.
@@ -72,12 +83,17 @@ impl virtio::Driver for VirtioBalloon {
     const FEATURES: &'static [u32] = &[
         uapi::VIRTIO_BALLOON_F_MUST_TELL_HOST,
         uapi::VIRTIO_BALLOON_F_STATS_VQ,
+        uapi::VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
+        uapi::VIRTIO_BALLOON_F_FREE_PAGE_HINT,
+        uapi::VIRTIO_BALLOON_F_PAGE_POISON,
+        uapi::VIRTIO_BALLOON_F_REPORTING,
     ];
 
     fn validate(features: &mut Features<'_>) -> Result {
-        // Queued PFN and stats buffers are single descriptors; indirect
-        // descriptors would only add allocations (C clears them too), and
-        // the balloon hands guest-physical addresses to the host.
+        poison::validate(features);
+        // No indirect descriptors: page reporting must not allocate memory
+        // to queue buffers (C clears them too). The balloon hands
+        // guest-physical addresses to the host, not DMA addresses.
         features.clear(uapi::VIRTIO_RING_F_INDIRECT_DESC);
         features.clear(uapi::VIRTIO_F_ACCESS_PLATFORM);
         Ok(())
@@ -103,6 +119,14 @@ impl virtio::Driver for VirtioBalloon {
 
     fn unbind(dev: &virtio::Device<Core<'_>>, data: Pin<&Self::Data>) {
         data.get_ref().remove(dev);
+    }
+
+    fn freeze(dev: &virtio::Device<Core<'_>>, data: Pin<&Self::Data>) -> Result {
+        data.get_ref().freeze(dev)
+    }
+
+    fn restore(dev: &virtio::Device<Core<'_>>, data: Pin<&Self::Data>) -> Result {
+        data.get_ref().restore(dev)
     }
 
     fn shutdown(_dev: &virtio::Device<Core<'_>>, data: Pin<&Self::Data>) {

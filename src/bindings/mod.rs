@@ -46,7 +46,6 @@ pub(crate) mod uapi {
         VIRTIO_BALLOON_PFN_SHIFT,
         VIRTIO_BALLOON_S_NR,
         VIRTIO_F_ACCESS_PLATFORM,
-        VIRTIO_F_VERSION_1,
         VIRTIO_ID_BALLOON,
         VIRTIO_RING_F_INDIRECT_DESC, //
     };

@@ -12,6 +12,11 @@
 //! A [`BalloonPage`] is a page allocated for the balloon that is not on the
 //! list: freshly allocated, or dequeued to be freed. Dropping it frees it.
 
+use super::embed::{
+    is_field_of,
+    owner_of,
+    Embeds, //
+};
 use crate::bindings;
 use core::{
     marker::{
@@ -24,6 +29,7 @@ use kernel::{
     bindings as kb,
     ffi::c_int,
     prelude::*,
+    sync::Arc,
     types::Opaque, //
 };
 
@@ -95,36 +101,6 @@ pub(crate) trait MigratePage: Sync {
     fn migrate_page(&self, new: PageRef<'_>, old: PageRef<'_>) -> Result;
 }
 
-/// Types embedding a [`BalloonDevInfo`] at a fixed place, so that the
-/// migration callback finds its owner.
-///
-/// # Safety
-///
-/// `OFFSET` must be the offset of a `BalloonDevInfo<Self>` field of `Self`.
-/// Use [`impl_has_balloon_dev_info!`](crate::impl_has_balloon_dev_info).
-pub(crate) unsafe trait HasBalloonDevInfo: MigratePage + Sized {
-    /// Offset of the [`BalloonDevInfo`] field.
-    const OFFSET: usize;
-}
-
-/// Implements [`HasBalloonDevInfo`] for a struct and one of its fields.
-#[macro_export]
-macro_rules! impl_has_balloon_dev_info {
-    ($owner:ty, $field:ident) => {
-        // SAFETY: `offset_of!` names a field that the type checker requires to be a
-        // `BalloonDevInfo<$owner>`.
-        unsafe impl $crate::kext::balloon::HasBalloonDevInfo for $owner {
-            const OFFSET: usize = {
-                #[allow(dead_code)]
-                fn check(o: &$owner) -> &$crate::kext::balloon::BalloonDevInfo<$owner> {
-                    &o.$field
-                }
-                ::core::mem::offset_of!($owner, $field)
-            };
-        }
-    };
-}
-
 /// A balloon's page list (`struct balloon_dev_info`), embedded in its owner `T`.
 ///
 /// # Invariants
@@ -136,7 +112,7 @@ macro_rules! impl_has_balloon_dev_info {
 /// address of the `BalloonDevInfo`.
 #[repr(C)]
 #[pin_data(PinnedDrop)]
-pub(crate) struct BalloonDevInfo<T: HasBalloonDevInfo> {
+pub(crate) struct BalloonDevInfo<T: MigratePage + Embeds<Self>> {
     #[pin]
     raw: Opaque<bindings::balloon_dev_info>,
     #[pin]
@@ -145,11 +121,11 @@ pub(crate) struct BalloonDevInfo<T: HasBalloonDevInfo> {
 }
 
 // SAFETY: The page list is protected by the balloon core's own lock.
-unsafe impl<T: HasBalloonDevInfo> Send for BalloonDevInfo<T> {}
+unsafe impl<T: MigratePage + Embeds<Self>> Send for BalloonDevInfo<T> {}
 // SAFETY: The page list is protected by the balloon core's own lock.
-unsafe impl<T: HasBalloonDevInfo> Sync for BalloonDevInfo<T> {}
+unsafe impl<T: MigratePage + Embeds<Self>> Sync for BalloonDevInfo<T> {}
 
-impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
+impl<T: MigratePage + Embeds<Self>> BalloonDevInfo<T> {
     /// Creates an empty balloon. With `adjust_managed_page_count`, ballooned
     /// pages are taken out of the managed page count (`MemTotal` shrinks).
     pub(crate) fn new(adjust_managed_page_count: bool) -> impl PinInit<Self> {
@@ -158,8 +134,7 @@ impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
                 // SAFETY: `slot` is valid for writes; `balloon_devinfo_init` initializes all of
                 // it (empty list, no callback).
                 unsafe { bindings::balloon_devinfo_init(slot) };
-                // SAFETY: `slot` was just initialized; `T::OFFSET` locates the owner of this
-                // field for the callback.
+                // SAFETY: `slot` was just initialized.
                 unsafe {
                     (*slot).adjust_managed_page_count = adjust_managed_page_count;
                     (*slot).migratepage = Some(Self::migratepage_callback);
@@ -170,11 +145,18 @@ impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
         })
     }
 
-    /// Puts `page` on the balloon list (`balloon_page_enqueue()`).
-    pub(crate) fn enqueue(&self, page: BalloonPage) {
-        // SAFETY: `self.raw` is initialized (type invariant); the page is ours and on no list,
-        // and the list takes over our reference.
+    /// Puts `page` on the balloon list (`balloon_page_enqueue()`). `self`
+    /// must be the `BalloonDevInfo` field of `owner`, so that migration finds
+    /// its owner; otherwise the page comes back.
+    pub(crate) fn enqueue(&self, owner: &Arc<T>, page: BalloonPage) -> Result<(), BalloonPage> {
+        if !is_field_of(self, owner) {
+            return Err(page);
+        }
+        // SAFETY: `self.raw` is initialized (type invariant) and pinned inside the `Arc`ed
+        // `owner`, which it keeps alive while pages are listed (`Drop` empties the list); the
+        // page is ours and on no list, and the list takes over our reference.
         unsafe { bindings::balloon_page_enqueue(self.raw.get(), page.into_raw()) };
+        Ok(())
     }
 
     /// Takes a page off the balloon list (`balloon_page_dequeue()`).
@@ -201,10 +183,11 @@ impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
         page: *mut kb::page,
         _mode: kb::migrate_mode,
     ) -> c_int {
-        // SAFETY: The balloon core passes the `raw` field of a `BalloonDevInfo<T>`, which by the
-        // safety requirement of `HasBalloonDevInfo` lies at `T::OFFSET` in a live `T` (type
-        // invariant: it outlives its pages); `raw` is at offset 0 of `Self`.
-        let owner = unsafe { &*info.cast::<u8>().sub(T::OFFSET).cast::<T>() };
+        // CAST: `raw` is the first field of a `repr(C)` `BalloonDevInfo<T>`.
+        let this = info.cast::<Self>();
+        // SAFETY: The balloon core passes the `raw` field of the `BalloonDevInfo<T>` that holds
+        // the page, which lies in a live `T` that outlives its pages (type invariant).
+        let owner: &T = unsafe { owner_of::<T, Self>(this) };
         let (Some(new), Some(old)) = (NonNull::new(newpage), NonNull::new(page)) else {
             return EINVAL.to_errno();
         };
@@ -216,7 +199,7 @@ impl<T: HasBalloonDevInfo> BalloonDevInfo<T> {
 }
 
 #[pinned_drop]
-impl<T: HasBalloonDevInfo> PinnedDrop for BalloonDevInfo<T> {
+impl<T: MigratePage + Embeds<Self>> PinnedDrop for BalloonDevInfo<T> {
     fn drop(self: Pin<&mut Self>) {
         // Pages still on the list point back at us: a driver must deflate
         // before it goes away. As a last resort, release them here (the host

@@ -142,6 +142,11 @@ impl PfnBatch {
         Ok(())
     }
 
+    /// Removes the last guest page pushed, if any.
+    pub fn pop_page(&mut self) {
+        self.len = self.len.saturating_sub(self.pages_per_page() as usize);
+    }
+
     /// Empties the batch for reuse.
     pub fn clear(&mut self) {
         self.len = 0;
@@ -189,6 +194,19 @@ mod tests {
         assert_eq!(b.push(&mut buf, 999), Err(PushError::Full));
         assert_eq!(b.bytes(), 1024);
         b.clear();
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn pop_page_forgets_the_last_guest_page() {
+        let mut buf = [0; PFNS_PER_BUFFER];
+        let mut b = PfnBatch::new(16, Endian::Little);
+        b.push(&mut buf, 1).unwrap();
+        b.push(&mut buf, 2).unwrap();
+        b.pop_page();
+        assert_eq!(b.len(), 16);
+        b.pop_page();
+        b.pop_page();
         assert!(b.is_empty());
     }
 

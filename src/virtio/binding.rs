@@ -125,6 +125,13 @@ impl BindState {
         }
     }
 
+    /// Wakes the waiters of the slot holding `vq` and returns its index.
+    pub(super) fn notify_used(&self, vq: *mut bindings::virtqueue) -> Option<usize> {
+        let index = self.slots.iter().position(|slot| slot.holds(vq))?;
+        self.slots[index].notify_used();
+        Some(index)
+    }
+
     /// Returns the slot of virtqueue `index`.
     pub(super) fn slot(&self, index: usize) -> Result<&VqSlot> {
         self.slots.get(index).ok_or(EINVAL)

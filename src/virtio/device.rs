@@ -14,6 +14,7 @@ use super::{
     binding::BindState,
     virtqueue::{
         Buffer,
+        SgQueue,
         Virtqueue,
         VqInfo, //
     },
@@ -167,6 +168,12 @@ impl Device<device::Bound> {
     /// or [`ENODEV`].
     pub fn vq<B: Buffer>(&self, index: usize) -> Result<Virtqueue<'_, B>> {
         Virtqueue::new(self.bind_state().slot(index)?)
+    }
+
+    /// Returns virtqueue `index` for transfers of borrowed scatterlists
+    /// ([`SgQueue`]). Fails like [`Self::vq`].
+    pub fn sg_vq(&self, index: usize) -> Result<SgQueue<'_>> {
+        SgQueue::new(self.bind_state().slot(index)?)
     }
 }
 

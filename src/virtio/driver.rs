@@ -237,12 +237,14 @@ impl<T: Driver + 'static> Adapter<T> {
     unsafe extern "C" fn vq_callback(vq: *mut bindings::virtqueue) {
         // SAFETY: The transport calls queue callbacks with a valid queue of a bound device,
         // between `virtio_find_vqs` and the device reset preceding `del_vqs`.
-        let (vdev, index) = unsafe { ((*vq).vdev, (*vq).index as usize) };
+        let vdev = unsafe { (*vq).vdev };
         // SAFETY: As above, the device is bound while its queue callbacks run.
         let dev = unsafe { &*vdev.cast::<Device<device::Bound>>() };
-        if let Ok(slot) = dev.bind_state().slot(index) {
-            slot.notify_used();
-        }
+        // The queue's slot in the driver's `find_vqs` list; the device's own
+        // queue numbering skips unused entries.
+        let Some(index) = dev.bind_state().notify_used(vq) else {
+            return;
+        };
         if let Some(data) = Self::data(dev) {
             T::vq_callback(dev, data, index);
         }

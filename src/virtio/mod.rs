@@ -45,6 +45,8 @@ pub use virtqueue::{
     Buffer,
     DataBuffer,
     Rejected,
+    SgList,
+    SgQueue,
     Virtqueue,
     VqInfo, //
 };

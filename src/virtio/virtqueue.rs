@@ -197,6 +197,10 @@ impl VqSlot {
         })
     }
 
+    pub(super) fn holds(&self, vq: *mut bindings::virtqueue) -> bool {
+        !vq.is_null() && self.state.lock().vq == vq
+    }
+
     pub(super) fn is_live(&self) -> bool {
         !self.state.lock().vq.is_null()
     }
@@ -242,6 +246,16 @@ impl VqSlot {
         s.in_flight = 0;
         self.used.notify_all();
         true
+    }
+
+    /// Ring size (`virtqueue_get_vring_size()`), 0 if there is no queue.
+    fn ring_size(&self) -> u32 {
+        let s = self.state.lock();
+        if s.vq.is_null() {
+            return 0;
+        }
+        // SAFETY: `s.vq` is live (type invariant).
+        unsafe { bindings::virtqueue_get_vring_size(s.vq) }
     }
 
     /// Wakes [`Virtqueue::wait_buf`] callers; called from the queue's interrupt.
@@ -405,11 +419,102 @@ impl<'a, B: Buffer> Virtqueue<'a, B> {
 
     /// Ring size (`virtqueue_get_vring_size()`), 0 if the queue is gone.
     pub fn size(&self) -> u32 {
-        let s = self.slot.state.lock();
+        self.slot.ring_size()
+    }
+}
+
+/// A scatterlist of memory borrowed for one device-writable transfer.
+///
+/// # Safety
+///
+/// [`SgList::as_raw`] must return a valid array of that many initialized
+/// scatterlist entries, describing memory in the linear mapping that the
+/// device may write and nobody else uses while `self` is borrowed.
+pub unsafe trait SgList {
+    /// The entries and their number.
+    fn as_raw(&self) -> (*mut kernel::bindings::scatterlist, usize);
+}
+
+/// Type marker of queues used through [`SgQueue`].
+struct SgMarker;
+
+/// A virtqueue that carries borrowed scatterlists, one transfer at a time
+/// (for example free page reporting).
+pub struct SgQueue<'a> {
+    slot: &'a VqSlot,
+}
+
+impl<'a> SgQueue<'a> {
+    pub(super) fn new(slot: &'a VqSlot) -> Result<Self> {
+        let mut s = slot.state.lock();
         if s.vq.is_null() {
-            return 0;
+            return Err(ENODEV);
         }
-        // SAFETY: `s.vq` is live (type invariant).
-        unsafe { bindings::virtqueue_get_vring_size(s.vq) }
+        match s.ty {
+            None => {
+                // INVARIANT: Tokens of this queue are borrowed scatterlists: nothing to drop.
+                s.ty = Some(TypeId::of::<SgMarker>());
+                s.drop = None;
+            }
+            Some(ty) if ty == TypeId::of::<SgMarker>() => {}
+            Some(_) => return Err(EINVAL),
+        }
+        Ok(Self { slot })
+    }
+
+    /// Ring size, the most entries one transfer can have.
+    pub fn size(&self) -> u32 {
+        self.slot.ring_size()
+    }
+
+    /// Hands `sg` to the device as device-writable buffers, notifies it and
+    /// sleeps until the device has returned them.
+    ///
+    /// Fails with [`ENOSPC`] if the ring has fewer free descriptors than
+    /// entries, and with [`ENODEV`] if the queue is deleted meanwhile.
+    pub fn transfer_inbuf<S: SgList>(&self, sg: &S) -> Result {
+        let (list, n) = sg.as_raw();
+        if n == 0 || n > u32::MAX as usize {
+            return Err(EINVAL);
+        }
+        let token = NonNull::new(list.cast::<c_void>()).ok_or(EINVAL)?;
+        let mut s = self.slot.state.lock();
+        if s.vq.is_null() {
+            return Err(ENODEV);
+        }
+        // SAFETY: `s.vq` is live (type invariant); `list` holds `n` valid entries whose memory the
+        // device may write until we take the token back below (safety requirements of `SgList`);
+        // `token` is unique while queued because this call does not return before it comes back.
+        kernel::error::to_result(unsafe {
+            bindings::virtqueue_add_inbuf(
+                s.vq,
+                list,
+                n as u32,
+                token.as_ptr(),
+                kernel::bindings::GFP_ATOMIC,
+            )
+        })?;
+        s.in_flight += 1;
+        // SAFETY: `s.vq` is live.
+        unsafe { bindings::virtqueue_kick(s.vq) };
+        loop {
+            if s.vq.is_null() {
+                // The queue was deleted after a device reset: the device no longer uses `sg`.
+                return Err(ENODEV);
+            }
+            let mut len = 0u32;
+            // SAFETY: `s.vq` is live; `len` is writable.
+            let used = unsafe { bindings::virtqueue_get_buf(s.vq, &mut len) };
+            if !used.is_null() {
+                s.in_flight = s.in_flight.saturating_sub(1);
+                if used == token.as_ptr() {
+                    return Ok(());
+                }
+                // Another transfer's token (not possible with one caller at a time); it
+                // carries nothing to release.
+                continue;
+            }
+            self.slot.used.wait(&mut s);
+        }
     }
 }
