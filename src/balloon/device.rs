@@ -48,8 +48,7 @@ use kernel::{
         Bound,
         Core, //
     },
-    new_mutex,
-    new_spinlock_irq,
+    new_mutex, new_spinlock_irq,
     prelude::*,
     sync::{
         atomic::{
@@ -205,7 +204,12 @@ impl Balloon {
         } else {
             0
         };
-        if props.free_page_hint && dev.vq::<kext::free_page_hint::HintBuffer>(vq::FREE_PAGE)?.size() < 2 {
+        if props.free_page_hint
+            && dev
+                .vq::<kext::free_page_hint::HintBuffer>(vq::FREE_PAGE)?
+                .size()
+                < 2
+        {
             // One entry is always reserved for the command id.
             return Err(ENOSPC);
         }
@@ -300,8 +304,8 @@ impl Balloon {
         let current = self.locked.lock().num_pages;
         // The guest's memory in balloon pages: what it has now plus what the
         // balloon took out of the managed page count.
-        let guest_pages = kext::mm::totalram_pages() * u64::from(self.props.per_page)
-            + u64::from(current);
+        let guest_pages =
+            kext::mm::totalram_pages() * u64::from(self.props.per_page) + u64::from(current);
         let target = Target::from_host(num_pages, self.props.per_page, guest_pages);
         if target.clamped && !self.clamp_reported.xchg(true, Relaxed) {
             dev_warn!(
@@ -355,7 +359,12 @@ impl Balloon {
         };
         // We should always be able to add one buffer to an empty queue.
         if let Err(rejected) = vq.add_outbuf(buf, bytes) {
-            dev_warn!(dev.as_ref(), "queue {} refused PFNs: {:?}\n", index, rejected.err);
+            dev_warn!(
+                dev.as_ref(),
+                "queue {} refused PFNs: {:?}\n",
+                index,
+                rejected.err
+            );
             return Some(rejected.buf);
         }
         vq.kick();

@@ -170,7 +170,10 @@ impl Balloon {
             let q = dev.vq::<HintBuffer>(vq::FREE_PAGE)?;
             // One entry is always kept for the command id.
             if q.num_free() > 1 {
-                q.add_inbuf(HintBuffer::Block(block), HINT_BLOCK_PAGES << kernel::page::PAGE_SHIFT)?;
+                q.add_inbuf(
+                    HintBuffer::Block(block),
+                    HINT_BLOCK_PAGES << kernel::page::PAGE_SHIFT,
+                )?;
                 q.kick();
             }
         }

@@ -71,7 +71,10 @@ pub(crate) struct VirtioBalloon;
 
 virtio_device_table!(
     VIRTIO_BALLOON_ID_TABLE,
-    [virtio::DeviceId::new(uapi::VIRTIO_ID_BALLOON, virtio::ANY_VENDOR)]
+    [virtio::DeviceId::new(
+        uapi::VIRTIO_ID_BALLOON,
+        virtio::ANY_VENDOR
+    )]
 );
 
 #[vtable]

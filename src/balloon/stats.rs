@@ -71,7 +71,11 @@ impl Balloon {
         };
         let len = self.stats_fill(&mut buf);
         if let Err(rejected) = vq.add_outbuf(buf, len) {
-            dev_warn!(dev.as_ref(), "cannot queue statistics: {:?}\n", rejected.err);
+            dev_warn!(
+                dev.as_ref(),
+                "cannot queue statistics: {:?}\n",
+                rejected.err
+            );
             return;
         }
         vq.kick();

@@ -48,7 +48,11 @@ impl Wakeup {
     }
 
     /// A request arrived: stay awake until it is served.
-    pub(super) fn start(&self, dev: &virtio::Device<impl kernel::device::DeviceContext>, signal: WakeupSignal) {
+    pub(super) fn start(
+        &self,
+        dev: &virtio::Device<impl kernel::device::DeviceContext>,
+        signal: WakeupSignal,
+    ) {
         let mut s = self.state.lock();
         s.mask |= signal as u32;
         if !s.processing {

@@ -177,7 +177,7 @@ impl<T: MigratePage + Embeds<Self>> BalloonDevInfo<T> {
         unsafe { core::ptr::read_volatile(&(*self.raw.get()).isolated_pages) as usize }
     }
 
-    unsafe extern "C" fn migratepage_callback(
+    extern "C" fn migratepage_callback(
         info: *mut bindings::balloon_dev_info,
         newpage: *mut kb::page,
         page: *mut kb::page,

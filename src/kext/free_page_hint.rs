@@ -104,7 +104,10 @@ unsafe impl Buffer for HintBuffer {
 
     unsafe fn from_token(token: NonNull<c_void>) -> Self {
         if token.addr().get() & BLOCK_TAG != 0 {
-            let page = token.as_ptr().map_addr(|a| a & !BLOCK_TAG).cast::<kb::page>();
+            let page = token
+                .as_ptr()
+                .map_addr(|a| a & !BLOCK_TAG)
+                .cast::<kb::page>();
             // SAFETY: The token is a non-null page pointer with bit 0 set; clearing it gives the
             // page pointer back.
             let page = unsafe { NonNull::new_unchecked(page) };

@@ -108,7 +108,11 @@ impl<T: OomHandler + Embeds<Self>> OomNotifier<T> {
         }
     }
 
-    unsafe extern "C" fn notify(nb: *mut kb::notifier_block, _action: c_ulong, parm: *mut c_void) -> c_int {
+    extern "C" fn notify(
+        nb: *mut kb::notifier_block,
+        _action: c_ulong,
+        parm: *mut c_void,
+    ) -> c_int {
         // CAST: `nb` is the first field of a `repr(C)` `OomNotifier<T>`.
         let this = nb.cast::<Self>();
         // SAFETY: The chain calls us with our registered `nb`, so `this` is the `OomNotifier`

@@ -133,7 +133,7 @@ impl<T: ReportHandler + Embeds<Self>> PageReporting<T> {
         }
     }
 
-    unsafe extern "C" fn report_callback(
+    extern "C" fn report_callback(
         prdev: *mut bindings::page_reporting_dev_info,
         sg: *mut kb::scatterlist,
         nents: c_uint,

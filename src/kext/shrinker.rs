@@ -101,14 +101,14 @@ impl<T: ShrinkHandler + Embeds<Self>> Shrinker<T> {
         unsafe { owner_of::<T, Self>((*s).private_data.cast::<Self>()) }
     }
 
-    unsafe extern "C" fn count_objects(s: *mut kb::shrinker, _sc: *mut kb::shrink_control) -> c_ulong {
+    extern "C" fn count_objects(s: *mut kb::shrinker, _sc: *mut kb::shrink_control) -> c_ulong {
         // SAFETY: Reclaim calls us with our registered shrinker.
         unsafe { Self::owner(s) }.count() as c_ulong
     }
 
-    unsafe extern "C" fn scan_objects(s: *mut kb::shrinker, sc: *mut kb::shrink_control) -> c_ulong {
+    extern "C" fn scan_objects(s: *mut kb::shrinker, sc: *mut kb::shrink_control) -> c_ulong {
         // SAFETY: Reclaim passes a valid `shrink_control`.
-        let nr = unsafe { (*sc).nr_to_scan } as usize;
+        let nr = unsafe { (*sc).nr_to_scan };
         // SAFETY: Reclaim calls us with our registered shrinker.
         unsafe { Self::owner(s) }.scan(nr) as c_ulong
     }

@@ -130,7 +130,9 @@ impl PfnBatch {
         if self.is_full() {
             return Err(PushError::Full);
         }
-        let first = pfn.checked_mul(u64::from(per)).ok_or(PushError::Unreachable)?;
+        let first = pfn
+            .checked_mul(u64::from(per))
+            .ok_or(PushError::Unreachable)?;
         let last = first + u64::from(per) - 1;
         if last > u64::from(u32::MAX) {
             return Err(PushError::Unreachable);

@@ -93,7 +93,12 @@ impl MemStats {
     /// there are. Page counts become bytes for pages of `1 << page_shift`
     /// bytes (saturating).
     pub fn encode(&self, page_shift: u32, endian: Endian, out: &mut StatsArray) -> usize {
-        let bytes = |pages: u64| pages.checked_shl(page_shift).filter(|b| b >> page_shift == pages).unwrap_or(u64::MAX);
+        let bytes = |pages: u64| {
+            pages
+                .checked_shl(page_shift)
+                .filter(|b| b >> page_shift == pages)
+                .unwrap_or(u64::MAX)
+        };
         let mut n = 0;
         if let Some(e) = &self.events {
             put(out, &mut n, endian, tag::SWAP_IN, bytes(e.swap_in));
@@ -104,8 +109,20 @@ impl MemStats {
             put(out, &mut n, endian, tag::ALLOC_STALL, e.alloc_stalls);
             put(out, &mut n, endian, tag::ASYNC_SCAN, bytes(e.async_scan));
             put(out, &mut n, endian, tag::DIRECT_SCAN, bytes(e.direct_scan));
-            put(out, &mut n, endian, tag::ASYNC_RECLAIM, bytes(e.async_reclaim));
-            put(out, &mut n, endian, tag::DIRECT_RECLAIM, bytes(e.direct_reclaim));
+            put(
+                out,
+                &mut n,
+                endian,
+                tag::ASYNC_RECLAIM,
+                bytes(e.async_reclaim),
+            );
+            put(
+                out,
+                &mut n,
+                endian,
+                tag::DIRECT_RECLAIM,
+                bytes(e.direct_reclaim),
+            );
             if let Some((alloc, fail)) = e.hugetlb {
                 put(out, &mut n, endian, tag::HTLB_PGALLOC, alloc);
                 put(out, &mut n, endian, tag::HTLB_PGFAIL, fail);
@@ -219,7 +236,10 @@ mod tests {
         s.free = u64::MAX / 2;
         let mut out = [0; tag::NR * STAT_BYTES];
         let n = s.encode(16, Endian::Little, &mut out);
-        let free = decode(&out, n).into_iter().find(|s| s.0 == tag::MEMFREE).unwrap();
+        let free = decode(&out, n)
+            .into_iter()
+            .find(|s| s.0 == tag::MEMFREE)
+            .unwrap();
         assert_eq!(free.1, u64::MAX);
     }
 
@@ -227,7 +247,10 @@ mod tests {
     fn larger_pages_scale_byte_values() {
         let mut out = [0; tag::NR * STAT_BYTES];
         let n = sample().encode(16, Endian::Little, &mut out);
-        let total = decode(&out, n).into_iter().find(|s| s.0 == tag::MEMTOT).unwrap();
+        let total = decode(&out, n)
+            .into_iter()
+            .find(|s| s.0 == tag::MEMTOT)
+            .unwrap();
         assert_eq!(total.1, 200 * 65536);
     }
 }

@@ -90,7 +90,13 @@ mod tests {
     #[test]
     fn target_is_the_host_value_for_4k_pages() {
         let t = Target::from_host(1000, 1, GIB_IN_4K);
-        assert_eq!(t, Target { pages: 1000, clamped: false });
+        assert_eq!(
+            t,
+            Target {
+                pages: 1000,
+                clamped: false
+            }
+        );
     }
 
     #[test]
@@ -104,10 +110,19 @@ mod tests {
     #[test]
     fn target_beyond_guest_memory_is_clamped() {
         let t = Target::from_host(u32::MAX, 1, GIB_IN_4K);
-        assert_eq!(t, Target { pages: GIB_IN_4K as u32, clamped: true });
+        assert_eq!(
+            t,
+            Target {
+                pages: GIB_IN_4K as u32,
+                clamped: true
+            }
+        );
         let t = Target::from_host(GIB_IN_4K as u32 + 1, 1, GIB_IN_4K);
         assert!(t.clamped);
-        assert_eq!(Target::from_host(GIB_IN_4K as u32, 1, GIB_IN_4K).clamped, false);
+        assert_eq!(
+            Target::from_host(GIB_IN_4K as u32, 1, GIB_IN_4K).clamped,
+            false
+        );
     }
 
     #[test]

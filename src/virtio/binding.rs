@@ -25,9 +25,7 @@ use core::{
     ptr, //
 };
 use kernel::{
-    device,
-    new_condvar,
-    new_spinlock,
+    device, new_condvar, new_spinlock,
     prelude::*,
     sync::{
         aref::ARef,

@@ -213,10 +213,7 @@ impl<'a> Device<device::Core<'a>> {
     pub fn set_wakeup_capable(&self, capable: bool) {
         // SAFETY: `self.as_raw()` is valid, so is its embedded `struct device`.
         unsafe {
-            kernel::bindings::device_set_wakeup_capable(
-                addr_of_mut!((*self.as_raw()).dev),
-                capable,
-            )
+            kernel::bindings::device_set_wakeup_capable(addr_of_mut!((*self.as_raw()).dev), capable)
         };
     }
 }

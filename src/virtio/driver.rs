@@ -234,7 +234,7 @@ impl<T: Driver + 'static> Adapter<T> {
     }
 
     /// C callback of every virtqueue created with [`VqInfo::callback`](super::VqInfo) set.
-    unsafe extern "C" fn vq_callback(vq: *mut bindings::virtqueue) {
+    extern "C" fn vq_callback(vq: *mut bindings::virtqueue) {
         // SAFETY: The transport calls queue callbacks with a valid queue of a bound device,
         // between `virtio_find_vqs` and the device reset preceding `del_vqs`.
         let vdev = unsafe { (*vq).vdev };

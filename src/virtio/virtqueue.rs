@@ -29,8 +29,7 @@ use kernel::{
         Box, //
     },
     ffi::c_void,
-    new_condvar,
-    new_spinlock_irq,
+    new_condvar, new_spinlock_irq,
     prelude::*,
     sync::{
         CondVar,
@@ -304,7 +303,9 @@ impl<'a, B: Buffer> Virtqueue<'a, B> {
         let mut sg = MaybeUninit::<kernel::bindings::scatterlist>::zeroed();
         // SAFETY: `sg` is writable; `start..start + len` lies within the buffer's memory in the
         // linear mapping (safety requirements of `Buffer`).
-        unsafe { kernel::bindings::sg_init_one(sg.as_mut_ptr(), start.as_ptr().cast(), len as u32) };
+        unsafe {
+            kernel::bindings::sg_init_one(sg.as_mut_ptr(), start.as_ptr().cast(), len as u32)
+        };
         let token = buf.into_token();
         // SAFETY: `s.vq` is live (type invariant); `sg` was initialized above and describes one
         // entry; `token` keeps the buffer alive until the queue returns it. `GFP_ATOMIC`: we hold
