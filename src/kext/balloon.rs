@@ -228,3 +228,86 @@ impl<T: MigratePage + Embeds<Self>> PinnedDrop for BalloonDevInfo<T> {
         }
     }
 }
+
+#[kunit_tests(virtio_balloon_rs_balloon_pages)]
+mod tests {
+    use super::*;
+    use crate::{
+        impl_embeds,
+        kext::mm::totalram_pages, //
+    };
+
+    #[pin_data]
+    struct Owner {
+        #[pin]
+        pages: BalloonDevInfo<Owner>,
+    }
+
+    impl MigratePage for Owner {
+        fn migrate_page(&self, _new: PageRef<'_>, _old: PageRef<'_>) -> Result {
+            Err(EAGAIN)
+        }
+    }
+
+    impl_embeds!(Owner {
+        pages: BalloonDevInfo<Owner>
+    });
+
+    fn owner(adjust: bool) -> Result<Arc<Owner>> {
+        Arc::pin_init(
+            pin_init!(Owner {
+                pages <- BalloonDevInfo::new(adjust),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    #[test]
+    fn enqueue_dequeue_round_trip_adjusts_managed_pages() -> Result {
+        let o = owner(true)?;
+        let before = totalram_pages();
+        let page = BalloonPage::alloc().ok_or(ENOMEM)?;
+        let pfn = page.pfn();
+        assert!(pfn > 0);
+        o.pages.enqueue(&o, page).map_err(|_| EINVAL)?;
+        assert_eq!(totalram_pages(), before - 1);
+        let back = o.pages.dequeue().ok_or(ENOENT)?;
+        assert_eq!(back.pfn(), pfn);
+        assert_eq!(totalram_pages(), before);
+        Ok(())
+    }
+
+    #[test]
+    fn deflate_on_oom_accounting_keeps_managed_pages() -> Result {
+        let o = owner(false)?;
+        let before = totalram_pages();
+        let page = BalloonPage::alloc().ok_or(ENOMEM)?;
+        o.pages.enqueue(&o, page).map_err(|_| EINVAL)?;
+        assert_eq!(totalram_pages(), before);
+        drop(o.pages.dequeue());
+        Ok(())
+    }
+
+    #[test]
+    fn enqueue_refuses_a_list_that_is_not_the_owners() -> Result {
+        let a = owner(false)?;
+        let b = owner(false)?;
+        let page = BalloonPage::alloc().ok_or(ENOMEM)?;
+        assert!(a.pages.enqueue(&b, page).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn dropping_the_owner_frees_listed_pages() -> Result {
+        let o = owner(true)?;
+        let before = totalram_pages();
+        for _ in 0..4 {
+            let page = BalloonPage::alloc().ok_or(ENOMEM)?;
+            o.pages.enqueue(&o, page).map_err(|_| EINVAL)?;
+        }
+        assert_eq!(totalram_pages(), before - 4);
+        drop(o);
+        assert_eq!(totalram_pages(), before);
+        Ok(())
+    }
+}

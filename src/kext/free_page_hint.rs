@@ -119,3 +119,39 @@ unsafe impl Buffer for HintBuffer {
         }
     }
 }
+
+#[kunit_tests(virtio_balloon_rs_free_page_hint)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_id_token_round_trip() {
+        let Ok(cmd) = KBox::new(0x1234_5678u32, GFP_KERNEL) else {
+            return;
+        };
+        let buf = HintBuffer::CmdId(cmd);
+        assert_eq!(buf.region().1, 4);
+        let token = buf.into_token();
+        // SAFETY: `token` comes from `into_token` just above, used once.
+        match unsafe { HintBuffer::from_token(token) } {
+            HintBuffer::CmdId(b) => assert_eq!(*b, 0x1234_5678),
+            HintBuffer::Block(_) => assert!(false),
+        }
+    }
+
+    #[test]
+    fn block_token_round_trip() -> Result {
+        let block = HintBlock::alloc().ok_or(ENOMEM)?;
+        let page = block.0;
+        let buf = HintBuffer::Block(block);
+        assert_eq!(buf.region().1, HINT_BLOCK_PAGES << kernel::page::PAGE_SHIFT);
+        let token = buf.into_token();
+        assert!(token.addr().get() & BLOCK_TAG != 0);
+        // SAFETY: `token` comes from `into_token` just above, used once.
+        match unsafe { HintBuffer::from_token(token) } {
+            HintBuffer::Block(b) => assert!(b.0 == page),
+            HintBuffer::CmdId(_) => assert!(false),
+        }
+        Ok(())
+    }
+}

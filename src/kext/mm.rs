@@ -10,7 +10,10 @@ use crate::{
         VmEvents, //
     },
 };
-use kernel::bindings as kb;
+use kernel::{
+    bindings as kb,
+    prelude::*, //
+};
 
 /// Number of pages of RAM the kernel manages (`totalram_pages()`), the
 /// `MemTotal` of `/proc/meminfo`.
@@ -94,5 +97,48 @@ pub(crate) fn mem_stats() -> MemStats {
         total: info.totalram as u64,
         available: u64::try_from(available).unwrap_or(0),
         caches: node_state(kb::node_stat_item_NR_FILE_PAGES),
+    }
+}
+
+#[kunit_tests(virtio_balloon_rs_mm)]
+mod tests {
+    use super::*;
+    use crate::logic::{
+        pfn::Endian,
+        stats::{
+            tag,
+            StatsArray,
+            STAT_BYTES, //
+        },
+    };
+
+    #[test]
+    fn memory_sizes_are_consistent() {
+        let s = mem_stats();
+        assert!(s.total > 0);
+        assert!(s.free <= s.total);
+        assert!(s.available <= s.total);
+        assert_eq!(s.total, totalram_pages());
+    }
+
+    #[test]
+    fn event_counters_are_reported() {
+        let s = mem_stats();
+        assert!(s.events.is_some());
+        if let Some(e) = s.events {
+            // Booting to this point took page faults.
+            assert!(e.faults > 0);
+            assert!(e.major_faults <= e.faults);
+        }
+    }
+
+    #[test]
+    fn all_sixteen_statistics_are_encoded() {
+        let mut out: StatsArray = [0; tag::NR * STAT_BYTES];
+        let n = mem_stats().encode(kernel::page::PAGE_SHIFT as u32, Endian::Little, &mut out);
+        assert_eq!(n, tag::NR);
+        // The last one is CACHES, as in C.
+        let at = (n - 1) * STAT_BYTES;
+        assert_eq!(u16::from_le_bytes([out[at], out[at + 1]]), tag::CACHES);
     }
 }
