@@ -19,9 +19,15 @@ export KVER LLVM_VERSION BALLOON_CACHE
 export PATH := $(BALLOON_CACHE)/tools/bin:$(PATH)
 
 ifeq ($(origin KDIR),undefined)
-KDIR := $(shell KVER=$(KVER) LLVM_VERSION=$(LLVM_VERSION) scripts/kdir.sh 2>/dev/null)
+KDIR := $(shell scripts/paths.sh kdir 2>/dev/null)
 endif
 export KDIR
+
+# The QEMU the tests run (`make setup` unpacks it); QEMU=... overrides.
+QEMU ?= $(shell scripts/paths.sh qemu 2>/dev/null)
+QEMU_DATA ?= $(shell scripts/paths.sh qemu-data 2>/dev/null)
+export BALLOON_QEMU := $(QEMU)
+export BALLOON_QEMU_DATA := $(QEMU_DATA)
 
 # Per-checkout build products (initramfs, logs); gitignored.
 BUILD_DIR := $(CURDIR)/build

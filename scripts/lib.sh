@@ -29,6 +29,12 @@ JOBS=${JOBS:-$(nproc)}
 TOOLS_DIR=$BALLOON_CACHE/tools
 export PATH="$TOOLS_DIR/bin:$PATH"
 
+# QEMU for the tests: bookworm's 7.2 drops balloon statistics newer than
+# 2016 (it reports 10 of the 16 tags), so setup unpacks the suite's
+# backported QEMU (10.x, built for this release) into the cache.
+QEMU_SUITE=${QEMU_SUITE:-$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-bookworm}")-backports}
+QEMU_DIR=$BALLOON_CACHE/qemu/$QEMU_SUITE
+
 # bindgen-cli version installed by setup; the kernel's own minimum is checked
 # separately against scripts/min-tool-version.sh.
 BINDGEN_VERSION=${BINDGEN_VERSION:-0.73.2}
@@ -36,7 +42,9 @@ BINDGEN_VERSION=${BINDGEN_VERSION:-0.73.2}
 # Debian packages the build and the tests need, from the system's own suite.
 APT_PACKAGES=(
 	"clang$LLVM_SUFFIX" "lld$LLVM_SUFFIX" "llvm$LLVM_SUFFIX" "libclang$LLVM_SUFFIX-dev"
-	qemu-system-x86 busybox-static
+	# QEMU 7.2 brings the shared libraries and SeaBIOS; the tests run the
+	# newer QEMU setup fetches from backports (see QEMU_SUITE below).
+	qemu-system-x86 seabios busybox-static
 	make gcc flex bison bc libelf-dev libssl-dev cpio xz-utils python3 kmod
 	debian-archive-keyring ca-certificates
 	# Host plotting for `make bench` (plotters' TrueType text).

@@ -8,8 +8,9 @@
 #   3. the kernel source (Debian linux-source-$KVER through a private apt
 #      state directory; the system's apt sources are never edited)
 #   4. Rust library sources matching the installed rustc exactly
-#   5. a guest kernel configured from scripts/kconfig/*.config, verified
-#   6. bzImage + vmlinux + modules, built once per key
+#   5. QEMU from the release's backports suite, unpacked into the cache
+#   6. a guest kernel configured from scripts/kconfig/*.config, verified
+#   7. bzImage + vmlinux + modules, built once per key
 #
 # Each step is skipped when its result is already in the cache, so a second
 # run is a no-op.  Usage: scripts/setup.sh [step...]  (default: all steps)
@@ -101,22 +102,25 @@ apt_private() {
 		"$@"
 }
 
-APT_UPDATED=0
+APT_UPDATED=""
+# apt_private_update [SUITES]: point the private state at SUITES (default
+# $DEBIAN_SUITES) and refresh its package lists.
 apt_private_update() {
-	((APT_UPDATED)) && return
+	local suites=${1:-$DEBIAN_SUITES}
+	[[ "$APT_UPDATED" == "$suites" ]] && return
 	local mirror
 	mirror=$(debian_mirror)
 	mkdir -p "$APT_STATE/lists/partial" "$APT_STATE/cache/archives/partial"
 	: >"$APT_STATE/sources.list"
-	for suite in $DEBIAN_SUITES; do
+	for suite in $suites; do
 		echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main" \
 			>>"$APT_STATE/sources.list"
 	done
-	msg "private apt state: updating ($DEBIAN_SUITES from $mirror)"
+	msg "private apt state: updating ($suites from $mirror)"
 	apt_private apt-get -q update >"$APT_STATE/update.log" 2>&1 ||
 		die "apt-get update with the private state in $APT_STATE failed" \
 			"See $APT_STATE/update.log; set DEBIAN_MIRROR if the mirror is wrong."
-	APT_UPDATED=1
+	APT_UPDATED=$suites
 }
 
 # apt_private_download PKG[=VER] DIR: download one .deb into DIR, print its path.
@@ -207,7 +211,37 @@ step_rust_src() {
 }
 
 # --------------------------------------------------------------------------
-# 5./6. configure and build the guest kernel
+# 5. QEMU for the tests
+# --------------------------------------------------------------------------
+step_qemu() {
+	local bin=$QEMU_DIR/usr/bin/qemu-system-x86_64
+	if [[ -x "$bin" ]] && "$bin" --version >/dev/null 2>&1; then
+		msg "qemu: $("$bin" --version | head -1) ($QEMU_DIR)"
+		return
+	fi
+	apt_private_update "$QEMU_SUITE"
+	local tmp
+	tmp=$(mktemp -d "$BALLOON_CACHE/qemu.XXXXXX")
+	for pkg in qemu-system-x86 qemu-system-common qemu-system-data; do
+		local deb
+		deb=$(apt_private_download "$pkg" "$tmp/debs")
+		dpkg-deb -x "$deb" "$tmp/root"
+	done
+	local missing
+	missing=$(ldd "$tmp/root/usr/bin/qemu-system-x86_64" | awk '/not found/ {print $1}' | xargs)
+	[[ -z "$missing" ]] || die "QEMU from $QEMU_SUITE needs libraries this system lacks: $missing" \
+		"Install them with apt, or set QEMU_SUITE to a suite built for this release."
+	"$tmp/root/usr/bin/qemu-system-x86_64" --version >/dev/null ||
+		die "QEMU from $QEMU_SUITE does not run on this system"
+	rm -rf "$QEMU_DIR"
+	mkdir -p "$(dirname "$QEMU_DIR")"
+	mv "$tmp/root" "$QEMU_DIR"
+	rm -rf "$tmp"
+	msg "qemu: $("$bin" --version | head -1) unpacked into $QEMU_DIR"
+}
+
+# --------------------------------------------------------------------------
+# 6./7. configure and build the guest kernel
 # --------------------------------------------------------------------------
 kmake() {
 	RUST_LIB_SRC="$RUST_LIB_SRC" make -s -C "$(kernel_src_dir)" O="$KOUT" "$(kmake_args)" RUST_LIB_SRC="$RUST_LIB_SRC" "$@"
@@ -277,7 +311,7 @@ step_kernel() {
 }
 
 # --------------------------------------------------------------------------
-ALL_STEPS=(packages bindgen kernel_source rust_src kernel)
+ALL_STEPS=(packages bindgen kernel_source rust_src qemu kernel)
 mkdir -p "$BALLOON_CACHE"
 steps=("$@")
 ((${#steps[@]})) || steps=("${ALL_STEPS[@]}")

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# Prints a path `make setup` provides, or nothing if it is not there yet:
+#   kdir       the kernel build directory for $KVER
+#   qemu       the QEMU binary the tests use
+#   qemu-data  QEMU's firmware search path (for -L), colon-separated
+source "$(dirname "$0")/lib.sh"
+case "${1:-}" in
+kdir)
+	kout=$(kernel_build_dir)
+	if [[ -n "$kout" && -f "$kout/.balloon-built" ]]; then echo "$kout"; fi
+	;;
+qemu)
+	bin=$QEMU_DIR/usr/bin/qemu-system-x86_64
+	if [[ -x "$bin" ]]; then echo "$bin"; fi
+	;;
+qemu-data)
+	if [[ -d "$QEMU_DIR/usr/share/qemu" ]]; then echo "$QEMU_DIR/usr/share/qemu:/usr/share/seabios"; fi
+	;;
+*) die "usage: $0 kdir|qemu|qemu-data" ;;
+esac
