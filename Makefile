@@ -38,12 +38,15 @@ C_MODULE  := $(KDIR)/drivers/virtio/virtio_balloon.ko
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=-$(LLVM_VERSION)
 
 .PHONY: all modules setup check-kdir clean initramfs test unit-test qemu-test \
-	run bench fmt clippy
+	run bench fmt lint
 
 all: modules
 
+# Everything below runs in a sub-make so that KDIR and QEMU, computed when
+# the Makefile is read, see what setup just produced.
 setup:
 	scripts/setup.sh
+	$(MAKE) modules
 
 check-kdir:
 	@scripts/check-kdir.sh "$(KDIR)"
@@ -51,8 +54,6 @@ check-kdir:
 modules: check-kdir
 	$(KMAKE) modules
 
-clippy: check-kdir
-	$(KMAKE) CLIPPY=1 modules
 
 # Kernel rustfmt settings (the kernel tree's .rustfmt.toml) on every Rust
 # source of the module and the host crates.
@@ -72,7 +73,22 @@ qemu-test: initramfs
 	BALLOON_LOG_DIR="$(BUILD_DIR)/logs" \
 		cargo test --locked --release -p qemu-test -- --test-threads=$${QEMU_TEST_THREADS:-2}
 
-test: unit-test qemu-test
+# The README's test command: sets up what is missing (a no-op when the
+# cache is warm), then runs every check.
+test:
+	scripts/setup.sh
+	$(MAKE) lint unit-test qemu-test
+
+# Kernel rustfmt and clippy on the module, clippy on the host crates.
+lint: check-kdir
+	rustfmt --check --config-path $(KDIR)/source/.rustfmt.toml --edition 2021 \
+		$(shell find src -name '*.rs' ! -name '*generated*')
+	@mkdir -p $(BUILD_DIR)
+	$(KMAKE) CLIPPY=1 modules >$(BUILD_DIR)/clippy.log 2>&1 || { cat $(BUILD_DIR)/clippy.log; exit 1; }
+	@if grep -E '(^|: )(warning|error)' $(BUILD_DIR)/clippy.log; then \
+		echo "clippy/rustc warnings in the module (see above)"; exit 1; fi
+	cargo fmt --all --check
+	cargo clippy --locked --all-targets -- -D warnings
 
 run: initramfs
 	BALLOON_KDIR="$(KDIR)" BALLOON_INITRAMFS="$(INITRAMFS)" scripts/run.sh

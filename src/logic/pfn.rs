@@ -180,8 +180,8 @@ mod tests {
         assert_eq!(b.pages_per_page(), 16);
         b.push(&mut buf, 3).unwrap();
         assert_eq!(b.len(), 16);
-        for i in 0..16 {
-            assert_eq!(u32::from_le(buf[i]), 48 + i as u32);
+        for (i, pfn) in buf.iter().take(16).enumerate() {
+            assert_eq!(u32::from_le(*pfn), 48 + i as u32);
         }
     }
 

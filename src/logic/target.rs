@@ -119,10 +119,7 @@ mod tests {
         );
         let t = Target::from_host(GIB_IN_4K as u32 + 1, 1, GIB_IN_4K);
         assert!(t.clamped);
-        assert_eq!(
-            Target::from_host(GIB_IN_4K as u32, 1, GIB_IN_4K).clamped,
-            false
-        );
+        assert!(!Target::from_host(GIB_IN_4K as u32, 1, GIB_IN_4K).clamped);
     }
 
     #[test]

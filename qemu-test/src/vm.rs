@@ -1,0 +1,651 @@
+//! A running test guest: boot, guest commands, balloon control through QMP,
+//! statistics, host-side measurements, waiting helpers and teardown.
+//! Dropping a [`Vm`] always kills and reaps its QEMU.
+
+use crate::accel::{self, Accel};
+use crate::agent::{Agent, CmdOutput};
+use crate::config::{GuestImage, VmConfig};
+use crate::console::{Capture, SharedLog};
+use crate::qemu::{self, QemuSpec, Serial};
+use crate::qmp::QmpClient;
+use crate::stats::{self, GuestStats};
+use crate::units::{format_bytes, PAGE_SIZE};
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Printed by the guest's init once the agent is started.
+pub const READY_MARKER: &str = "BALLOON-GUEST-READY";
+/// Printed by the guest's init when loading the driver failed.
+pub const DRIVER_FAILED_MARKER: &str = "BALLOON-DRIVER-FAILED";
+/// Default timeout of [`Vm::run`].
+pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(120);
+/// QOM path of the balloon device.
+pub const BALLOON_QOM_PATH: &str = "/machine/peripheral/balloon0";
+/// Console lines included in error messages.
+const DIAG_LINES: usize = 40;
+
+/// The per-test log directory: `$BALLOON_LOG_DIR`, else
+/// `<workspace>/target/qemu-logs`.
+pub fn log_dir() -> PathBuf {
+    match std::env::var_os("BALLOON_LOG_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => d.into(),
+        None => {
+            let pkg = Path::new(env!("CARGO_MANIFEST_DIR"));
+            pkg.parent().unwrap_or(pkg).join("target/qemu-logs")
+        }
+    }
+}
+
+/// Result of one poll in [`Vm::wait_until`]: the observed value, and
+/// whether it is the one waited for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait<T> {
+    /// Condition met: stop waiting and return this value.
+    Done(T),
+    /// Not yet; this is what was observed.
+    Pending(T),
+}
+
+impl<T> Wait<T> {
+    /// `Done(value)` if `done`, else `Pending(value)`.
+    pub fn when(done: bool, value: T) -> Wait<T> {
+        if done {
+            Wait::Done(value)
+        } else {
+            Wait::Pending(value)
+        }
+    }
+}
+
+/// The QEMU process and its captured output; killed and reaped on drop.
+struct Proc {
+    child: Child,
+    status: Option<ExitStatus>,
+    stdin: Option<ChildStdin>,
+    console: Capture,
+    stderr: Capture,
+    log: SharedLog,
+    log_path: PathBuf,
+}
+
+impl Proc {
+    /// Error if QEMU has exited (with its status and output).
+    fn check_alive(&mut self) -> Result<()> {
+        if self.status.is_none() {
+            if let Some(st) = self.child.try_wait()? {
+                self.status = Some(st);
+            }
+        }
+        match self.status {
+            None => Ok(()),
+            Some(st) => {
+                // Let the reader threads catch the last words (panic trace).
+                let t = Instant::now();
+                while !(self.console.closed() && self.stderr.closed())
+                    && t.elapsed() < Duration::from_secs(2)
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(anyhow!("QEMU exited unexpectedly ({st}){}", self.diag()))
+            }
+        }
+    }
+
+    /// Diagnostics for error messages: log file, console tail, QEMU stderr.
+    fn diag(&self) -> String {
+        let mut s = format!(
+            "\n--- console, last {DIAG_LINES} lines (full log: {}) ---\n{}",
+            self.log_path.display(),
+            self.console.tail(DIAG_LINES)
+        );
+        let err = self.stderr.tail(20);
+        if !err.trim().is_empty() {
+            s.push_str("\n--- QEMU stderr ---\n");
+            s.push_str(&err);
+        }
+        s.push_str("\n---");
+        s
+    }
+
+    fn log_line(&self, line: &str) {
+        if let Ok(mut f) = self.log.lock() {
+            let _ = writeln!(f, "# qemu-test: {line}");
+        }
+    }
+
+    /// Waits up to `timeout` for QEMU to exit by itself.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.status.is_none() {
+                if let Ok(Some(st)) = self.child.try_wait() {
+                    self.status = Some(st);
+                }
+            }
+            if self.status.is_some() || Instant::now() >= deadline {
+                return self.status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            self.status = self.child.wait().ok();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A booted guest. See the crate documentation.
+pub struct Vm {
+    // Field order = drop order: sockets first, then QEMU, then its files.
+    qmp: QmpClient,
+    agent: Agent,
+    proc: Proc,
+    cfg: VmConfig,
+    image: GuestImage,
+    accel: Accel,
+    boot_time: Duration,
+    _dir: tempfile::TempDir,
+}
+
+impl Vm {
+    /// Boots a guest with the kernel and initramfs from the environment
+    /// (`BALLOON_KDIR`, `BALLOON_INITRAMFS`) and waits until its agent
+    /// answers and the configured driver (if any) is bound to the balloon.
+    pub fn boot(cfg: VmConfig) -> Result<Vm> {
+        let image = GuestImage::from_env()?;
+        Self::boot_with_image(cfg, image)
+    }
+
+    /// [`Vm::boot`] with an explicit guest image.
+    pub fn boot_with_image(cfg: VmConfig, image: GuestImage) -> Result<Vm> {
+        let accel = match cfg.accel {
+            Some(a) => a,
+            None => accel::process_accel(&image)?,
+        };
+        if let Some(d) = cfg.driver {
+            let ko = format!("{}.ko", d.module_name());
+            if !crate::cpio::contains_file(&image.initramfs, &ko)? {
+                bail!(
+                    "{ko} is not in the initramfs {}: build the module (`make`) and the \
+                     initramfs (`make initramfs`), or run `make test`",
+                    image.initramfs.display()
+                );
+            }
+        }
+        let name = cfg.name.clone();
+        Self::boot_inner(cfg, image, accel).with_context(|| format!("booting VM {name}"))
+    }
+
+    fn boot_inner(cfg: VmConfig, image: GuestImage, accel: Accel) -> Result<Vm> {
+        let t0 = Instant::now();
+        let deadline = t0 + cfg.boot_timeout;
+        let dir = tempfile::Builder::new()
+            .prefix("balloon-vm-")
+            .tempdir()
+            .context("creating the VM's temporary directory")?;
+        let spec = QemuSpec {
+            cfg: &cfg,
+            image: &image,
+            accel,
+            qmp_socket: dir.path().join("qmp.sock"),
+            agent_socket: dir.path().join("agent.sock"),
+            serial: Serial::Pipe,
+            cmdline_extra: Vec::new(),
+        };
+        let logdir = log_dir();
+        std::fs::create_dir_all(&logdir)
+            .with_context(|| format!("creating log directory {}", logdir.display()))?;
+        let log_path = logdir.join(format!("{}.log", cfg.name));
+        let mut logf = File::create(&log_path)
+            .with_context(|| format!("creating log file {}", log_path.display()))?;
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        writeln!(
+            logf,
+            "# qemu-test: VM {} (accel {accel}, started at unix time {})\n# qemu-test: {}",
+            cfg.name,
+            started.as_secs(),
+            qemu::display_command(&spec)
+        )?;
+        let log: SharedLog = Arc::new(Mutex::new(logf));
+
+        let mut child = qemu::command(&spec)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (is qemu-system-x86 installed?)",
+                    qemu::qemu_binary().to_string_lossy()
+                )
+            })?;
+        let stdout = child.stdout.take().context("no QEMU stdout")?;
+        let stderr = child.stderr.take().context("no QEMU stderr")?;
+        let stdin = child.stdin.take();
+        let (console, _) = Capture::spawn(stdout, log.clone(), "");
+        let (stderr, _) = Capture::spawn(stderr, log.clone(), "[qemu stderr] ");
+        let mut proc = Proc {
+            child,
+            status: None,
+            stdin,
+            console,
+            stderr,
+            log,
+            log_path,
+        };
+
+        // QMP: QEMU listens as soon as it has parsed its arguments.
+        let qmp = QmpClient::connect_retry(
+            &spec.qmp_socket,
+            deadline.min(Instant::now() + Duration::from_secs(20)),
+            Duration::from_secs(60),
+            || proc.check_alive(),
+        )
+        .map_err(|e| anyhow!("{e:#}{}", proc.diag()))?;
+
+        // Wait for init's marker, failing early on a panic or a driver
+        // that did not load.
+        let failures = ["Kernel panic", DRIVER_FAILED_MARKER];
+        let mut needles = vec![READY_MARKER];
+        needles.extend(failures);
+        loop {
+            if let Some(line) = proc
+                .console
+                .wait_for(0, &needles, Duration::from_millis(200))
+            {
+                if line.contains(READY_MARKER) {
+                    break;
+                }
+                // Give the console a moment to show the rest.
+                std::thread::sleep(Duration::from_millis(500));
+                bail!("guest boot failed: {line}{}", proc.diag());
+            }
+            proc.check_alive()?;
+            // QEMU keeps running (paused) after a KVM internal error.
+            if proc.stderr.contains("internal error") {
+                bail!(
+                    "QEMU reported an internal error (accel {accel}){}",
+                    proc.diag()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "guest did not print {READY_MARKER} within {:?} (accel {accel}){}",
+                    cfg.boot_timeout,
+                    proc.diag()
+                );
+            }
+        }
+
+        let agent =
+            Agent::connect(&spec.agent_socket).map_err(|e| anyhow!("{e:#}{}", proc.diag()))?;
+        let mut vm = Vm {
+            qmp,
+            agent,
+            proc,
+            cfg,
+            image,
+            accel,
+            boot_time: Duration::ZERO,
+            _dir: dir,
+        };
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(10));
+        let hello = vm
+            .run_timeout("echo agent-ok", left)
+            .context("agent handshake")?;
+        if hello.output.trim() != "agent-ok" || hello.code != 0 {
+            bail!(
+                "agent handshake: unexpected reply {hello:?}{}",
+                vm.proc.diag()
+            );
+        }
+        if let Some(d) = vm.cfg.driver {
+            let bound = vm.balloon_driver()?;
+            if bound.as_deref() != Some(d.module_name()) {
+                bail!(
+                    "the balloon device is bound to {bound:?}, expected {}{}",
+                    d.module_name(),
+                    vm.proc.diag()
+                );
+            }
+        }
+        vm.boot_time = t0.elapsed();
+        vm.proc.log_line(&format!("booted in {:.2?}", vm.boot_time));
+        Ok(vm)
+    }
+
+    /// The configuration this VM was booted with.
+    pub fn config(&self) -> &VmConfig {
+        &self.cfg
+    }
+
+    /// The kernel and initramfs it booted.
+    pub fn image(&self) -> &GuestImage {
+        &self.image
+    }
+
+    /// The accelerator in use.
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// Time from spawning QEMU to a working agent.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    /// The console log file.
+    pub fn log_path(&self) -> &Path {
+        &self.proc.log_path
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
+    /// Guest RAM size in bytes (as configured).
+    pub fn ram_bytes(&self) -> u64 {
+        self.cfg.memory_bytes()
+    }
+
+    /// Error if QEMU has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        self.proc.check_alive()
+    }
+
+    /// Appends `err` with the console tail and QEMU's stderr.
+    pub fn with_diag(&self, err: anyhow::Error) -> anyhow::Error {
+        anyhow!("{err:#}{}", self.proc.diag())
+    }
+
+    /// Writes a comment line to the VM's log file (to correlate test steps
+    /// with kernel messages).
+    pub fn log(&self, line: &str) {
+        self.proc.log_line(line);
+    }
+
+    /// Logs a measurement: to the log file and to stderr (shown by the test
+    /// runner for failing tests, or with `--nocapture`).
+    pub fn note(&self, line: &str) {
+        self.proc.log_line(line);
+        eprintln!("[{}] {line}", self.cfg.name);
+    }
+
+    // ---- guest commands -------------------------------------------------
+
+    /// Runs a shell command in the guest ([`DEFAULT_CMD_TIMEOUT`]).
+    pub fn run(&mut self, cmd: &str) -> Result<CmdOutput> {
+        self.run_timeout(cmd, DEFAULT_CMD_TIMEOUT)
+    }
+
+    /// Runs a shell command in the guest with a timeout.
+    pub fn run_timeout(&mut self, cmd: &str, timeout: Duration) -> Result<CmdOutput> {
+        let deadline = Instant::now() + timeout;
+        let Vm { agent, proc, .. } = self;
+        let r = agent
+            .send(cmd)
+            .and_then(|id| agent.recv(&id, deadline, || proc.check_alive()));
+        match r {
+            Ok(Some(out)) => Ok(out),
+            Ok(None) => Err(anyhow!(
+                "guest command {cmd:?} timed out after {timeout:?}{}",
+                proc.diag()
+            )),
+            Err(e) => {
+                // A broken connection usually means QEMU is gone: say so.
+                proc.wait_exit(Duration::from_secs(2));
+                proc.check_alive()
+                    .with_context(|| format!("guest command {cmd:?}: {e:#}"))?;
+                Err(anyhow!("guest command {cmd:?}: {e:#}{}", proc.diag()))
+            }
+        }
+    }
+
+    /// Runs a command that must succeed; returns its output. A non-zero
+    /// exit is an error carrying the output.
+    pub fn run_ok(&mut self, cmd: &str) -> Result<String> {
+        let out = self.run(cmd)?;
+        if out.code != 0 {
+            bail!(
+                "guest command {cmd:?} exited with {}; output:\n{}",
+                out.code,
+                out.output
+            );
+        }
+        Ok(out.output)
+    }
+
+    /// The guest's `/proc/meminfo` in bytes.
+    pub fn meminfo(&mut self) -> Result<BTreeMap<String, u64>> {
+        let text = self.run_ok("cat /proc/meminfo")?;
+        stats::parse_meminfo(&text)
+    }
+
+    /// One `/proc/meminfo` field in bytes (e.g. `MemTotal`).
+    pub fn meminfo_field(&mut self, field: &str) -> Result<u64> {
+        let m = self.meminfo()?;
+        m.get(field)
+            .copied()
+            .with_context(|| format!("no {field} in /proc/meminfo"))
+    }
+
+    /// The guest kernel log (`dmesg`).
+    pub fn dmesg(&mut self) -> Result<String> {
+        self.run_ok("dmesg")
+    }
+
+    /// The driver module bound to the balloon device (virtio device id 5),
+    /// or `None` if the device has no driver.
+    pub fn balloon_driver(&mut self) -> Result<Option<String>> {
+        let out = self.run_ok(
+            "for d in /sys/bus/virtio/devices/*; do \
+               [ \"$(cat $d/device)\" = 0x0005 ] || continue; \
+               if [ -e $d/driver/module ]; then basename \"$(readlink $d/driver/module)\"; \
+               elif [ -e $d/driver ]; then basename \"$(readlink $d/driver)\"; \
+               else echo '<unbound>'; fi; \
+             done",
+        )?;
+        match out.trim() {
+            "" => bail!("the guest has no virtio balloon device"),
+            "<unbound>" => Ok(None),
+            name => Ok(Some(name.to_string())),
+        }
+    }
+
+    // ---- console ----------------------------------------------------------
+
+    /// The last `n` console lines.
+    pub fn console_tail(&self, n: usize) -> String {
+        self.proc.console.tail(n)
+    }
+
+    /// A mark (line count) for [`Vm::wait_console`].
+    pub fn console_mark(&self) -> usize {
+        self.proc.console.mark()
+    }
+
+    /// Waits for a console line after `mark` containing `needle`.
+    pub fn wait_console(&mut self, mark: usize, needle: &str, timeout: Duration) -> Result<String> {
+        match self.proc.console.wait_for(mark, &[needle], timeout) {
+            Some(l) => Ok(l),
+            None => {
+                self.check_alive()?;
+                Err(anyhow!(
+                    "no console line containing {needle:?} within {timeout:?}{}",
+                    self.proc.diag()
+                ))
+            }
+        }
+    }
+
+    /// Console lines after `mark` containing `needle`.
+    pub fn console_find(&self, mark: usize, needle: &str) -> Vec<String> {
+        self.proc.console.find_since(mark, needle)
+    }
+
+    /// Types `bytes` on the serial console (the guest's ttyS0 input).
+    pub fn console_input(&mut self, bytes: &[u8]) -> Result<()> {
+        let stdin = self.proc.stdin.as_mut().context("QEMU stdin is closed")?;
+        stdin.write_all(bytes)?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    // ---- QMP ---------------------------------------------------------------
+
+    /// The QMP session (any command; events with [`QmpClient::events`],
+    /// [`QmpClient::drain_events`], [`QmpClient::wait_event`]).
+    pub fn qmp(&mut self) -> &mut QmpClient {
+        &mut self.qmp
+    }
+
+    /// Sets the balloon target: the guest memory size QEMU asks for (QMP
+    /// `balloon`; the balloon size becomes RAM − `guest_ram_bytes`).
+    pub fn set_balloon_target_bytes(&mut self, guest_ram_bytes: u64) -> Result<()> {
+        let value = i64::try_from(guest_ram_bytes).context("balloon target too large")?;
+        self.qmp.execute(&qapi::qmp::balloon { value })?;
+        Ok(())
+    }
+
+    /// Guest memory size as the host sees it (QMP `query-balloon`
+    /// `actual`: RAM − balloon size).
+    pub fn query_balloon_actual(&mut self) -> Result<u64> {
+        let info = self.qmp.execute(&qapi::qmp::query_balloon {})?;
+        u64::try_from(info.actual).context("negative balloon actual")
+    }
+
+    /// Waits until `actual` is within one page of `bytes`.
+    pub fn wait_balloon_actual(&mut self, bytes: u64, timeout: Duration) -> Result<u64> {
+        self.wait_until(
+            &format!("balloon actual = {}", format_bytes(bytes)),
+            timeout,
+            Duration::from_millis(50),
+            |vm| {
+                let a = vm.query_balloon_actual()?;
+                Ok(Wait::when(a.abs_diff(bytes) < PAGE_SIZE, a))
+            },
+        )
+    }
+
+    /// Sets the balloon statistics polling interval (0 disables).
+    pub fn enable_stats_polling(&mut self, secs: u64) -> Result<()> {
+        self.qmp.execute(&qapi::qmp::qom_set {
+            path: BALLOON_QOM_PATH.into(),
+            property: "guest-stats-polling-interval".into(),
+            value: secs.into(),
+        })?;
+        Ok(())
+    }
+
+    /// The latest guest statistics QEMU holds.
+    pub fn guest_stats(&mut self) -> Result<GuestStats> {
+        let v = self.qmp.execute(&qapi::qmp::qom_get {
+            path: BALLOON_QOM_PATH.into(),
+            property: "guest-stats".into(),
+        })?;
+        GuestStats::from_json(&v)
+    }
+
+    /// Waits for statistics whose `last_update` is later than `after`
+    /// (seconds since the epoch); statistics must be enabled.
+    pub fn wait_stats_after(&mut self, after: u64, timeout: Duration) -> Result<GuestStats> {
+        self.wait_until(
+            &format!("guest stats with last-update > {after}"),
+            timeout,
+            Duration::from_millis(200),
+            |vm| {
+                let s = vm.guest_stats()?;
+                Ok(Wait::when(s.last_update > after, s))
+            },
+        )
+    }
+
+    // ---- host side ---------------------------------------------------------
+
+    /// QEMU's resident set size (`VmRSS` of `/proc/<pid>/status`).
+    pub fn qemu_rss_bytes(&self) -> Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .with_context(|| format!("no VmRSS in {path}"))?;
+        let kb: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("bad line {line:?} in {path}"))?;
+        Ok(kb * 1024)
+    }
+
+    // ---- waiting -----------------------------------------------------------
+
+    /// Polls `check` every `poll` until it returns [`Wait::Done`] or
+    /// `timeout` passes. The timeout error names `description`, the last
+    /// observed value and the console tail. Errors of `check`, and QEMU
+    /// exiting, end the wait at once.
+    pub fn wait_until<T: Debug>(
+        &mut self,
+        description: &str,
+        timeout: Duration,
+        poll: Duration,
+        mut check: impl FnMut(&mut Vm) -> Result<Wait<T>>,
+    ) -> Result<T> {
+        let t0 = Instant::now();
+        loop {
+            self.check_alive()?;
+            let last = match check(self).with_context(|| format!("waiting for {description}"))? {
+                Wait::Done(v) => return Ok(v),
+                Wait::Pending(v) => v,
+            };
+            if t0.elapsed() >= timeout {
+                bail!(
+                    "timed out after {timeout:?} waiting for {description}; last observed: {last:?}{}",
+                    self.proc.diag()
+                );
+            }
+            std::thread::sleep(poll);
+        }
+    }
+
+    // ---- teardown ------------------------------------------------------------
+
+    /// Powers the guest off (`reboot -f`; QEMU runs with `-no-reboot`) and
+    /// waits for QEMU to exit; after 30 s it is killed and this is an error.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.proc.log_line("shutdown");
+        let sent = self.agent.send("sync; reboot -f");
+        if self.proc.wait_exit(Duration::from_secs(30)).is_some() {
+            return Ok(());
+        }
+        let _ = self.qmp.execute(&qapi::qmp::quit {});
+        let exited = self.proc.wait_exit(Duration::from_secs(5)).is_some();
+        let diag = self.proc.diag();
+        self.proc.kill();
+        if exited {
+            bail!("the guest did not power off with `reboot -f` ({sent:?}); QMP quit stopped QEMU{diag}")
+        }
+        bail!("QEMU did not exit after `reboot -f` and QMP quit: killed{diag}")
+    }
+}

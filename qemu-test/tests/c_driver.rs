@@ -1,0 +1,33 @@
+//! The QEMU suite ([`qemu_test::suite`]) against the in-tree C driver
+//! `virtio_balloon`: proves the rig and sets the baseline the Rust driver
+//! must match (`rust_driver.rs` calls the same functions).
+
+use anyhow::Result;
+use qemu_test::{suite, Driver};
+
+const DRIVER: Driver = Driver::C;
+
+#[test]
+fn agent_roundtrip() -> Result<()> {
+    suite::agent_roundtrip(DRIVER)
+}
+
+#[test]
+fn inflate_deflate_actual() -> Result<()> {
+    suite::inflate_deflate_actual(DRIVER)
+}
+
+#[test]
+fn memtotal_follows_balloon() -> Result<()> {
+    suite::memtotal_follows_balloon(DRIVER)
+}
+
+#[test]
+fn inflate_releases_host_memory() -> Result<()> {
+    suite::inflate_releases_host_memory(DRIVER)
+}
+
+#[test]
+fn guest_stats() -> Result<()> {
+    suite::guest_stats(DRIVER)
+}
