@@ -9,7 +9,8 @@
 #   make bench      C vs Rust inflate/deflate benchmark
 #
 # Parameters: KVER (default 7.3), KDIR (default: the kernel `make setup`
-# built for KVER), LLVM_VERSION (default 19), CLIPPY=1, ACCEL=tcg|kvm|auto.
+# built for KVER), LLVM_VERSION (default 19), ACCEL=tcg|kvm|auto,
+# TESTS=<filter> (only the QEMU tests whose name contains it).
 
 KVER ?= 7.3
 LLVM_VERSION ?= 19
@@ -71,7 +72,7 @@ unit-test:
 qemu-test: initramfs
 	BALLOON_KDIR="$(KDIR)" BALLOON_INITRAMFS="$(INITRAMFS)" \
 	BALLOON_LOG_DIR="$(BUILD_DIR)/logs" \
-		cargo test --locked --release -p qemu-test -- --test-threads=$${QEMU_TEST_THREADS:-2}
+		cargo test --locked --release -p qemu-test -- --test-threads=$${QEMU_TEST_THREADS:-2} $(TESTS)
 
 # The README's test command: sets up what is missing (a no-op when the
 # cache is warm), then runs every check.

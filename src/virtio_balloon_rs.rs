@@ -27,4 +27,11 @@ module_virtio_driver! {
     authors: ["virtio_balloon_rs developers"],
     description: "Virtio memory balloon driver (Rust)",
     license: "GPL",
+    params: {
+        min_available_mib: u32 {
+            default: 0,
+            description: "Memory (MiB) the balloon always leaves available to the guest, \
+                however much the host asks for; 0: 2% of guest memory, 16 to 512 MiB",
+        },
+    },
 }

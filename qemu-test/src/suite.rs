@@ -441,3 +441,305 @@ pub fn guest_stats(driver: Driver) -> Result<()> {
     vm.note(&format!("32 MiB workload: {seen}"));
     vm.shutdown()
 }
+
+/// Balloon sizes, as fractions of RAM in percent, that
+/// [`several_targets`] and [`same_targets_as_c`] walk through.
+pub const TARGET_SEQUENCE: [u64; 6] = [10, 50, 30, 75, 5, 0];
+
+/// Target guest memory for a balloon of `percent` % of `ram`, in whole MiB.
+pub fn target_for(ram: u64, percent: u64) -> u64 {
+    ram - (ram * percent / 100) / MIB * MIB
+}
+
+/// Several targets in a row, inflating and deflating: `actual` reaches
+/// each one exactly.
+pub fn several_targets(driver: Driver) -> Result<()> {
+    let mut vm = boot(driver, "several-targets")?;
+    let ram = vm.ram_bytes();
+    for p in TARGET_SEQUENCE {
+        balloon_to(&mut vm, target_for(ram, p))
+            .with_context(|| format!("balloon of {p} % of RAM"))?;
+    }
+    vm.shutdown()
+}
+
+/// Unloading the driver with the balloon inflated gives every page back:
+/// MemTotal returns to the page, QEMU sees an empty balloon, nothing is
+/// leaked; loading the driver again follows the target again.
+pub fn rmmod_while_inflated(driver: Driver) -> Result<()> {
+    let mut vm = boot(driver, "rmmod-inflated")?;
+    let ram = vm.ram_bytes();
+    let module = driver.module_name();
+    let total0 = vm.meminfo_field("MemTotal")?;
+    let (target, balloon) = inflate_target(&vm);
+    balloon_to(&mut vm, target)?;
+    let total1 = vm.meminfo_field("MemTotal")?;
+    ensure!(
+        total0 - total1 >= balloon * 99 / 100,
+        "inflating {} took MemTotal only from {} to {}",
+        format_bytes(balloon),
+        format_bytes(total0),
+        format_bytes(total1)
+    );
+
+    vm.run_ok(&format!("rmmod {module}"))?;
+    let total2 = vm.meminfo_field("MemTotal")?;
+    ensure!(
+        total2 == total0,
+        "after rmmod {module}, MemTotal is {} ({} bytes), before inflating it was {} ({} bytes)",
+        format_bytes(total2),
+        total2,
+        format_bytes(total0),
+        total0
+    );
+    let modules = vm.run_ok("cat /proc/modules")?;
+    ensure!(
+        !modules.contains(module),
+        "{module} still loaded: {modules}"
+    );
+    let actual = vm.query_balloon_actual()?;
+    ensure!(
+        actual == ram,
+        "after rmmod QEMU reports actual {} (RAM {})",
+        format_bytes(actual),
+        format_bytes(ram)
+    );
+    vm.note(&format!(
+        "rmmod with {} inflated: MemTotal back to {} bytes exactly",
+        format_bytes(balloon),
+        total2
+    ));
+
+    // The target is still set: a new probe inflates again.
+    vm.run_ok(&format!("modprobe {module}"))?;
+    vm.wait_balloon_actual(target, BALLOON_TIMEOUT)
+        .context("re-probed driver did not follow the target")?;
+    balloon_to(&mut vm, ram)?;
+    vm.shutdown()
+}
+
+/// The module's id table gives it the device's modalias: with only this
+/// driver left in `modules.alias`, `modprobe <modalias of the balloon>`
+/// loads it and it binds the device.
+pub fn modprobe_by_alias(driver: Driver) -> Result<()> {
+    let mut vm = Vm::boot(config(driver, "modalias").driver_opt(None))?;
+    let module = driver.module_name();
+    let other = match driver {
+        Driver::C => Driver::Rust,
+        Driver::Rust => Driver::C,
+    }
+    .module_name();
+    let alias = vm.run_ok(
+        "for d in /sys/bus/virtio/devices/*; do \
+         if [ \"$(cat $d/device)\" = 0x0005 ]; then cat $d/modalias; fi; done",
+    )?;
+    let alias = alias.trim().to_string();
+    ensure!(
+        alias.starts_with("virtio:d00000005v"),
+        "no balloon device modalias found: {alias:?}"
+    );
+    let table = vm.run_ok("cat /lib/modules/*/modules.alias")?;
+    ensure!(
+        table
+            .lines()
+            .any(|l| l.starts_with("alias virtio:d00000005v") && l.ends_with(&format!(" {module}"))),
+        "modules.alias has no balloon alias for {module}:\n{table}"
+    );
+    vm.run_ok(&format!(
+        "sed -i '/ {other}$/d' /lib/modules/*/modules.alias && modprobe '{alias}'"
+    ))?;
+    let bound = vm.balloon_driver()?;
+    ensure!(
+        bound.as_deref() == Some(module),
+        "after modprobe '{alias}' the balloon is bound to {bound:?}, expected {module}"
+    );
+    vm.note(&format!("modprobe '{alias}' loaded and bound {module}"));
+    vm.shutdown()
+}
+
+/// A host that changes its mind quickly: many targets in a burst, while
+/// statistics are requested every second, end at the last target.
+pub fn flapping_targets(driver: Driver) -> Result<()> {
+    let mut vm = boot(driver, "flapping")?;
+    let ram = vm.ram_bytes();
+    vm.enable_stats_polling(STATS_INTERVAL)?;
+    let mut last = ram;
+    for i in 0..40u64 {
+        last = target_for(ram, (i * 37) % 60);
+        vm.set_balloon_target_bytes(last)?;
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let actual = vm.wait_balloon_actual(last, BALLOON_TIMEOUT)?;
+    vm.note(&format!(
+        "after 40 target changes: actual {}",
+        format_bytes(actual)
+    ));
+    // Stays there, and statistics still flow.
+    let s = vm.wait_stats_after(unix_now(), STATS_TIMEOUT)?;
+    s.require("stat-free-memory")?;
+    balloon_to(&mut vm, ram)?;
+    vm.shutdown()
+}
+
+/// The host asks for (almost) all guest memory: 1 MiB left.
+pub const BEYOND_TARGET: u64 = MIB;
+
+/// A target the guest cannot meet (all but 1 MiB of its memory): our
+/// driver stops at its reserve (`min_available_mib`) and says so, the guest
+/// keeps running, and the balloon deflates completely afterwards. (The C
+/// driver has no reserve: it inflates until allocations fail, and the guest
+/// may die of memory exhaustion, "System is deadlocked on memory".)
+pub fn holds_at_reserve_beyond_guest_memory(driver: Driver) -> Result<()> {
+    let mut vm = boot(driver, "beyond-memory")?;
+    let ram = vm.ram_bytes();
+    let total0 = vm.meminfo_field("MemTotal")?;
+    let mark = vm.console_mark();
+    vm.set_balloon_target_bytes(BEYOND_TARGET)?;
+    let seen = vm.wait_until(
+        "the balloon to stop growing",
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+        {
+            let mut prev = u64::MAX;
+            move |vm| {
+                let a = vm.query_balloon_actual()?;
+                let settled = a == prev;
+                prev = a;
+                Ok(Wait::when(settled, format!("actual {}", format_bytes(a))))
+            }
+        },
+    )?;
+    vm.note(&format!("target 1 MiB: settled at {seen}"));
+    let avail = vm.meminfo_field("MemAvailable")?;
+    vm.note(&format!("MemAvailable {}", format_bytes(avail)));
+    ensure!(
+        avail >= 16 * MIB,
+        "the balloon left the guest only {} available",
+        format_bytes(avail)
+    );
+    vm.run_ok("echo alive")
+        .context("guest unresponsive with the balloon at its limit")?;
+    let held = vm.console_find(mark, "holding the balloon");
+    ensure!(
+        !held.is_empty(),
+        "the driver never reported holding the balloon at its reserve"
+    );
+    vm.note(&held[0]);
+    balloon_to(&mut vm, ram)?;
+    let total = vm.meminfo_field("MemTotal")?;
+    ensure!(
+        total.abs_diff(total0) <= MIB,
+        "after deflating, MemTotal {} but {} at boot",
+        format_bytes(total),
+        format_bytes(total0)
+    );
+    vm.shutdown()
+}
+
+/// KUnit suites built into a driver module, as reported on the console when
+/// it loads: every suite named `<module>_*` finished and passed, and there
+/// are `min_cases` cases at least. The C driver has none, so this is
+/// checked for the Rust driver only.
+pub fn kunit_suites_pass(driver: Driver, min_cases: usize) -> Result<()> {
+    let vm = boot(driver, "kunit")?;
+    let prefix = format!("{}_", driver.module_name());
+    let lines = vm.console_since(0);
+    let suites: Vec<_> = crate::ktap::parse(&lines)
+        .into_iter()
+        .filter(|s| s.name.starts_with(&prefix))
+        .collect();
+    let cases: usize = suites.iter().map(|s| s.cases.len()).sum();
+    for s in &suites {
+        ensure!(
+            s.ok == Some(true),
+            "KUnit suite {} did not pass: {s:?}",
+            s.name
+        );
+        for c in &s.cases {
+            ensure!(
+                c.ok && !c.skipped,
+                "KUnit case {}.{} failed or skipped",
+                s.name,
+                c.name
+            );
+        }
+    }
+    ensure!(
+        cases >= min_cases,
+        "found {} KUnit cases in {} suites named {prefix}*, expected at least {min_cases}",
+        cases,
+        suites.len()
+    );
+    vm.note(&format!(
+        "KUnit: {} suites, {cases} cases passed: {:?}",
+        suites.len(),
+        suites.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
+    ));
+    vm.shutdown()
+}
+
+/// One step of [`same_targets_as_c`]: `actual` and MemTotal after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Balloon size requested, in % of RAM.
+    pub percent: u64,
+    /// QEMU's `actual`, bytes.
+    pub actual: u64,
+    /// Guest MemTotal, bytes.
+    pub memtotal: u64,
+}
+
+fn walk_targets(vm: &mut Vm, driver: Driver) -> Result<Vec<Step>> {
+    let ram = vm.ram_bytes();
+    let mut steps = Vec::new();
+    for p in TARGET_SEQUENCE {
+        balloon_to(vm, target_for(ram, p)).with_context(|| format!("{driver:?}: {p} %"))?;
+        // MemTotal follows the balloon list immediately.
+        steps.push(Step {
+            percent: p,
+            actual: vm.query_balloon_actual()?,
+            memtotal: vm.meminfo_field("MemTotal")?,
+        });
+    }
+    Ok(steps)
+}
+
+/// Side by side in one boot: the same target sequence on the C driver, then
+/// (after `rmmod`) on ours, gives the same `actual` values and MemTotal
+/// within 1 %.
+pub fn same_targets_as_c() -> Result<()> {
+    let mut vm = boot(Driver::C, "side-by-side")?;
+    let c = walk_targets(&mut vm, Driver::C)?;
+    vm.run_ok(&format!("rmmod {}", Driver::C.module_name()))?;
+    vm.run_ok(&format!("modprobe {}", Driver::Rust.module_name()))?;
+    ensure!(
+        vm.balloon_driver()?.as_deref() == Some(Driver::Rust.module_name()),
+        "the Rust driver did not bind after the C one was removed"
+    );
+    let rs = walk_targets(&mut vm, Driver::Rust)?;
+    for (c, r) in c.iter().zip(&rs) {
+        vm.note(&format!(
+            "{:>3} %: actual C {} / ours {}; MemTotal C {} / ours {}",
+            c.percent,
+            format_bytes(c.actual),
+            format_bytes(r.actual),
+            format_bytes(c.memtotal),
+            format_bytes(r.memtotal)
+        ));
+        ensure!(
+            c.actual == r.actual,
+            "{} %: actual differs: C {}, ours {}",
+            c.percent,
+            c.actual,
+            r.actual
+        );
+        ensure!(
+            within(r.memtotal as i64, c.memtotal as i64, 0.01),
+            "{} %: MemTotal differs by more than 1 %: C {}, ours {}",
+            c.percent,
+            format_bytes(c.memtotal),
+            format_bytes(r.memtotal)
+        );
+    }
+    vm.shutdown()
+}

@@ -31,6 +31,18 @@ pub const BALLOON_QOM_PATH: &str = "/machine/peripheral/balloon0";
 /// Console lines included in error messages.
 const DIAG_LINES: usize = 40;
 
+/// Console markers of kernel problems a test must not leave behind.
+pub const KERNEL_PROBLEMS: [&str; 8] = [
+    "WARNING:",
+    "BUG:",
+    "kernel BUG",
+    "Oops",
+    "general protection fault",
+    "Kernel panic",
+    "UBSAN:",
+    "not ok ",
+];
+
 /// The per-test log directory: `$BALLOON_LOG_DIR`, else
 /// `<workspace>/target/qemu-logs`.
 pub fn log_dir() -> PathBuf {
@@ -631,12 +643,35 @@ impl Vm {
 
     // ---- teardown ------------------------------------------------------------
 
+    /// Console lines from absolute line number `mark` on.
+    pub fn console_since(&self, mark: usize) -> Vec<String> {
+        self.proc.console.find_since(mark, "")
+    }
+
+    /// Kernel console lines reporting a problem: warnings, BUGs, oopses,
+    /// panics, sanitizer reports (OOM-killer reports are not problems).
+    pub fn kernel_problems(&self) -> Vec<String> {
+        KERNEL_PROBLEMS
+            .iter()
+            .flat_map(|p| self.proc.console.find_since(0, p))
+            .collect()
+    }
+
     /// Powers the guest off (`reboot -f`; QEMU runs with `-no-reboot`) and
     /// waits for QEMU to exit; after 30 s it is killed and this is an error.
+    /// Fails if the kernel reported a problem ([`Vm::kernel_problems`]).
     pub fn shutdown(mut self) -> Result<()> {
         self.proc.log_line("shutdown");
         let sent = self.agent.send("sync; reboot -f");
         if self.proc.wait_exit(Duration::from_secs(30)).is_some() {
+            let problems = self.kernel_problems();
+            if !problems.is_empty() {
+                bail!(
+                    "the guest kernel reported problems (see {}):\n{}",
+                    self.log_path().display(),
+                    problems.join("\n")
+                );
+            }
             return Ok(());
         }
         let _ = self.qmp.execute(&qapi::qmp::quit {});

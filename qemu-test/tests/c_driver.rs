@@ -31,3 +31,23 @@ fn inflate_releases_host_memory() -> Result<()> {
 fn guest_stats() -> Result<()> {
     suite::guest_stats(DRIVER)
 }
+
+#[test]
+fn several_targets() -> Result<()> {
+    suite::several_targets(DRIVER)
+}
+
+#[test]
+fn rmmod_while_inflated() -> Result<()> {
+    suite::rmmod_while_inflated(DRIVER)
+}
+
+#[test]
+fn modprobe_by_alias() -> Result<()> {
+    suite::modprobe_by_alias(DRIVER)
+}
+
+#[test]
+fn flapping_targets() -> Result<()> {
+    suite::flapping_targets(DRIVER)
+}

@@ -31,3 +31,41 @@ fn inflate_releases_host_memory() -> Result<()> {
 fn guest_stats() -> Result<()> {
     suite::guest_stats(DRIVER)
 }
+
+#[test]
+fn several_targets() -> Result<()> {
+    suite::several_targets(DRIVER)
+}
+
+#[test]
+fn rmmod_while_inflated() -> Result<()> {
+    suite::rmmod_while_inflated(DRIVER)
+}
+
+#[test]
+fn modprobe_by_alias() -> Result<()> {
+    suite::modprobe_by_alias(DRIVER)
+}
+
+#[test]
+fn flapping_targets() -> Result<()> {
+    suite::flapping_targets(DRIVER)
+}
+
+/// Where the C driver panics the guest, ours holds at its reserve.
+#[test]
+fn holds_at_reserve_beyond_guest_memory() -> Result<()> {
+    suite::holds_at_reserve_beyond_guest_memory(DRIVER)
+}
+
+/// The module's own KUnit suites (3 suites, 9 cases today).
+#[test]
+fn kunit_suites_pass() -> Result<()> {
+    suite::kunit_suites_pass(DRIVER, 9)
+}
+
+/// The same target sequence on the C driver and ours in one boot.
+#[test]
+fn same_targets_as_c() -> Result<()> {
+    suite::same_targets_as_c()
+}

@@ -158,6 +158,8 @@ pub(crate) struct Balloon {
     pub(super) out_of_puff: Atomic<u32>,
     /// Whether an excessive host target was already reported.
     pub(super) clamp_reported: Atomic<bool>,
+    /// Whether inflating is held back to keep the guest's reserve.
+    pub(super) holding: Atomic<bool>,
 }
 
 impl_embeds!(Balloon {
@@ -237,6 +239,7 @@ impl Balloon {
                 hint_work <- new_work!("virtio_balloon_rs::hint_work"),
                 out_of_puff: Atomic::new(0),
                 clamp_reported: Atomic::new(false),
+                holding: Atomic::new(false),
             }? Error),
             GFP_KERNEL,
         )?;

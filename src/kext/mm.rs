@@ -22,6 +22,14 @@ pub(crate) fn totalram_pages() -> u64 {
     unsafe { bindings::totalram_pages() as u64 }
 }
 
+/// Pages available for new allocations without swapping
+/// (`si_mem_available()`, `MemAvailable` in `/proc/meminfo`).
+pub(crate) fn available_pages() -> u64 {
+    // SAFETY: Always safe to call.
+    let pages = unsafe { kb::si_mem_available() };
+    u64::try_from(pages).unwrap_or(0)
+}
+
 /// Whether freed pages are poisoned (`page_poisoning_enabled_static()`).
 pub(crate) fn page_poisoning_enabled() -> bool {
     // SAFETY: Reads a static key; always safe to call.
@@ -89,13 +97,11 @@ pub(crate) fn mem_stats() -> MemStats {
     let mut info = kb::sysinfo::default();
     // SAFETY: `info` is a writable `struct sysinfo`.
     unsafe { kb::si_meminfo(&mut info) };
-    // SAFETY: Always safe to call.
-    let available = unsafe { kb::si_mem_available() };
     MemStats {
         events: vm_events(),
         free: info.freeram as u64,
         total: info.totalram as u64,
-        available: u64::try_from(available).unwrap_or(0),
+        available: available_pages(),
         caches: node_state(kb::node_stat_item_NR_FILE_PAGES),
     }
 }

@@ -72,6 +72,33 @@ impl Step {
     }
 }
 
+/// Smallest reserve the driver keeps available to the guest, in MiB.
+pub const RESERVE_MIN_MIB: u64 = 16;
+/// Largest automatic reserve, in MiB.
+pub const RESERVE_MAX_MIB: u64 = 512;
+
+/// Guest memory, in guest pages, the balloon leaves available however much
+/// the host asks for: `min_available_mib` if set, else 2 % of the guest's
+/// memory bounded to [`RESERVE_MIN_MIB`]..=[`RESERVE_MAX_MIB`].
+///
+/// The C driver has no such floor: asked for (nearly) all guest memory it
+/// inflates until the guest panics, "deadlocked on memory".
+pub fn reserve_pages(guest_pages: u64, page_shift: u32, min_available_mib: u32) -> u64 {
+    let mib = if min_available_mib > 0 {
+        u64::from(min_available_mib)
+    } else {
+        let two_percent = (guest_pages << page_shift) / 50 >> 20;
+        two_percent.clamp(RESERVE_MIN_MIB, RESERVE_MAX_MIB)
+    };
+    (mib << 20) >> page_shift
+}
+
+/// Guest pages the balloon may still take when `available` pages are
+/// available (`MemAvailable`) and `reserve` must stay so.
+pub fn inflate_allowance(available: u64, reserve: u64) -> u64 {
+    available.saturating_sub(reserve)
+}
+
 /// Number of guest pages to move in one batch of at most `max_pfns` balloon
 /// PFNs when `remaining` balloon pages are left (at least one guest page
 /// when anything remains, as C rounds targets up to guest pages).
@@ -142,6 +169,26 @@ mod tests {
         assert_eq!(t.step_from(500), Step::Idle);
         assert_eq!(t.step_from(0).remaining(), 500);
         assert_eq!(Step::Idle.remaining(), 0);
+    }
+
+    #[test]
+    fn reserve_is_two_percent_within_bounds() {
+        // 1 GiB of 4 KiB pages: 2 % is 20 MiB.
+        assert_eq!(reserve_pages(GIB_IN_4K, 12, 0), (20 << 20) >> 12);
+        // 256 MiB: 2 % is 5 MiB, raised to 16 MiB.
+        assert_eq!(reserve_pages(GIB_IN_4K / 4, 12, 0), (16 << 20) >> 12);
+        // 1 TiB: 2 % is 20 GiB, capped at 512 MiB.
+        assert_eq!(reserve_pages(GIB_IN_4K * 1024, 12, 0), (512 << 20) >> 12);
+        // An explicit value wins, and works with 64 KiB pages.
+        assert_eq!(reserve_pages(GIB_IN_4K, 12, 100), (100 << 20) >> 12);
+        assert_eq!(reserve_pages(1 << 14, 16, 64), 1024);
+    }
+
+    #[test]
+    fn allowance_stops_at_the_reserve() {
+        assert_eq!(inflate_allowance(1000, 200), 800);
+        assert_eq!(inflate_allowance(200, 200), 0);
+        assert_eq!(inflate_allowance(10, 200), 0);
     }
 
     #[test]
