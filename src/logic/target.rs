@@ -87,7 +87,7 @@ pub fn reserve_pages(guest_pages: u64, page_shift: u32, min_available_mib: u32) 
     let mib = if min_available_mib > 0 {
         u64::from(min_available_mib)
     } else {
-        let two_percent = (guest_pages << page_shift) / 50 >> 20;
+        let two_percent = ((guest_pages << page_shift) / 50) >> 20;
         two_percent.clamp(RESERVE_MIN_MIB, RESERVE_MAX_MIB)
     };
     (mib << 20) >> page_shift
