@@ -33,6 +33,17 @@ pub struct Agent {
 
 impl Agent {
     /// Connects to the agent chardev socket at `path` (QEMU listens).
+    /// Drops the connection and connects again: after the guest's
+    /// virtio-serial device was reset (system sleep), QEMU only tells the
+    /// guest that the host side is open when a client connects.
+    pub fn reconnect(&mut self, path: &Path) -> Result<()> {
+        let _ = self.writer.shutdown(std::net::Shutdown::Both);
+        let next_id = self.next_id;
+        *self = Agent::connect(path)?;
+        self.next_id = next_id;
+        Ok(())
+    }
+
     pub fn connect(path: &Path) -> Result<Agent> {
         let sock = UnixStream::connect(path)
             .with_context(|| format!("connecting to agent socket {}", path.display()))?;

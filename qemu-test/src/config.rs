@@ -144,6 +144,9 @@ pub struct VmConfig {
     pub loglevel: u8,
     /// How long [`crate::Vm::boot`] waits for the guest (default 60 s).
     pub boot_timeout: Duration,
+    /// Resume from this migration stream file (`-incoming`) instead of
+    /// booting; the rest of the configuration must match the saved VM's.
+    pub incoming: Option<std::path::PathBuf>,
 }
 
 impl VmConfig {
@@ -161,7 +164,14 @@ impl VmConfig {
             accel: None,
             loglevel: 7,
             boot_timeout: Duration::from_secs(60),
+            incoming: None,
         }
+    }
+
+    /// Resume from the migration stream in `file` instead of booting.
+    pub fn incoming(mut self, file: &std::path::Path) -> Self {
+        self.incoming = Some(file.to_path_buf());
+        self
     }
 
     /// Guest RAM in MiB.

@@ -30,6 +30,7 @@ pub mod agent;
 pub mod config;
 pub mod console;
 pub mod cpio;
+pub mod features;
 pub mod ktap;
 pub mod qemu;
 pub mod qmp;

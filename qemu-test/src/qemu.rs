@@ -145,14 +145,20 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     push(&socket_chardev("qmp", &spec.qmp_socket));
     push("-mon");
     push("chardev=qmp,mode=control");
-    // The balloon.
-    push("-device");
-    push(&format!(
+    // The balloon; free page hinting runs in an I/O thread.
+    let mut balloon = format!(
         "virtio-balloon-pci,id=balloon0,deflate-on-oom={},free-page-reporting={},free-page-hint={}",
         on_off(b.deflate_on_oom),
         on_off(b.free_page_reporting),
         on_off(b.free_page_hint)
-    ));
+    );
+    if b.free_page_hint {
+        push("-object");
+        push("iothread,id=balloon-io");
+        balloon.push_str(",iothread=balloon-io");
+    }
+    push("-device");
+    push(&balloon);
     // The command agent's virtio-serial port.
     push("-device");
     push("virtio-serial-pci,id=vser0");
@@ -166,6 +172,11 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     a.push(spec.image.initramfs.clone().into_os_string());
     a.push("-append".into());
     a.push(kernel_cmdline(spec).into());
+    if let Some(from) = &cfg.incoming {
+        // Resume a VM saved with `migrate` to a file instead of booting.
+        a.push("-incoming".into());
+        a.push(format!("exec:cat '{}'", from.display()).into());
+    }
     a.extend(cfg.extra_qemu_args.iter().map(OsString::from));
     a
 }

@@ -10,7 +10,7 @@ use crate::qemu::{self, QemuSpec, Serial};
 use crate::qmp::QmpClient;
 use crate::stats::{self, GuestStats};
 use crate::units::{format_bytes, PAGE_SIZE};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::File;
@@ -274,11 +274,34 @@ impl Vm {
         .map_err(|e| anyhow!("{e:#}{}", proc.diag()))?;
 
         // Wait for init's marker, failing early on a panic or a driver
-        // that did not load.
+        // that did not load. A resumed VM booted long ago: wait until it
+        // runs instead.
         let failures = ["Kernel panic", DRIVER_FAILED_MARKER];
         let mut needles = vec![READY_MARKER];
         needles.extend(failures);
-        loop {
+        let mut qmp = qmp;
+        while cfg.incoming.is_some() {
+            let status = qmp.execute(&qapi::qmp::query_status {})?;
+            if status.status == qapi::qmp::RunState::running {
+                break;
+            }
+            if matches!(
+                status.status,
+                qapi::qmp::RunState::inmigrate | qapi::qmp::RunState::prelaunch
+            ) && Instant::now() < deadline
+            {
+                proc.check_alive()?;
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            bail!(
+                "the VM did not resume from {:?}: status {:?}{}",
+                cfg.incoming,
+                status.status,
+                proc.diag()
+            );
+        }
+        while cfg.incoming.is_none() {
             if let Some(line) = proc
                 .console
                 .wait_for(0, &needles, Duration::from_millis(200))
@@ -642,6 +665,19 @@ impl Vm {
     }
 
     // ---- teardown ------------------------------------------------------------
+
+    /// Connects to the guest agent again (see [`Agent::reconnect`]) and
+    /// checks that it answers.
+    pub fn reconnect_agent(&mut self) -> Result<()> {
+        let path = self._dir.path().join("agent.sock");
+        self.agent.reconnect(&path)?;
+        let hello = self.run_timeout("echo agent-ok", Duration::from_secs(30))?;
+        ensure!(
+            hello.output.trim() == "agent-ok",
+            "agent did not answer after reconnecting: {hello:?}"
+        );
+        Ok(())
+    }
 
     /// Console lines from absolute line number `mark` on.
     pub fn console_since(&self, mark: usize) -> Vec<String> {

@@ -3,6 +3,7 @@
 //! must match (`rust_driver.rs` calls the same functions).
 
 use anyhow::Result;
+use qemu_test::features::{self, Poisoning};
 use qemu_test::{suite, Driver};
 
 const DRIVER: Driver = Driver::C;
@@ -50,4 +51,51 @@ fn modprobe_by_alias() -> Result<()> {
 #[test]
 fn flapping_targets() -> Result<()> {
     suite::flapping_targets(DRIVER)
+}
+
+// ---- optional features and system sleep (qemu_test::features) ----
+
+#[test]
+fn deflate_on_oom_on() -> Result<()> {
+    features::deflate_on_oom(DRIVER, true)
+}
+
+#[test]
+fn deflate_on_oom_off() -> Result<()> {
+    features::deflate_on_oom(DRIVER, false)
+}
+
+#[test]
+fn free_page_reporting() -> Result<()> {
+    features::free_page_reporting(DRIVER)
+}
+
+#[test]
+fn page_poison_none() -> Result<()> {
+    features::page_poison(DRIVER, Poisoning::None)
+}
+
+#[test]
+fn page_poison_on() -> Result<()> {
+    features::page_poison(DRIVER, Poisoning::Poison)
+}
+
+#[test]
+fn page_poison_init_on_free() -> Result<()> {
+    features::page_poison(DRIVER, Poisoning::InitOnFree)
+}
+
+#[test]
+fn free_page_hint_migration() -> Result<()> {
+    features::free_page_hint_migration(DRIVER)
+}
+
+#[test]
+fn balloon_page_migration() -> Result<()> {
+    features::balloon_page_migration(DRIVER)
+}
+
+#[test]
+fn freeze_restore() -> Result<()> {
+    features::freeze_restore(DRIVER)
 }

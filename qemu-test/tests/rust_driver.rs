@@ -3,6 +3,7 @@
 //! baseline in `c_driver.rs`.
 
 use anyhow::Result;
+use qemu_test::features::{self, Poisoning};
 use qemu_test::{suite, Driver};
 
 const DRIVER: Driver = Driver::Rust;
@@ -68,4 +69,51 @@ fn kunit_suites_pass() -> Result<()> {
 #[test]
 fn same_targets_as_c() -> Result<()> {
     suite::same_targets_as_c()
+}
+
+// ---- optional features and system sleep (qemu_test::features) ----
+
+#[test]
+fn deflate_on_oom_on() -> Result<()> {
+    features::deflate_on_oom(DRIVER, true)
+}
+
+#[test]
+fn deflate_on_oom_off() -> Result<()> {
+    features::deflate_on_oom(DRIVER, false)
+}
+
+#[test]
+fn free_page_reporting() -> Result<()> {
+    features::free_page_reporting(DRIVER)
+}
+
+#[test]
+fn page_poison_none() -> Result<()> {
+    features::page_poison(DRIVER, Poisoning::None)
+}
+
+#[test]
+fn page_poison_on() -> Result<()> {
+    features::page_poison(DRIVER, Poisoning::Poison)
+}
+
+#[test]
+fn page_poison_init_on_free() -> Result<()> {
+    features::page_poison(DRIVER, Poisoning::InitOnFree)
+}
+
+#[test]
+fn free_page_hint_migration() -> Result<()> {
+    features::free_page_hint_migration(DRIVER)
+}
+
+#[test]
+fn balloon_page_migration() -> Result<()> {
+    features::balloon_page_migration(DRIVER)
+}
+
+#[test]
+fn freeze_restore() -> Result<()> {
+    features::freeze_restore(DRIVER)
 }

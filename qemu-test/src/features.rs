@@ -1,0 +1,474 @@
+//! QEMU tests of the optional balloon features and of system sleep, for
+//! both drivers with the same QEMU options (`tests/c_driver.rs`,
+//! `tests/rust_driver.rs`): deflate on OOM, free page reporting, free page
+//! hinting across a live migration, page poisoning, balloon page migration
+//! by compaction, freeze/restore. Each test fails if the feature does not
+//! do its job, and reports what it measured.
+
+use crate::suite::{balloon_to, config, target_for, BALLOON_TIMEOUT};
+use crate::units::{format_bytes, MIB};
+use crate::vm::Vm;
+use crate::{Driver, VmConfig};
+use anyhow::{bail, ensure, Context, Result};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Virtio feature bit numbers of the balloon device.
+pub mod bit {
+    /// `VIRTIO_BALLOON_F_DEFLATE_ON_OOM`.
+    pub const DEFLATE_ON_OOM: usize = 2;
+    /// `VIRTIO_BALLOON_F_FREE_PAGE_HINT`.
+    pub const FREE_PAGE_HINT: usize = 3;
+    /// `VIRTIO_BALLOON_F_PAGE_POISON`.
+    pub const PAGE_POISON: usize = 4;
+    /// `VIRTIO_BALLOON_F_REPORTING`.
+    pub const REPORTING: usize = 5;
+}
+
+/// The balloon device's negotiated feature bits, from sysfs (one `0`/`1`
+/// character per bit).
+pub fn negotiated_features(vm: &mut Vm) -> Result<Vec<bool>> {
+    let f = vm.run_ok(
+        "for d in /sys/bus/virtio/devices/*; do \
+         if [ \"$(cat $d/device)\" = 0x0005 ]; then cat $d/features; fi; done",
+    )?;
+    let f = f.trim();
+    ensure!(!f.is_empty(), "no balloon device features in sysfs");
+    Ok(f.chars().map(|c| c == '1').collect())
+}
+
+fn has_bit(features: &[bool], bit: usize) -> bool {
+    features.get(bit).copied().unwrap_or(false)
+}
+
+/// Guest memory the workloads below dirty with random data, so that it is
+/// neither zero nor compressible for the host.
+fn fill_random_and_free(vm: &mut Vm, mib: u64) -> Result<()> {
+    // `dd` allocates one `bs`-sized buffer, fills it and exits, freeing it.
+    vm.run_timeout(
+        &format!("dd if=/dev/urandom of=/dev/null bs={mib}M count=1 iflag=fullblock 2>&1"),
+        Duration::from_secs(300),
+    )
+    .and_then(|o| {
+        ensure!(o.code == 0, "dd failed: {}", o.output);
+        Ok(())
+    })
+}
+
+// ---- deflate on OOM -----------------------------------------------------------
+
+/// Balloon size the OOM tests inflate to, and the workload that then needs
+/// more memory than the guest has left.
+const OOM_BALLOON_MIB: u64 = 768;
+const OOM_WORKLOAD_MIB: u64 = 400;
+
+/// With `deflate-on-oom=on`, a workload needing more memory than the
+/// inflated guest has completes without an OOM kill: the driver's OOM
+/// notifier gives balloon pages back (QEMU's `actual` grows). With
+/// `deflate-on-oom=off` the same workload is OOM-killed.
+pub fn deflate_on_oom(driver: Driver, on: bool) -> Result<()> {
+    let name = if on {
+        "oom-deflate-on"
+    } else {
+        "oom-deflate-off"
+    };
+    let mut vm = Vm::boot(config(driver, name).deflate_on_oom(on))?;
+    let ram = vm.ram_bytes();
+    let features = negotiated_features(&mut vm)?;
+    ensure!(
+        has_bit(&features, bit::DEFLATE_ON_OOM) == on,
+        "DEFLATE_ON_OOM negotiated = {}, expected {on}",
+        has_bit(&features, bit::DEFLATE_ON_OOM)
+    );
+    let target = ram - OOM_BALLOON_MIB * MIB;
+    balloon_to(&mut vm, target)?;
+    let avail = vm.meminfo_field("MemAvailable")?;
+    vm.note(&format!(
+        "balloon {} MiB: MemAvailable {}; workload needs {} MiB",
+        OOM_BALLOON_MIB,
+        format_bytes(avail),
+        OOM_WORKLOAD_MIB
+    ));
+    ensure!(
+        avail < OOM_WORKLOAD_MIB * MIB,
+        "the workload would fit anyway: {} available",
+        format_bytes(avail)
+    );
+    let mark = vm.console_mark();
+    // Always overcommit, so that the workload's buffer is granted and the
+    // OOM path (not malloc) decides when it is touched.
+    vm.run_ok("echo 1 > /proc/sys/vm/overcommit_memory")?;
+    let out = vm.run_timeout(
+        &format!("dd if=/dev/zero of=/dev/null bs={OOM_WORKLOAD_MIB}M count=1 2>&1; echo rc=$?"),
+        Duration::from_secs(300),
+    )?;
+    let killed = vm.console_find(mark, "Killed process");
+    let actual = vm.query_balloon_actual()?;
+    vm.note(&format!(
+        "workload: {:?}; OOM kills: {}; actual now {}",
+        out.output.trim().lines().last(),
+        killed.len(),
+        format_bytes(actual)
+    ));
+    if on {
+        ensure!(
+            out.output.contains("rc=0") && killed.is_empty(),
+            "with deflate-on-oom the workload must complete without an OOM kill: {} {killed:?}",
+            out.output
+        );
+        ensure!(
+            actual > target,
+            "the balloon did not deflate (actual {}, target {})",
+            format_bytes(actual),
+            format_bytes(target)
+        );
+    } else {
+        ensure!(
+            !killed.is_empty() && !out.output.contains("rc=0"),
+            "without deflate-on-oom the workload must be OOM-killed: {}",
+            out.output
+        );
+        ensure!(
+            actual == target,
+            "the balloon moved without deflate-on-oom: actual {}",
+            format_bytes(actual)
+        );
+    }
+    balloon_to(&mut vm, ram)?;
+    vm.shutdown()
+}
+
+// ---- free page reporting ------------------------------------------------------
+
+/// Memory the reporting test dirties and frees.
+const REPORT_MIB: u64 = 512;
+/// Part of it QEMU's RSS must give back.
+const REPORT_RELEASE_MIN: f64 = 0.6;
+
+/// Boots with free page reporting, dirties [`REPORT_MIB`] of memory, frees
+/// it and returns QEMU's RSS right after and the lowest RSS seen within
+/// `window`.
+fn report_and_watch(vm: &mut Vm, window: Duration) -> Result<(u64, u64)> {
+    fill_random_and_free(vm, REPORT_MIB)?;
+    let after_free = vm.qemu_rss_bytes()?;
+    let t0 = Instant::now();
+    let mut low = after_free;
+    while t0.elapsed() < window {
+        std::thread::sleep(Duration::from_millis(500));
+        low = low.min(vm.qemu_rss_bytes()?);
+        if after_free.saturating_sub(low) as f64
+            >= REPORT_MIB as f64 * MIB as f64 * REPORT_RELEASE_MIN
+        {
+            break;
+        }
+    }
+    Ok((after_free, low))
+}
+
+/// With `free-page-reporting=on`, memory a guest process dirtied and freed
+/// goes back to the host (QEMU's RSS falls by most of it) without any
+/// balloon target change.
+pub fn free_page_reporting(driver: Driver) -> Result<()> {
+    let mut vm = Vm::boot(config(driver, "reporting").free_page_reporting(true))?;
+    let features = negotiated_features(&mut vm)?;
+    ensure!(
+        has_bit(&features, bit::REPORTING),
+        "REPORTING not negotiated"
+    );
+    let rss0 = vm.qemu_rss_bytes()?;
+    let (after, low) = report_and_watch(&mut vm, Duration::from_secs(30))?;
+    let released = after.saturating_sub(low);
+    let want = (REPORT_MIB * MIB) as f64 * REPORT_RELEASE_MIN;
+    vm.note(&format!(
+        "RSS {} at boot, {} after dirtying and freeing {} MiB, lowest {} (released {})",
+        format_bytes(rss0),
+        format_bytes(after),
+        REPORT_MIB,
+        format_bytes(low),
+        format_bytes(released)
+    ));
+    ensure!(
+        released as f64 >= want,
+        "QEMU's RSS fell by only {} after freeing {} MiB (want >= {:.0} %)",
+        format_bytes(released),
+        REPORT_MIB,
+        REPORT_RELEASE_MIN * 100.0
+    );
+    ensure!(
+        vm.query_balloon_actual()? == vm.ram_bytes(),
+        "the balloon moved"
+    );
+    vm.shutdown()
+}
+
+// ---- page poisoning -------------------------------------------------------------
+
+/// Page poisoning in the guest and what the host must see:
+///
+/// - none: `PAGE_POISON` is declined, reporting works (RSS falls);
+/// - `page_poison=1`: `PAGE_POISON` is negotiated with `poison_val`
+///   0xaaaaaaaa, so QEMU keeps reported pages (their content must survive)
+///   and RSS does not fall;
+/// - `init_on_free=1`: `PAGE_POISON` with `poison_val` 0 (zeroed pages),
+///   which QEMU may discard: RSS falls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poisoning {
+    /// No poisoning.
+    None,
+    /// `page_poison=1`.
+    Poison,
+    /// `init_on_free=1`.
+    InitOnFree,
+}
+
+/// See [`Poisoning`].
+pub fn page_poison(driver: Driver, mode: Poisoning) -> Result<()> {
+    let (name, arg) = match mode {
+        Poisoning::None => ("poison-none", None),
+        Poisoning::Poison => ("poison-on", Some("page_poison=1")),
+        Poisoning::InitOnFree => ("poison-init-on-free", Some("init_on_free=1")),
+    };
+    let mut cfg = config(driver, name).free_page_reporting(true);
+    if let Some(arg) = arg {
+        cfg = cfg.cmdline_arg(arg);
+    }
+    let mut vm = Vm::boot(cfg)?;
+    let features = negotiated_features(&mut vm)?;
+    let poison = has_bit(&features, bit::PAGE_POISON);
+    let reporting = has_bit(&features, bit::REPORTING);
+    vm.note(&format!(
+        "{mode:?}: PAGE_POISON {poison}, REPORTING {reporting}"
+    ));
+    ensure!(
+        poison == (mode != Poisoning::None),
+        "PAGE_POISON negotiated = {poison} with {mode:?}"
+    );
+    ensure!(reporting, "REPORTING not negotiated with {mode:?}");
+    let (after, low) = report_and_watch(&mut vm, Duration::from_secs(20))?;
+    let released = after.saturating_sub(low);
+    let share = released as f64 / (REPORT_MIB * MIB) as f64;
+    vm.note(&format!(
+        "freed {} MiB: RSS {} -> lowest {} ({:.0} % released)",
+        REPORT_MIB,
+        format_bytes(after),
+        format_bytes(low),
+        share * 100.0
+    ));
+    match mode {
+        Poisoning::Poison => ensure!(
+            share < 0.1,
+            "QEMU discarded {:.0} % of reported pages although their poison value is not 0: \
+             the host did not get poison_val",
+            share * 100.0
+        ),
+        _ => ensure!(
+            share >= REPORT_RELEASE_MIN,
+            "QEMU released only {:.0} % of the freed memory",
+            share * 100.0
+        ),
+    }
+    vm.shutdown()
+}
+
+// ---- free page hinting across a live migration ---------------------------------
+
+/// Memory the hinting test dirties with random data and frees before it
+/// migrates the VM.
+const HINT_DIRTY_MIB: u64 = 384;
+
+fn migrate_to_file(vm: &mut Vm, file: &std::path::Path) -> Result<BTreeMap<&'static str, u64>> {
+    let uri = format!("exec:cat > '{}'", file.display());
+    vm.qmp().execute(&qapi::qmp::migrate {
+        uri: Some(uri),
+        channels: None,
+        detach: None,
+        resume: None,
+    })?;
+    let t0 = Instant::now();
+    loop {
+        let info = vm.qmp().execute(&qapi::qmp::query_migrate {})?;
+        match info.status {
+            Some(qapi::qmp::MigrationStatus::completed) => {
+                let ram = info.ram.context("no RAM statistics")?;
+                let mut m = BTreeMap::new();
+                m.insert("transferred", ram.transferred as u64);
+                m.insert("normal_pages", ram.normal as u64);
+                m.insert("duplicate_pages", ram.duplicate as u64);
+                m.insert("ms", t0.elapsed().as_millis() as u64);
+                return Ok(m);
+            }
+            Some(qapi::qmp::MigrationStatus::failed)
+            | Some(qapi::qmp::MigrationStatus::cancelled) => {
+                bail!("migration failed: {:?}", info.error_desc)
+            }
+            _ => {}
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(300),
+            "migration did not complete in 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// With `free-page-hint=on`, migrating the VM to a file skips the guest's
+/// free memory: a guest that dirtied [`HINT_DIRTY_MIB`] of random data and
+/// freed it produces a stream far smaller than that data. A second QEMU
+/// resumes from the file; the guest runs and its balloon still follows
+/// targets.
+pub fn free_page_hint_migration(driver: Driver) -> Result<()> {
+    let cfg = config(driver, "hint-source").free_page_hint(true);
+    let mut vm = Vm::boot(cfg.clone())?;
+    let ram = vm.ram_bytes();
+    let features = negotiated_features(&mut vm)?;
+    ensure!(
+        has_bit(&features, bit::FREE_PAGE_HINT),
+        "FREE_PAGE_HINT not negotiated"
+    );
+    let target = target_for(ram, 10);
+    balloon_to(&mut vm, target)?;
+    fill_random_and_free(&mut vm, HINT_DIRTY_MIB)?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("vm.migration");
+    let stats = migrate_to_file(&mut vm, &file)?;
+    let size = std::fs::metadata(&file)?.len();
+    vm.note(&format!(
+        "migration: stream {} for {} MiB of freed random data; {stats:?}",
+        format_bytes(size),
+        HINT_DIRTY_MIB
+    ));
+    ensure!(
+        size < HINT_DIRTY_MIB * MIB / 2,
+        "the migration stream is {} although {} MiB of it were free pages the guest should \
+         have hinted",
+        format_bytes(size),
+        HINT_DIRTY_MIB
+    );
+    drop(vm);
+
+    let mut dst = Vm::boot(
+        VmConfig {
+            name: format!("{}-hint-destination", driver.load_param()),
+            ..cfg
+        }
+        .incoming(&file),
+    )
+    .context("resuming the migrated VM")?;
+    ensure!(
+        dst.query_balloon_actual()? == target,
+        "the resumed VM lost the balloon"
+    );
+    let up = dst.run_ok("cat /proc/uptime")?;
+    dst.note(&format!("resumed guest running, uptime {}", up.trim()));
+    balloon_to(&mut dst, target_for(ram, 30))?;
+    balloon_to(&mut dst, ram)?;
+    dst.shutdown()
+}
+
+// ---- balloon page migration (compaction) -------------------------------------
+
+fn vmstat(vm: &mut Vm, key: &str) -> Result<u64> {
+    let out = vm.run_ok("cat /proc/vmstat")?;
+    out.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("no {key} in /proc/vmstat"))
+}
+
+/// Ballooned pages stay movable: memory compaction migrates them
+/// (`balloon_migrate` in `/proc/vmstat` rises) while a checksummed data set
+/// in tmpfs moves around too; afterwards the data is intact, the balloon
+/// deflates completely and MemTotal is back to the page.
+pub fn balloon_page_migration(driver: Driver) -> Result<()> {
+    let mut vm = Vm::boot(config(driver, "compaction"))?;
+    let ram = vm.ram_bytes();
+    let total0 = vm.meminfo_field("MemTotal")?;
+    vm.run_ok(
+        "dd if=/dev/urandom of=/tmp/data bs=1M count=64 2>/dev/null && md5sum /tmp/data > /tmp/sum",
+    )?;
+    balloon_to(&mut vm, target_for(ram, 50))?;
+    // Fragment what is left: small tmpfs files, every other one deleted.
+    vm.run_ok(
+        "mkdir -p /tmp/frag && i=0; while [ $i -lt 1000 ]; do \
+         dd if=/dev/zero of=/tmp/frag/$i bs=64k count=1 2>/dev/null; i=$((i+1)); done; \
+         rm -f /tmp/frag/*[02468]",
+    )?;
+    let before = vmstat(&mut vm, "balloon_migrate")?;
+    for _ in 0..3 {
+        vm.run_ok("echo 1 > /proc/sys/vm/compact_memory")?;
+    }
+    let after = vmstat(&mut vm, "balloon_migrate")?;
+    vm.note(&format!(
+        "compaction migrated {} balloon pages ({before} -> {after})",
+        after - before
+    ));
+    ensure!(
+        after > before,
+        "compaction migrated no balloon page (balloon_migrate stayed at {before})"
+    );
+    let check = vm.run("md5sum -c /tmp/sum")?;
+    ensure!(check.code == 0, "data corrupted: {}", check.output);
+    balloon_to(&mut vm, ram)?;
+    let total = vm.meminfo_field("MemTotal")?;
+    ensure!(
+        total == total0,
+        "MemTotal {} after deflating, {} before",
+        total,
+        total0
+    );
+    vm.shutdown()
+}
+
+// ---- freeze / restore -------------------------------------------------------------
+
+/// System sleep with the balloon inflated: `pm_test=devices` runs the
+/// devices' freeze and restore callbacks (suspend-to-idle without sleeping).
+/// The driver empties the balloon on freeze (QEMU sees `actual` back at
+/// RAM), inflates again after restore, and keeps following targets.
+pub fn freeze_restore(driver: Driver) -> Result<()> {
+    let mut vm = Vm::boot(config(driver, "freeze-restore"))?;
+    let ram = vm.ram_bytes();
+    let total0 = vm.meminfo_field("MemTotal")?;
+    let target = target_for(ram, 25);
+    balloon_to(&mut vm, target)?;
+    vm.qmp().drain_events();
+    // Suspend in the background: the agent's own virtio-serial port is
+    // frozen and reset too, so no reply must be in flight then.
+    let mark = vm.console_mark();
+    vm.run_ok(
+        "(sleep 1; echo devices > /sys/power/pm_test && echo freeze > /sys/power/state; \
+         echo $? > /tmp/pm.rc; echo none > /sys/power/pm_test) >/dev/null 2>&1 &",
+    )?;
+    vm.wait_console(mark, "PM: suspend exit", Duration::from_secs(60))
+        .context("the suspend test did not finish")?;
+    vm.reconnect_agent()?;
+    let rc = vm.run_ok("sleep 1; cat /tmp/pm.rc")?;
+    ensure!(
+        rc.trim() == "0",
+        "echo freeze > /sys/power/state failed: {rc}"
+    );
+    // The balloon emptied while frozen and filled again after restore.
+    vm.wait_balloon_actual(target, BALLOON_TIMEOUT)
+        .context("the balloon did not return to its target after restore")?;
+    let events = vm.qmp().drain_events();
+    let emptied = events.iter().any(|e| e.balloon_actual() == Some(ram));
+    vm.note(&format!(
+        "after freeze/restore: {} BALLOON_CHANGE events, emptied while frozen: {emptied}",
+        events
+            .iter()
+            .filter(|e| e.balloon_actual().is_some())
+            .count()
+    ));
+    ensure!(
+        emptied,
+        "no BALLOON_CHANGE back to the full RAM during freeze: the driver did not empty \
+         the balloon"
+    );
+    balloon_to(&mut vm, target_for(ram, 40))?;
+    balloon_to(&mut vm, ram)?;
+    let total = vm.meminfo_field("MemTotal")?;
+    ensure!(
+        total == total0,
+        "MemTotal {total} after deflating, {total0} at boot"
+    );
+    vm.shutdown()
+}
