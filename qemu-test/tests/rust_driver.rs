@@ -117,3 +117,9 @@ fn balloon_page_migration() -> Result<()> {
 fn freeze_restore() -> Result<()> {
     features::freeze_restore(DRIVER)
 }
+
+/// Every statistic of the C driver, from ours, in the same boot.
+#[test]
+fn stats_match_c() -> Result<()> {
+    suite::stats_match_c()
+}
