@@ -774,7 +774,10 @@ pub fn stats_match_c() -> Result<()> {
     balloon_to(&mut vm, target_for(ram, 75))?;
     vm.run_ok("echo 1 > /proc/sys/vm/overcommit_memory")?;
     let oom = vm.run("dd if=/dev/zero of=/dev/null bs=400M count=1")?;
-    ensure!(oom.code != 0, "the workload did not run out of memory: {oom:?}");
+    ensure!(
+        oom.code != 0,
+        "the workload did not run out of memory: {oom:?}"
+    );
     balloon_to(&mut vm, ram)?;
     vm.enable_stats_polling(STATS_INTERVAL)?;
     let c = fresh_stats(&mut vm).context("no statistics from the C driver")?;
