@@ -39,6 +39,8 @@ need_file "$kdir/drivers/virtio/virtio_balloon.ko" \
 need_file "$BUSYBOX" "Install busybox-static ('make setup' does)."
 need_file "$GUEST_DIR/init" "The checkout is incomplete."
 need_file "$GUEST_DIR/agent" "The checkout is incomplete."
+need_file "$GUEST_DIR/fragment.c" "The checkout is incomplete."
+need_cmd gcc "Install gcc ('make setup' does)."
 for ko in "$@"; do
 	need_file "$ko" "Build the module first: run 'make'."
 done
@@ -51,6 +53,12 @@ krel=$(<"$kdir/include/config/kernel.release")
 
 staging=$(mktemp -d "${TMPDIR:-/tmp}/balloon-initramfs.XXXXXX")
 trap 'rm -rf "$staging"' EXIT
+
+# Guest test tools busybox lacks, built static for the guest.
+gcc -static -O2 -Wall -Werror -o "$staging/fragment" "$GUEST_DIR/fragment.c" ||
+	die "building the guest tool $GUEST_DIR/fragment.c failed" \
+		"It needs gcc and the static C library (libc6-dev)."
+stage=$staging
 
 # Module tree, indexed by the host's depmod.
 moddir=$staging/lib/modules/$krel
@@ -84,6 +92,7 @@ mkdir -p "$(dirname "$out")"
 	done
 	echo "file /init $GUEST_DIR/init 0755 0 0"
 	echo "file /bin/balloon-agent $GUEST_DIR/agent 0755 0 0"
+	echo "file /bin/fragment $stage/fragment 0755 0 0"
 	# The staged module tree (directories first, as cpio order matters).
 	(cd "$staging" && find lib/modules -mindepth 1 -type d | sort) | while read -r d; do
 		echo "dir /$d 0755 0 0"

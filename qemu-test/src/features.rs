@@ -374,9 +374,12 @@ fn vmstat(vm: &mut Vm, key: &str) -> Result<u64> {
         .with_context(|| format!("no {key} in /proc/vmstat"))
 }
 
-/// Ballooned pages stay movable: memory compaction migrates them
-/// (`balloon_migrate` in `/proc/vmstat` rises) while a checksummed data set
-/// in tmpfs moves around too; afterwards the data is intact, the balloon
+/// Ballooned pages stay movable: with them scattered as single pages
+/// between free ones (the guest tool `fragment` punches a hole every other
+/// page of a large buffer, the balloon inflates into the holes, then the
+/// buffer goes away), compaction can only build large free blocks by
+/// migrating ballooned pages (`balloon_migrate` in `/proc/vmstat` rises).
+/// A checksummed data set in tmpfs survives; afterwards the balloon
 /// deflates completely and MemTotal is back to the page.
 pub fn balloon_page_migration(driver: Driver) -> Result<()> {
     let mut vm = Vm::boot(config(driver, "compaction"))?;
@@ -385,18 +388,23 @@ pub fn balloon_page_migration(driver: Driver) -> Result<()> {
     vm.run_ok(
         "dd if=/dev/urandom of=/tmp/data bs=1M count=64 2>/dev/null && md5sum /tmp/data > /tmp/sum",
     )?;
-    balloon_to(&mut vm, target_for(ram, 50))?;
-    // Fragment what is left: small tmpfs files, every other one deleted.
     vm.run_ok(
-        "mkdir -p /tmp/frag && i=0; while [ $i -lt 1000 ]; do \
-         dd if=/dev/zero of=/tmp/frag/$i bs=64k count=1 2>/dev/null; i=$((i+1)); done; \
-         rm -f /tmp/frag/*[02468]",
+        "rm -f /tmp/ready /tmp/go; fragment 600 /tmp/ready /tmp/go & \
+         while [ ! -e /tmp/ready ]; do sleep 0.2; done",
     )?;
+    // The balloon takes the single free pages in the buffer.
+    balloon_to(&mut vm, target_for(ram, 40))?;
+    // Let the buffer go, and wait until its memory is freed.
+    vm.run_ok("touch /tmp/go; while pidof fragment >/dev/null; do sleep 0.2; done")?;
     let before = vmstat(&mut vm, "balloon_migrate")?;
+    let mut after = before;
     for _ in 0..3 {
         vm.run_ok("echo 1 > /proc/sys/vm/compact_memory")?;
+        after = vmstat(&mut vm, "balloon_migrate")?;
+        if after > before {
+            break;
+        }
     }
-    let after = vmstat(&mut vm, "balloon_migrate")?;
     vm.note(&format!(
         "compaction migrated {} balloon pages ({before} -> {after})",
         after - before
