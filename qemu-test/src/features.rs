@@ -406,11 +406,10 @@ pub fn balloon_page_migration(driver: Driver) -> Result<()> {
             break;
         }
     }
-    vm.note(&format!(
-        "vmstat: {}",
-        vm.run_ok("grep -E 'compact_(stall|success|daemon_wake)|pgmigrate_success' /proc/vmstat")?
-            .replace('\n', ", ")
-    ));
+    let counters = vm
+        .run_ok("grep -E 'compact_(stall|success|daemon_wake)|pgmigrate_success' /proc/vmstat")?
+        .replace('\n', ", ");
+    vm.note(&format!("vmstat: {counters}"));
     vm.note(&format!(
         "compaction migrated {} balloon pages ({before} -> {after})",
         after - before
