@@ -28,6 +28,11 @@ module_virtio_driver! {
     description: "Virtio memory balloon driver (Rust)",
     license: "GPL",
     params: {
+        buffers: u32 {
+            default: 0,
+            description: "PFN buffers (of 256 pages) in flight on the inflate and deflate queues; \
+                1 behaves like the C driver (one round trip per buffer); 0: 16",
+        },
         min_available_mib: u32 {
             default: 0,
             description: "Memory (MiB) the balloon always leaves available to the guest, \

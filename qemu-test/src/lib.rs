@@ -27,6 +27,7 @@
 
 pub mod accel;
 pub mod agent;
+pub mod bench;
 pub mod config;
 pub mod console;
 pub mod cpio;

@@ -1,10 +1,23 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Deflating: giving pages back to the guest (C's `leak_balloon()`).
+//!
+//! Pages leave the balloon list into the buffer that names them and are
+//! freed only when the host has returned that buffer: the host always hears
+//! of a page before the guest reuses it (`VIRTIO_BALLOON_F_MUST_TELL_HOST`;
+//! C tells the host in every case too). Up to `depth` buffers are in flight.
 
 use super::{
-    device::Balloon,
-    vq, //
+    device::{
+        Balloon,
+        DeflateBuffer, //
+    },
+    perf::{
+        Counter,
+        Stopwatch, //
+    },
+    queue::Pipeline,
+    vq,
 };
 use crate::{
     logic::{
@@ -14,51 +27,100 @@ use crate::{
         },
         target::batch_pages,
     },
-    virtio,
+    virtio::{
+        self,
+        Tagged, //
+    },
 };
-use kernel::device::Bound;
+use kernel::{
+    device::Bound,
+    prelude::*, //
+};
 
 impl Balloon {
-    /// Deflates by up to one buffer of `num` balloon pages; returns how many
-    /// balloon pages were given back. Allocates nothing unless a vanished
-    /// queue took the PFN buffer.
+    /// Frees the pages `buf` carries.
+    fn release_pages(&self, buf: &mut DeflateBuffer) {
+        let sw = Stopwatch::start();
+        buf.ctx().clear();
+        sw.stop(&self.perf, Counter::DeflateFreeNs);
+    }
+
+    /// Deflates by up to `depth` buffers of `num` balloon pages in all;
+    /// returns how many balloon pages were given back. Allocates nothing
+    /// unless a vanished queue took buffers with it.
     pub(super) fn leak_balloon(&self, dev: &virtio::Device<Bound>, num: u32) -> u32 {
         let per = self.props.per_page;
         let mut locked = self.locked.lock();
         // We can't release more pages than taken.
         let num = num.min(locked.num_pages);
-        let want = batch_pages(num, per, PFNS_PER_BUFFER);
-        let Some(mut buf) = Self::take_pfns(&mut locked) else {
+        if num == 0 {
             return 0;
+        }
+        let mut pipe = match Pipeline::<DeflateBuffer>::new(dev, vq::DEFLATE, self.props.depth) {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                dev_warn!(dev.as_ref(), "deflate queue unavailable: {:?}\n", e);
+                return 0;
+            }
         };
-
-        let mut batch = PfnBatch::new(kernel::page::PAGE_SHIFT as u32, self.props.endian);
-        for _ in 0..want {
-            // The balloon holds `num_pages`, so it is not empty; `None`
-            // means the rest is isolated for migration right now.
-            let Some(page) = self.pages.dequeue() else {
+        let shift = kernel::page::PAGE_SHIFT as u32;
+        let mut sent = 0u32;
+        loop {
+            while pipe.has_room() && sent < num {
+                let buf = locked.deflate_pool.pop().or_else(|| {
+                    let pages = KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL).ok()?;
+                    Tagged::new([0; PFNS_PER_BUFFER], pages, GFP_KERNEL).ok()
+                });
+                let Some(mut buf) = buf else {
+                    break;
+                };
+                let mut batch = PfnBatch::new(shift, self.props.endian);
+                for _ in 0..batch_pages(num - sent, per, PFNS_PER_BUFFER) {
+                    // The balloon holds `num_pages`, so it is not empty;
+                    // `None` means the rest is isolated for migration now.
+                    let Some(page) = self.pages.dequeue() else {
+                        break;
+                    };
+                    // Every ballooned page was reachable when inflated.
+                    let _ = batch.push(buf.data(), page.pfn());
+                    // Room for one buffer's pages; if not, the page is
+                    // freed here, after being named to the host all the same.
+                    let _ = buf.ctx().push_within_capacity(page);
+                }
+                if batch.is_empty() {
+                    let _ = locked.deflate_pool.push_within_capacity(buf);
+                    break;
+                }
+                locked.num_pages -= batch.len() as u32;
+                sent += batch.len() as u32;
+                self.perf.add(Counter::DeflatePages, batch.len() as u64);
+                self.perf.add(Counter::DeflateBuffers, 1);
+                if let Err(mut rejected) = pipe.send(buf, batch.bytes(), &self.perf) {
+                    // The host cannot be told: give the pages back anyway,
+                    // as C does.
+                    dev_warn!(
+                        dev.as_ref(),
+                        "deflate queue refused PFNs: {:?}\n",
+                        rejected.err
+                    );
+                    self.release_pages(&mut rejected.buf);
+                    let _ = locked.deflate_pool.push_within_capacity(rejected.buf);
+                    break;
+                }
+            }
+            if pipe.in_flight() == 0 {
                 break;
-            };
-            // Every ballooned page was reachable when it was inflated.
-            let _ = batch.push(&mut buf, page.pfn());
-            locked.num_pages -= per;
-            if let Err(err) = locked.leaking.push_within_capacity(page) {
-                // Capacity is one batch, so this does not happen; free it
-                // after telling the host all the same.
-                drop(err);
+            }
+            match pipe.complete(&self.perf, Counter::DeflateWaitNs) {
+                Ok(mut buf) => {
+                    // Only now give the pages back to the page allocator.
+                    self.release_pages(&mut buf);
+                    let _ = locked.deflate_pool.push_within_capacity(buf);
+                }
+                // The queue went away with the buffer, which freed its pages.
+                Err(e) => dev_warn!(dev.as_ref(), "deflate queue lost a buffer: {:?}\n", e),
             }
         }
-
-        let done = batch.len() as u32;
-        // The host must hear about the pages before the guest reuses them
-        // (VIRTIO_BALLOON_F_MUST_TELL_HOST); C tells it in every case.
-        if !batch.is_empty() {
-            locked.pfns = self.tell_host(dev, vq::DEFLATE, buf, batch.bytes());
-        } else {
-            locked.pfns = Some(buf);
-        }
-        // Only now give the pages back to the page allocator.
-        locked.leaking.clear();
-        done
+        sent
     }
 }

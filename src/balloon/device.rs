@@ -5,6 +5,12 @@
 
 use super::{
     hinting::HintState,
+    perf::{
+        self,
+        Counter,
+        Counters,
+        Stopwatch, //
+    },
     vq,
     wakeup::{
         Wakeup,
@@ -39,11 +45,13 @@ use crate::{
     },
     virtio::{
         self,
+        Tagged,
         VqInfo, //
     },
 };
 use core::mem::offset_of;
 use kernel::{
+    debugfs,
     device::{
         Bound,
         Core, //
@@ -84,8 +92,11 @@ const OOM_NOTIFY_PRIORITY: i32 = 80;
 const _: () = assert!(crate::logic::pfn::BALLOON_PFN_SHIFT == uapi::VIRTIO_BALLOON_PFN_SHIFT);
 const _: () = assert!(crate::logic::stats::tag::NR == uapi::VIRTIO_BALLOON_S_NR as usize);
 
-/// A PFN buffer for the inflate and deflate queues.
+/// A PFN buffer for the inflate queue.
 pub(super) type PfnBuffer = KBox<PfnArray>;
+/// A PFN buffer for the deflate queue, carrying the pages it names: they
+/// are freed only once the host has read it.
+pub(super) type DeflateBuffer = Tagged<PfnArray, KVec<BalloonPage>>;
 /// A statistics buffer for the stats queue.
 pub(super) type StatsBuffer = KBox<StatsArray>;
 
@@ -93,11 +104,35 @@ pub(super) type StatsBuffer = KBox<StatsArray>;
 pub(super) struct Locked {
     /// Balloon pages the host was told about (C's `num_pages`).
     pub(super) num_pages: u32,
-    /// The PFN buffer, while no queue holds it.
-    pub(super) pfns: Option<PfnBuffer>,
-    /// Pages being deflated; capacity for one batch, so deflating never
-    /// allocates (the OOM path relies on this).
-    pub(super) leaking: KVec<BalloonPage>,
+    /// Inflate buffers not on the queue.
+    pub(super) inflate_pool: KVec<PfnBuffer>,
+    /// Deflate buffers not on the queue, each with room for one buffer's
+    /// pages, so that deflating never allocates (the OOM path relies on it).
+    pub(super) deflate_pool: KVec<DeflateBuffer>,
+}
+
+impl Locked {
+    /// Allocates `depth` buffers of each kind.
+    fn new(depth: usize) -> Result<Self> {
+        let mut inflate_pool = KVec::with_capacity(depth, GFP_KERNEL)?;
+        let mut deflate_pool = KVec::with_capacity(depth, GFP_KERNEL)?;
+        for _ in 0..depth {
+            inflate_pool.push(KBox::new([0; PFNS_PER_BUFFER], GFP_KERNEL)?, GFP_KERNEL)?;
+            deflate_pool.push(
+                Tagged::new(
+                    [0; PFNS_PER_BUFFER],
+                    KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?,
+                    GFP_KERNEL,
+                )?,
+                GFP_KERNEL,
+            )?;
+        }
+        Ok(Self {
+            num_pages: 0,
+            inflate_pool,
+            deflate_pool,
+        })
+    }
 }
 
 /// Negotiated features and fixed properties of the device.
@@ -117,6 +152,8 @@ pub(super) struct Props {
     pub(super) per_page: u32,
     /// Byte order of the queues' PFNs and statistics.
     pub(super) endian: Endian,
+    /// PFN buffers that may be on the inflate or deflate queue at once.
+    pub(super) depth: usize,
 }
 
 /// One balloon device.
@@ -137,9 +174,6 @@ pub(crate) struct Balloon {
     pub(super) props: Props,
     #[pin]
     pub(super) locked: Mutex<Locked>,
-    /// Pages allocated for the next inflate batch (only the size work fills).
-    #[pin]
-    pub(super) filling: Mutex<KVec<BalloonPage>>,
     /// C's `stop_update`: once set, no work is queued any more.
     #[pin]
     pub(super) stop_update: SpinLockIrq<bool>,
@@ -160,6 +194,9 @@ pub(crate) struct Balloon {
     pub(super) clamp_reported: Atomic<bool>,
     /// Whether inflating is held back to keep the guest's reserve.
     pub(super) holding: Atomic<bool>,
+    /// Performance counters, shown in debugfs.
+    #[pin]
+    pub(super) perf: debugfs::File<Counters>,
 }
 
 impl_embeds!(Balloon {
@@ -174,6 +211,20 @@ impl_has_work! {
     impl HasWork<Balloon, 1> for Balloon { self.stats_work }
     impl HasWork<Balloon, 2> for Balloon { self.hint_work }
 }
+
+/// PFN buffers to keep in flight on a queue of `ring` entries: the
+/// `buffers` module parameter (0: automatic), at most the ring size.
+fn buffers_in_flight(ring: usize) -> usize {
+    let want = match crate::module_parameters::buffers.value() {
+        0 => DEFAULT_BUFFERS_IN_FLIGHT,
+        n => n as usize,
+    };
+    want.clamp(1, ring.max(1))
+}
+
+/// Buffers in flight by default: enough to keep the host busy while the
+/// guest prepares the next ones.
+const DEFAULT_BUFFERS_IN_FLIGHT: usize = 16;
 
 impl Balloon {
     /// Sets up a new device (C's `virtballoon_probe()`): queues, balloon
@@ -197,9 +248,17 @@ impl Balloon {
             } else {
                 Endian::Native
             },
+            depth: 1,
         };
 
         Self::init_vqs(dev, &props)?;
+        // Never more buffers than a queue holds.
+        let ring = dev.vq::<PfnBuffer>(vq::INFLATE)?.size() as usize;
+        let props = Props {
+            depth: buffers_in_flight(ring),
+            ..props
+        };
+        let debugfs = perf::debugfs_dir(dev.as_ref().name());
 
         let reporting_capacity = if props.reporting {
             dev.sg_vq(vq::REPORTING)?.size()
@@ -225,12 +284,7 @@ impl Balloon {
                 pages <- BalloonDevInfo::new(!props.deflate_on_oom),
                 binding: dev.binding(),
                 props,
-                locked <- new_mutex!(Locked {
-                    num_pages: 0,
-                    pfns: Some(KBox::new([0; PFNS_PER_BUFFER], GFP_KERNEL)?),
-                    leaking: KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?,
-                }),
-                filling <- new_mutex!(KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?),
+                locked <- new_mutex!(Locked::new(props.depth)?),
                 stop_update <- new_spinlock_irq!(false),
                 wakeup <- Wakeup::new(),
                 size_work <- new_work!("virtio_balloon_rs::size_work"),
@@ -240,6 +294,7 @@ impl Balloon {
                 out_of_puff: Atomic::new(0),
                 clamp_reported: Atomic::new(false),
                 holding: Atomic::new(false),
+                perf <- debugfs.read_only_file(c"stats", Counters::new()),
             }? Error),
             GFP_KERNEL,
         )?;
@@ -303,7 +358,9 @@ impl Balloon {
 
     /// Reads the host's target and decides the next step (C's `towards_target()`).
     pub(super) fn towards_target(&self, dev: &virtio::Device<Bound>) -> Step {
+        let sw = Stopwatch::start();
         let num_pages = dev.config_read_le32(CONFIG_NUM_PAGES);
+        sw.stop(&self.perf, Counter::ConfigNs);
         let current = self.locked.lock().num_pages;
         // The guest's memory in balloon pages: what it has now plus what the
         // balloon took out of the managed page count.
@@ -325,13 +382,16 @@ impl Balloon {
     /// Writes the balloon size to `actual` (C's `update_balloon_size()`).
     pub(super) fn update_balloon_size(&self, dev: &virtio::Device<Bound>) {
         let actual = self.locked.lock().num_pages;
+        let sw = Stopwatch::start();
         if let Err(e) = dev.config_write_le32(CONFIG_ACTUAL, actual) {
             dev_warn!(dev.as_ref(), "cannot write actual: {:?}\n", e);
         }
+        sw.stop(&self.perf, Counter::ConfigNs);
     }
 
     /// One round of the size work (C's `update_balloon_size_func()`):
-    /// move one batch towards the target; returns whether more remains.
+    /// move up to `depth` buffers towards the target; returns whether more
+    /// remains.
     fn update_balloon_size_func(self: &Arc<Self>, dev: &virtio::Device<Bound>) -> bool {
         let step = self.towards_target(dev);
         let moved = match step {
@@ -339,53 +399,9 @@ impl Balloon {
             Step::Inflate(n) => self.fill_balloon(dev, n),
             Step::Deflate(n) => self.leak_balloon(dev, n),
         };
+        self.perf.add(Counter::Rounds, 1);
         self.update_balloon_size(dev);
         moved < step.remaining()
-    }
-
-    /// Sends the first `bytes` of PFNs in `buf` on queue `index` and waits
-    /// until the host has processed them (C's `tell_host()`). Returns the
-    /// buffer for reuse; it is lost only if the queue disappears meanwhile.
-    pub(super) fn tell_host(
-        &self,
-        dev: &virtio::Device<Bound>,
-        index: usize,
-        buf: PfnBuffer,
-        bytes: usize,
-    ) -> Option<PfnBuffer> {
-        let vq = match dev.vq::<PfnBuffer>(index) {
-            Ok(vq) => vq,
-            Err(e) => {
-                dev_warn!(dev.as_ref(), "queue {} unavailable: {:?}\n", index, e);
-                return Some(buf);
-            }
-        };
-        // We should always be able to add one buffer to an empty queue.
-        if let Err(rejected) = vq.add_outbuf(buf, bytes) {
-            dev_warn!(
-                dev.as_ref(),
-                "queue {} refused PFNs: {:?}\n",
-                index,
-                rejected.err
-            );
-            return Some(rejected.buf);
-        }
-        vq.kick();
-        match vq.wait_buf() {
-            Ok((buf, _)) => Some(buf),
-            Err(e) => {
-                dev_warn!(dev.as_ref(), "queue {} lost its buffer: {:?}\n", index, e);
-                None
-            }
-        }
-    }
-
-    /// Takes the PFN buffer, allocating a new one if a vanished queue took it.
-    pub(super) fn take_pfns(locked: &mut Locked) -> Option<PfnBuffer> {
-        locked
-            .pfns
-            .take()
-            .or_else(|| KBox::new([0; PFNS_PER_BUFFER], GFP_KERNEL).ok())
     }
 
     /// Stops all asynchronous work (C's `virtballoon_quiesce()`).

@@ -1,10 +1,23 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Inflating: taking pages from the guest (C's `fill_balloon()`).
+//!
+//! One round fills up to `depth` PFN buffers of 256 pages and keeps them in
+//! flight ([`Pipeline`]): while the host releases the memory behind one
+//! buffer, the guest allocates the pages of the next. Each page goes on
+//! the balloon list before the host hears of it, as in C.
 
 use super::{
-    device::Balloon,
-    vq, //
+    device::{
+        Balloon,
+        PfnBuffer, //
+    },
+    perf::{
+        Counter,
+        Stopwatch, //
+    },
+    queue::Pipeline,
+    vq,
 };
 use crate::{
     kext::{
@@ -42,11 +55,11 @@ use kernel::{
 const OUT_OF_PUFF_BACKOFF_MS: i64 = 200;
 
 impl Balloon {
-    /// Guest pages the balloon may take now without cutting into the
-    /// reserve the guest needs to keep running; logs when it starts and
-    /// stops holding back.
-    fn inflate_allowance(&self, dev: &virtio::Device<Bound>) -> usize {
-        let ballooned = u64::from(self.locked.lock().num_pages / self.props.per_page.max(1));
+    /// Guest pages the balloon may take now, with `ballooned` balloon pages
+    /// inflated, without cutting into the reserve the guest needs to keep
+    /// running; logs when it starts and stops holding back.
+    fn inflate_allowance(&self, dev: &virtio::Device<Bound>, ballooned: u32) -> usize {
+        let ballooned = u64::from(ballooned / self.props.per_page.max(1));
         let guest_pages = if self.props.deflate_on_oom {
             kext::mm::totalram_pages()
         } else {
@@ -58,8 +71,7 @@ impl Balloon {
             shift,
             crate::module_parameters::min_available_mib.value(),
         );
-        let available = kext::mm::available_pages();
-        let allowance = inflate_allowance(available, reserve);
+        let allowance = inflate_allowance(kext::mm::available_pages(), reserve);
         let holding = allowance == 0;
         if self.holding.xchg(holding, Relaxed) != holding {
             if holding {
@@ -77,59 +89,39 @@ impl Balloon {
         usize::try_from(allowance).unwrap_or(usize::MAX)
     }
 
-    /// Inflates by up to one buffer of `num` balloon pages; returns how many
-    /// balloon pages the host was told about.
-    pub(super) fn fill_balloon(self: &Arc<Self>, dev: &virtio::Device<Bound>, num: u32) -> u32 {
-        let per = self.props.per_page;
-        let want = batch_pages(num, per, PFNS_PER_BUFFER);
-        let want = want.min(self.inflate_allowance(dev));
-        if want == 0 {
-            // Holding at the reserve: check again a little later, as after
-            // an allocation failure.
-            fsleep(Delta::from_millis(OUT_OF_PUFF_BACKOFF_MS));
-            return 0;
+    /// Logs an allocation failure, rate-limited.
+    fn out_of_puff(&self, dev: &virtio::Device<Bound>) {
+        let fails = self.out_of_puff.fetch_add(1, Relaxed) + 1;
+        if fails.is_power_of_two() {
+            dev_info!(
+                dev.as_ref(),
+                "Out of puff! Can't get {} pages ({} times)\n",
+                self.props.per_page,
+                fails
+            );
         }
+    }
 
-        // Allocate without the balloon lock: reclaim may compact and
-        // migrate balloon pages, which takes the lock.
-        let mut filling = self.filling.lock();
-        for _ in 0..want {
-            match BalloonPage::alloc() {
-                Some(page) => {
-                    if filling.push_within_capacity(page).is_err() {
-                        break;
-                    }
-                }
-                None => {
-                    let fails = self.out_of_puff.fetch_add(1, Relaxed) + 1;
-                    if fails.is_power_of_two() {
-                        dev_info!(
-                            dev.as_ref(),
-                            "Out of puff! Can't get {} pages ({} times)\n",
-                            per,
-                            fails
-                        );
-                    }
-                    fsleep(Delta::from_millis(OUT_OF_PUFF_BACKOFF_MS));
-                    break;
-                }
-            }
-        }
-        if !filling.is_empty() {
-            self.out_of_puff.store(0, Relaxed);
-        }
-
-        let mut locked = self.locked.lock();
-        let Some(mut buf) = Self::take_pfns(&mut locked) else {
-            // Frees the pages.
-            filling.clear();
-            return 0;
-        };
+    /// Allocates up to `want` guest pages into `buf` and the balloon list;
+    /// returns the batch and whether allocation failed.
+    fn fill_buffer(
+        self: &Arc<Self>,
+        dev: &virtio::Device<Bound>,
+        num_pages: &mut u32,
+        buf: &mut PfnBuffer,
+        want: usize,
+    ) -> (PfnBatch, bool) {
+        let sw = Stopwatch::start();
         let mut batch = PfnBatch::new(kernel::page::PAGE_SHIFT as u32, self.props.endian);
-        for page in filling.drain_all() {
-            match batch.push(&mut buf, page.pfn()) {
+        let mut failed = false;
+        for _ in 0..want {
+            let Some(page) = BalloonPage::alloc() else {
+                failed = true;
+                break;
+            };
+            match batch.push(buf, page.pfn()) {
                 Ok(()) => match self.pages.enqueue(self, page) {
-                    Ok(()) => locked.num_pages += per,
+                    Ok(()) => *num_pages += self.props.per_page,
                     // `pages` is our own field, so this does not happen;
                     // should it, the page is freed and not announced.
                     Err(_page) => batch.pop_page(),
@@ -142,16 +134,84 @@ impl Balloon {
                     );
                 }
                 // `want` never exceeds one buffer.
-                Err(PushError::Full) => {}
+                Err(PushError::Full) => break,
             }
         }
+        sw.stop(&self.perf, Counter::InflateAllocNs);
+        (batch, failed)
+    }
 
-        let done = batch.len() as u32;
-        if !batch.is_empty() {
-            locked.pfns = self.tell_host(dev, vq::INFLATE, buf, batch.bytes());
-        } else {
-            locked.pfns = Some(buf);
+    /// Inflates by up to `depth` buffers of `num` balloon pages in all;
+    /// returns how many balloon pages the host was told about.
+    pub(super) fn fill_balloon(self: &Arc<Self>, dev: &virtio::Device<Bound>, num: u32) -> u32 {
+        let per = self.props.per_page;
+        let mut locked = self.locked.lock();
+        let mut pipe = match Pipeline::<PfnBuffer>::new(dev, vq::INFLATE, self.props.depth) {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                dev_warn!(dev.as_ref(), "inflate queue unavailable: {:?}\n", e);
+                return 0;
+            }
+        };
+        let mut sent = 0u32;
+        let mut starved = false;
+        loop {
+            while pipe.has_room() && sent < num && !starved {
+                let want = batch_pages(num - sent, per, PFNS_PER_BUFFER)
+                    .min(self.inflate_allowance(dev, locked.num_pages));
+                if want == 0 {
+                    // Holding at the reserve.
+                    starved = true;
+                    break;
+                }
+                let buf = locked
+                    .inflate_pool
+                    .pop()
+                    .or_else(|| KBox::new([0; PFNS_PER_BUFFER], GFP_KERNEL).ok());
+                let Some(mut buf) = buf else {
+                    break;
+                };
+                let (batch, failed) = self.fill_buffer(dev, &mut locked.num_pages, &mut buf, want);
+                if failed {
+                    self.out_of_puff(dev);
+                    starved = true;
+                } else {
+                    self.out_of_puff.store(0, Relaxed);
+                }
+                if batch.is_empty() {
+                    let _ = locked.inflate_pool.push_within_capacity(buf);
+                    break;
+                }
+                sent += batch.len() as u32;
+                self.perf.add(Counter::InflatePages, batch.len() as u64);
+                self.perf.add(Counter::InflateBuffers, 1);
+                // We should always be able to add a buffer to a queue with
+                // room for `depth` of them.
+                if let Err(rejected) = pipe.send(buf, batch.bytes(), &self.perf) {
+                    dev_warn!(
+                        dev.as_ref(),
+                        "inflate queue refused PFNs: {:?}\n",
+                        rejected.err
+                    );
+                    let _ = locked.inflate_pool.push_within_capacity(rejected.buf);
+                    break;
+                }
+            }
+            if pipe.in_flight() == 0 {
+                break;
+            }
+            match pipe.complete(&self.perf, Counter::InflateWaitNs) {
+                Ok(buf) => {
+                    let _ = locked.inflate_pool.push_within_capacity(buf);
+                }
+                Err(e) => dev_warn!(dev.as_ref(), "inflate queue lost a buffer: {:?}\n", e),
+            }
         }
-        done
+        drop(locked);
+        if starved {
+            // Out of memory or at the reserve: let the guest breathe, as C does.
+            fsleep(Delta::from_millis(OUT_OF_PUFF_BACKOFF_MS));
+        }
+        sent
     }
 }

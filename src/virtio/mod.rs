@@ -47,6 +47,7 @@ pub use virtqueue::{
     Rejected,
     SgList,
     SgQueue,
+    Tagged,
     Virtqueue,
     VqInfo, //
 };

@@ -131,6 +131,53 @@ where
     }
 }
 
+/// A [`DataBuffer`] the device sees, plus driver context that travels with
+/// it through the queue and comes back with it (for example the pages whose
+/// frame numbers the buffer carries, to free once the device has read them).
+pub struct Tagged<D: DataBuffer, C: Send + 'static>(KBox<TaggedInner<D, C>>);
+
+struct TaggedInner<D, C> {
+    data: D,
+    ctx: C,
+}
+
+impl<D: DataBuffer, C: Send + 'static> Tagged<D, C> {
+    /// Boxes `data` and `ctx` together.
+    pub fn new(data: D, ctx: C, flags: kernel::alloc::Flags) -> Result<Self> {
+        Ok(Self(KBox::new(TaggedInner { data, ctx }, flags)?))
+    }
+
+    /// The part the device sees.
+    pub fn data(&mut self) -> &mut D {
+        &mut self.0.data
+    }
+
+    /// The driver's context.
+    pub fn ctx(&mut self) -> &mut C {
+        &mut self.0.ctx
+    }
+}
+
+// SAFETY:
+// - `region` covers `data`, owned by the box: any byte pattern the device writes leaves it valid
+//   (`FromBytes`) and it has no padding (`AsBytes`); `ctx` is never exposed to the device.
+// - `into_token`/`from_token` are `KBox::into_raw`/`KBox::from_raw` of the same allocation.
+unsafe impl<D: DataBuffer, C: Send + 'static> Buffer for Tagged<D, C> {
+    fn region(&self) -> (NonNull<u8>, usize) {
+        (NonNull::from(&self.0.data).cast(), size_of::<D>())
+    }
+
+    fn into_token(self) -> NonNull<c_void> {
+        // SAFETY: `KBox::into_raw` never returns null.
+        unsafe { NonNull::new_unchecked(KBox::into_raw(self.0).cast()) }
+    }
+
+    unsafe fn from_token(token: NonNull<c_void>) -> Self {
+        // SAFETY: By the safety requirements `token` came from `into_raw` of this box type.
+        Self(unsafe { KBox::from_raw(token.as_ptr().cast()) })
+    }
+}
+
 /// A buffer the queue did not accept, returned with the reason.
 pub struct Rejected<B> {
     /// Why: [`ENOSPC`] when the ring is full, [`ENODEV`] when the queue is
@@ -352,15 +399,17 @@ impl<'a, B: Buffer> Virtqueue<'a, B> {
         self.add(buf, len, true)
     }
 
-    /// Notifies the device of new buffers, if it wants to be notified.
-    /// Returns `false` if the queue is broken or gone.
+    /// Notifies the device of new buffers, if it wants to be notified
+    /// (`virtqueue_kick_prepare()` + `virtqueue_notify()`). Returns whether
+    /// a notification was sent.
     pub fn kick(&self) -> bool {
         let s = self.slot.state.lock();
         if s.vq.is_null() {
             return false;
         }
-        // SAFETY: `s.vq` is live (type invariant).
-        unsafe { bindings::virtqueue_kick(s.vq) }
+        // SAFETY: `s.vq` is live (type invariant); kick_prepare and notify are serialized by our
+        // lock as the virtio core requires.
+        unsafe { bindings::virtqueue_kick_prepare(s.vq) && bindings::virtqueue_notify(s.vq) }
     }
 
     fn get_buf_locked(s: &mut SlotState) -> Option<(B, u32)> {
