@@ -19,7 +19,9 @@ export KVER LLVM_VERSION BALLOON_CACHE
 # bindgen installed by `make setup` lives in the cache.
 export PATH := $(BALLOON_CACHE)/tools/bin:$(PATH)
 
-ifeq ($(origin KDIR),undefined)
+# (An empty KDIR inherited from a parent make, before setup built the
+# kernel, counts as unset.)
+ifeq ($(strip $(KDIR)),)
 KDIR := $(shell scripts/paths.sh kdir 2>/dev/null)
 endif
 export KDIR

@@ -44,6 +44,7 @@ impl Agent {
         Ok(())
     }
 
+    /// Connects to the agent's socket (QEMU's end of the virtio-serial port).
     pub fn connect(path: &Path) -> Result<Agent> {
         let sock = UnixStream::connect(path)
             .with_context(|| format!("connecting to agent socket {}", path.display()))?;

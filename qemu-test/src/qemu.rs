@@ -112,6 +112,9 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     }
     push("-nodefaults");
     push("-no-user-config");
+    // Named threads ("CPU 0/TCG", "IO ...") for the benchmark's breakdown.
+    push("-name");
+    push("balloon-test,debug-threads=on");
     push("-display");
     push("none");
     push("-no-reboot");
