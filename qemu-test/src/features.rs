@@ -374,11 +374,11 @@ fn vmstat(vm: &mut Vm, key: &str) -> Result<u64> {
         .with_context(|| format!("no {key} in /proc/vmstat"))
 }
 
-/// Ballooned pages stay movable: with them scattered as single pages
-/// between free ones (the guest tool `fragment` punches a hole every other
-/// page of a large buffer, the balloon inflates into the holes, then the
-/// buffer goes away), compaction can only build large free blocks by
-/// migrating ballooned pages (`balloon_migrate` in `/proc/vmstat` rises).
+/// Ballooned pages stay movable: with them below and between free memory
+/// (the guest tool `fragment` holds most memory with a hole every 4th
+/// page, the balloon inflates into what is left, then the buffer goes
+/// away), compaction can only build large free blocks by migrating
+/// ballooned pages (`balloon_migrate` in `/proc/vmstat` rises).
 /// A checksummed data set in tmpfs survives; afterwards the balloon
 /// deflates completely and MemTotal is back to the page.
 pub fn balloon_page_migration(driver: Driver) -> Result<()> {
@@ -391,11 +391,11 @@ pub fn balloon_page_migration(driver: Driver) -> Result<()> {
     // Counted from here: kcompactd may do some of the work on its own.
     let before = vmstat(&mut vm, "balloon_migrate")?;
     vm.run_ok(
-        "rm -f /tmp/ready /tmp/go; fragment 600 /tmp/ready /tmp/go & \
+        "rm -f /tmp/ready /tmp/go; fragment 760 /tmp/ready /tmp/go 4 & \
          while [ ! -e /tmp/ready ]; do sleep 0.2; done",
     )?;
-    // The balloon takes the single free pages in the buffer.
-    balloon_to(&mut vm, target_for(ram, 40))?;
+    // The balloon takes the low memory the buffer left and its holes.
+    balloon_to(&mut vm, target_for(ram, 20))?;
     // Let the buffer go, and wait until its memory is freed.
     vm.run_ok("touch /tmp/go; while pidof fragment >/dev/null; do sleep 0.2; done")?;
     let mut after = before;

@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * fragment MIB READY GO: a guest test workload that fragments free memory.
+ * fragment MIB READY GO [STRIDE]: a guest test workload that shapes free
+ * memory for compaction tests.
  *
- * Allocates MIB MiB of anonymous memory, writes every page, then gives every
- * other page back (MADV_DONTNEED), so that free memory is a checkerboard of
- * single pages. Creates the file READY, waits for the file GO to appear, then
- * exits, freeing the rest. A balloon inflated between READY and GO takes the
- * single free pages, so afterwards ballooned pages sit alone between free
- * ones: compaction can only build large free blocks by migrating them.
+ * Allocates MIB MiB of anonymous memory and writes every page; with STRIDE
+ * > 1, gives every STRIDE-th page back (MADV_DONTNEED). Creates the file
+ * READY, waits for the file GO to appear, then exits, freeing the rest.
+ *
+ * A balloon inflated between READY and GO takes what the buffer left free:
+ * the lowest memory (the page allocator hands out high addresses first) and
+ * the holes. Once the buffer is gone, ballooned pages sit below and between
+ * free memory, and compaction must migrate them to build large free blocks.
  *
  * Built statically by scripts/mkinitramfs.sh; busybox has no such tool.
  */
@@ -19,10 +22,11 @@
 
 int main(int argc, char **argv)
 {
-	if (argc != 4) {
-		fprintf(stderr, "usage: %s MIB READY GO\n", argv[0]);
+	if (argc != 4 && argc != 5) {
+		fprintf(stderr, "usage: %s MIB READY GO [STRIDE]\n", argv[0]);
 		return 2;
 	}
+	long stride = argc == 5 ? atol(argv[4]) : 0;
 	long page = sysconf(_SC_PAGESIZE);
 	size_t len = (size_t)atol(argv[1]) << 20;
 	char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -33,7 +37,7 @@ int main(int argc, char **argv)
 	}
 	for (size_t off = 0; off < len; off += page)
 		mem[off] = 1;
-	for (size_t off = 0; off < len; off += 2 * page) {
+	for (size_t off = 0; stride > 1 && off < len; off += stride * page) {
 		if (madvise(mem + off, page, MADV_DONTNEED)) {
 			perror("madvise");
 			return 1;
