@@ -88,7 +88,8 @@ lint: check-kdir
 		$(shell find src -name '*.rs' ! -name '*generated*')
 	@mkdir -p $(BUILD_DIR)
 	$(KMAKE) CLIPPY=1 modules >$(BUILD_DIR)/clippy.log 2>&1 || { cat $(BUILD_DIR)/clippy.log; exit 1; }
-	@if grep -E '(^|: )(warning|error)' $(BUILD_DIR)/clippy.log; then \
+	@if grep -qE '(^|: )(warning|error)' $(BUILD_DIR)/clippy.log; then \
+		cat $(BUILD_DIR)/clippy.log; \
 		echo "clippy/rustc warnings in the module (see above)"; exit 1; fi
 	cargo fmt --all --check
 	cargo clippy --locked --all-targets -- -D warnings

@@ -20,6 +20,7 @@ use super::{
     vq,
 };
 use crate::{
+    kext::balloon::BalloonPage,
     logic::{
         pfn::{
             PfnBatch,
@@ -38,10 +39,10 @@ use kernel::{
 };
 
 impl Balloon {
-    /// Frees the pages `buf` carries.
+    /// Frees the pages `buf` carries, in one batch.
     fn release_pages(&self, buf: &mut DeflateBuffer) {
         let sw = Stopwatch::start();
-        buf.ctx().clear();
+        BalloonPage::release_all(buf.ctx());
         sw.stop(&self.perf, Counter::DeflateFreeNs);
     }
 
@@ -75,17 +76,15 @@ impl Balloon {
                     break;
                 };
                 let mut batch = PfnBatch::new(shift, self.props.endian);
-                for _ in 0..batch_pages(num - sent, per, PFNS_PER_BUFFER) {
-                    // The balloon holds `num_pages`, so it is not empty;
-                    // `None` means the rest is isolated for migration now.
-                    let Some(page) = self.pages.dequeue() else {
-                        break;
-                    };
+                let want = batch_pages(num - sent, per, PFNS_PER_BUFFER);
+                // One round of the balloon lock for the whole buffer. The
+                // balloon holds `num_pages`, so fewer pages than asked means
+                // the rest is isolated for migration right now.
+                self.pages.dequeue_many(buf.ctx(), want);
+                let (pfns, pages) = buf.parts();
+                for page in pages.iter() {
                     // Every ballooned page was reachable when inflated.
-                    let _ = batch.push(buf.data(), page.pfn());
-                    // Room for one buffer's pages; if not, the page is
-                    // freed here, after being named to the host all the same.
-                    let _ = buf.ctx().push_within_capacity(page);
+                    let _ = batch.push(pfns, page.pfn());
                 }
                 if batch.is_empty() {
                     let _ = locked.deflate_pool.push_within_capacity(buf);

@@ -109,6 +109,8 @@ pub(super) struct Locked {
     /// Deflate buffers not on the queue, each with room for one buffer's
     /// pages, so that deflating never allocates (the OOM path relies on it).
     pub(super) deflate_pool: KVec<DeflateBuffer>,
+    /// Pages just allocated for the next inflate buffer.
+    pub(super) filling: KVec<BalloonPage>,
 }
 
 impl Locked {
@@ -131,6 +133,7 @@ impl Locked {
             num_pages: 0,
             inflate_pool,
             deflate_pool,
+            filling: KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?,
         })
     }
 }
@@ -224,7 +227,7 @@ fn buffers_in_flight(ring: usize) -> usize {
 
 /// Buffers in flight by default: enough to keep the host busy while the
 /// guest prepares the next ones.
-const DEFAULT_BUFFERS_IN_FLIGHT: usize = 16;
+const DEFAULT_BUFFERS_IN_FLIGHT: usize = 32;
 
 impl Balloon {
     /// Sets up a new device (C's `virtballoon_probe()`): queues, balloon

@@ -2,14 +2,14 @@
 
 //! Inflating: taking pages from the guest (C's `fill_balloon()`).
 //!
-//! One round fills up to `depth` PFN buffers of 256 pages and keeps them in
-//! flight ([`Pipeline`]): while the host releases the memory behind one
-//! buffer, the guest allocates the pages of the next. Each page goes on
-//! the balloon list before the host hears of it, as in C.
+//! One round fills up to `depth` PFN buffers of 256 pages, then hands them
+//! to the host at once ([`Pipeline`]). Each page goes on the balloon list
+//! before the host hears of it, as in C.
 
 use super::{
     device::{
         Balloon,
+        Locked,
         PfnBuffer, //
     },
     perf::{
@@ -102,39 +102,42 @@ impl Balloon {
         }
     }
 
-    /// Allocates up to `want` guest pages into `buf` and the balloon list;
-    /// returns the batch and whether allocation failed.
+    /// Allocates up to `want` guest pages (in bulk) into `buf` and the
+    /// balloon list; returns the batch and whether allocation fell short.
     fn fill_buffer(
         self: &Arc<Self>,
         dev: &virtio::Device<Bound>,
-        num_pages: &mut u32,
+        locked: &mut Locked,
         buf: &mut PfnBuffer,
         want: usize,
     ) -> (PfnBatch, bool) {
         let sw = Stopwatch::start();
         let mut batch = PfnBatch::new(kernel::page::PAGE_SHIFT as u32, self.props.endian);
-        let mut failed = false;
-        for _ in 0..want {
-            let Some(page) = BalloonPage::alloc() else {
-                failed = true;
-                break;
-            };
-            match batch.push(buf, page.pfn()) {
-                Ok(()) => match self.pages.enqueue(self, page) {
-                    Ok(()) => *num_pages += self.props.per_page,
-                    // `pages` is our own field, so this does not happen;
-                    // should it, the page is freed and not announced.
-                    Err(_page) => batch.pop_page(),
-                },
+        let failed = BalloonPage::alloc_bulk(&mut locked.filling, want) < want;
+        // Pages whose frame number the host cannot be told are dropped
+        // (freed) here; `want` never exceeds one buffer.
+        locked
+            .filling
+            .retain(|page| match batch.push(buf, page.pfn()) {
+                Ok(()) => true,
                 Err(PushError::Unreachable) => {
                     dev_warn!(
                         dev.as_ref(),
                         "page frame {:#x} is beyond 32-bit balloon PFNs, not inflating it\n",
                         page.pfn()
                     );
+                    false
                 }
-                // `want` never exceeds one buffer.
-                Err(PushError::Full) => break,
+                Err(PushError::Full) => false,
+            });
+        // One round of the balloon lock for the whole buffer.
+        match self.pages.enqueue_all(self, &mut locked.filling) {
+            Ok(()) => locked.num_pages += batch.len() as u32,
+            // `pages` is our own field, so this does not happen; should it,
+            // the pages are freed and not announced.
+            Err(_) => {
+                locked.filling.clear();
+                batch.clear();
             }
         }
         sw.stop(&self.perf, Counter::InflateAllocNs);
@@ -143,6 +146,13 @@ impl Balloon {
 
     /// Inflates by up to `depth` buffers of `num` balloon pages in all;
     /// returns how many balloon pages the host was told about.
+    ///
+    /// The buffers are filled first and handed to the host with one
+    /// notification; the guest then sleeps while the host releases their
+    /// memory. Filling while the host works does not pay off: QEMU frees
+    /// each page with its own `madvise()` while holding its big lock, so a
+    /// busy guest only slows the host down (TLB shootdowns) and stalls on
+    /// the lock itself.
     pub(super) fn fill_balloon(self: &Arc<Self>, dev: &virtio::Device<Bound>, num: u32) -> u32 {
         let per = self.props.per_page;
         let mut locked = self.locked.lock();
@@ -155,51 +165,49 @@ impl Balloon {
         };
         let mut sent = 0u32;
         let mut starved = false;
-        loop {
-            while pipe.has_room() && sent < num && !starved {
-                let want = batch_pages(num - sent, per, PFNS_PER_BUFFER)
-                    .min(self.inflate_allowance(dev, locked.num_pages));
-                if want == 0 {
-                    // Holding at the reserve.
-                    starved = true;
-                    break;
-                }
-                let buf = locked
-                    .inflate_pool
-                    .pop()
-                    .or_else(|| KBox::new([0; PFNS_PER_BUFFER], GFP_KERNEL).ok());
-                let Some(mut buf) = buf else {
-                    break;
-                };
-                let (batch, failed) = self.fill_buffer(dev, &mut locked.num_pages, &mut buf, want);
-                if failed {
-                    self.out_of_puff(dev);
-                    starved = true;
-                } else {
-                    self.out_of_puff.store(0, Relaxed);
-                }
-                if batch.is_empty() {
-                    let _ = locked.inflate_pool.push_within_capacity(buf);
-                    break;
-                }
-                sent += batch.len() as u32;
-                self.perf.add(Counter::InflatePages, batch.len() as u64);
-                self.perf.add(Counter::InflateBuffers, 1);
-                // We should always be able to add a buffer to a queue with
-                // room for `depth` of them.
-                if let Err(rejected) = pipe.send(buf, batch.bytes(), &self.perf) {
-                    dev_warn!(
-                        dev.as_ref(),
-                        "inflate queue refused PFNs: {:?}\n",
-                        rejected.err
-                    );
-                    let _ = locked.inflate_pool.push_within_capacity(rejected.buf);
-                    break;
-                }
-            }
-            if pipe.in_flight() == 0 {
+        while pipe.has_room() && sent < num && !starved {
+            let want = batch_pages(num - sent, per, PFNS_PER_BUFFER)
+                .min(self.inflate_allowance(dev, locked.num_pages));
+            if want == 0 {
+                // Holding at the reserve.
+                starved = true;
                 break;
             }
+            let buf = locked
+                .inflate_pool
+                .pop()
+                .or_else(|| KBox::new([0; PFNS_PER_BUFFER], GFP_KERNEL).ok());
+            let Some(mut buf) = buf else {
+                break;
+            };
+            let (batch, failed) = self.fill_buffer(dev, &mut locked, &mut buf, want);
+            if failed {
+                self.out_of_puff(dev);
+                starved = true;
+            } else {
+                self.out_of_puff.store(0, Relaxed);
+            }
+            if batch.is_empty() {
+                let _ = locked.inflate_pool.push_within_capacity(buf);
+                break;
+            }
+            sent += batch.len() as u32;
+            self.perf.add(Counter::InflatePages, batch.len() as u64);
+            self.perf.add(Counter::InflateBuffers, 1);
+            // We should always be able to add a buffer to a queue with room
+            // for `depth` of them.
+            if let Err(rejected) = pipe.queue(buf, batch.bytes()) {
+                dev_warn!(
+                    dev.as_ref(),
+                    "inflate queue refused PFNs: {:?}\n",
+                    rejected.err
+                );
+                let _ = locked.inflate_pool.push_within_capacity(rejected.buf);
+                break;
+            }
+        }
+        pipe.kick(&self.perf);
+        while pipe.in_flight() > 0 {
             match pipe.complete(&self.perf, Counter::InflateWaitNs) {
                 Ok(buf) => {
                     let _ = locked.inflate_pool.push_within_capacity(buf);

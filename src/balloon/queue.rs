@@ -59,12 +59,23 @@ impl<'a, B: Buffer> Pipeline<'a, B> {
         bytes: usize,
         perf: &Counters,
     ) -> Result<(), Rejected<B>> {
+        self.queue(buf, bytes)?;
+        self.kick(perf);
+        Ok(())
+    }
+
+    /// Queues the first `bytes` of `buf` without notifying the host.
+    pub(super) fn queue(&mut self, buf: B, bytes: usize) -> Result<(), Rejected<B>> {
         self.vq.add_outbuf(buf, bytes)?;
         self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Notifies the host of queued buffers, if it wants to be notified.
+    pub(super) fn kick(&mut self, perf: &Counters) {
         if self.vq.kick() {
             perf.add(Counter::Notifications, 1);
         }
-        Ok(())
     }
 
     /// Sleeps until the host returns a buffer (time added to `wait`).

@@ -32,9 +32,30 @@ static inline unsigned long rust_vb_page_to_pfn(struct page *page)
 	return page_to_pfn(page);
 }
 
+static inline struct list_head *rust_vb_page_lru(struct page *page)
+{
+	return &page->lru;
+}
+
+static inline struct page *rust_vb_lru_page(struct list_head *lru)
+{
+	return list_entry(lru, struct page, lru);
+}
+
 static inline void *rust_vb_page_address(struct page *page)
 {
 	return page_address(page);
+}
+
+/* alloc_pages_bulk() is a macro; the flags are balloon_page_alloc()'s. */
+static inline unsigned long rust_vb_balloon_pages_bulk(unsigned long nr,
+						       struct page **array)
+{
+	gfp_t gfp = __GFP_NOMEMALLOC | __GFP_NORETRY | __GFP_NOWARN |
+		    (IS_ENABLED(CONFIG_BALLOON_MIGRATION) ? GFP_HIGHUSER_MOVABLE :
+							    GFP_HIGHUSER);
+
+	return alloc_pages_bulk(gfp, nr, array);
 }
 
 /* Constant expressions. */

@@ -23,6 +23,7 @@ use core::{
         PhantomData,
         PhantomPinned, //
     },
+    mem::MaybeUninit,
     ptr::NonNull,
 };
 use kernel::{
@@ -39,6 +40,7 @@ use kernel::{
 ///
 /// `self.0` is a page from `balloon_page_alloc()` (or dequeued from a
 /// balloon list) on which we own the one reference, not on any list.
+#[repr(transparent)]
 pub(crate) struct BalloonPage(NonNull<kb::page>);
 
 // SAFETY: A page we own can be handed to any thread.
@@ -54,9 +56,54 @@ impl BalloonPage {
         NonNull::new(page).map(Self)
     }
 
+    /// Allocates up to `n` pages like [`BalloonPage::alloc`] (same flags) in
+    /// one call (`alloc_pages_bulk()`), appending them to `into` within its
+    /// capacity. Returns how many were allocated: fewer than asked means
+    /// memory ran short.
+    pub(crate) fn alloc_bulk(into: &mut KVec<BalloonPage>, n: usize) -> usize {
+        const MAX: usize = 256;
+        let n = n.min(into.capacity() - into.len()).min(MAX);
+        let mut raw = [core::ptr::null_mut::<kb::page>(); MAX];
+        // SAFETY: `raw` has room for `n` page pointers, all null, which `alloc_pages_bulk` fills
+        // with pages we then own.
+        unsafe {
+            bindings::rust_vb_balloon_pages_bulk(n as kernel::ffi::c_ulong, raw.as_mut_ptr())
+        };
+        let mut got = 0;
+        for page in raw.iter().take(n).filter_map(|p| NonNull::new(*p)) {
+            // INVARIANT: A freshly allocated page we own. It fits: `n` is
+            // within the spare capacity.
+            if let Err(e) = into.push_within_capacity(BalloonPage(page)) {
+                drop(e);
+            }
+            got += 1;
+        }
+        got
+    }
+
     /// The page's frame number, in guest pages.
     pub(crate) fn pfn(&self) -> u64 {
         page_pfn(self.0)
+    }
+
+    /// Frees all of `pages` in one batch (`release_pages()`), leaving the
+    /// vector empty.
+    pub(crate) fn release_all(pages: &mut KVec<BalloonPage>) {
+        let n = pages.len();
+        if n == 0 {
+            return;
+        }
+        // CAST: `BalloonPage` is a transparent wrapper of a non-null `struct page` pointer.
+        let arg = bindings::release_pages_arg {
+            pages: pages.as_mut_ptr().cast::<*mut kb::page>(),
+        };
+        // SAFETY: The array holds `n` pages on each of which we own one reference (type
+        // invariant); `release_pages` drops those references, freeing the pages.
+        unsafe { bindings::release_pages(arg, n as i32) };
+        // The references are gone: take the elements out without dropping them.
+        for page in pages.drain_all() {
+            core::mem::forget(page);
+        }
     }
 
     fn into_raw(self) -> *mut kb::page {
@@ -157,6 +204,67 @@ impl<T: MigratePage + Embeds<Self>> BalloonDevInfo<T> {
         // page is ours and on no list, and the list takes over our reference.
         unsafe { bindings::balloon_page_enqueue(self.raw.get(), page.into_raw()) };
         Ok(())
+    }
+
+    /// Puts all of `pages` on the balloon list with one round of the balloon
+    /// lock (`balloon_page_list_enqueue()`), leaving the vector empty. `self`
+    /// must be the `BalloonDevInfo` field of `owner`; otherwise nothing is
+    /// enqueued and [`EINVAL`] returned.
+    pub(crate) fn enqueue_all(&self, owner: &Arc<T>, pages: &mut KVec<BalloonPage>) -> Result {
+        if !is_field_of(self, owner) {
+            return Err(EINVAL);
+        }
+        let mut head = MaybeUninit::<kb::list_head>::uninit();
+        let head = head.as_mut_ptr();
+        // SAFETY: `head` is a valid, unmoving list head for the rest of this function.
+        unsafe { bindings::INIT_LIST_HEAD(head) };
+        for page in pages.drain_all() {
+            // SAFETY: The page is ours and on no list (type invariant of `BalloonPage`); its
+            // `lru` links it into `head`, which takes over our reference.
+            unsafe { bindings::list_add_tail(bindings::rust_vb_page_lru(page.into_raw()), head) };
+        }
+        // SAFETY: `self.raw` is initialized and pinned inside the `Arc`ed `owner` (checked
+        // above), which it keeps alive while pages are listed; every page on `head` came from
+        // `BalloonPage`. The call moves them all onto the balloon list.
+        unsafe { bindings::balloon_page_list_enqueue(self.raw.get(), head) };
+        Ok(())
+    }
+
+    /// Takes up to `n` pages off the balloon list with one round of the
+    /// balloon lock (`balloon_page_list_dequeue()`), appending them to
+    /// `into` within its capacity. Returns how many; fewer than asked if the
+    /// rest is isolated for migration. Unlike `balloon_page_dequeue()` this
+    /// never treats an empty balloon as a bug.
+    pub(crate) fn dequeue_many(&self, into: &mut KVec<BalloonPage>, n: usize) -> usize {
+        let n = n.min(into.capacity() - into.len());
+        if n == 0 {
+            return 0;
+        }
+        let mut head = MaybeUninit::<kb::list_head>::uninit();
+        let head = head.as_mut_ptr();
+        // SAFETY: `head` is a valid, unmoving list head for the rest of this function.
+        unsafe { bindings::INIT_LIST_HEAD(head) };
+        // SAFETY: `self.raw` is initialized (type invariant); the dequeued pages are linked into
+        // `head` and their references become ours.
+        let got = unsafe { bindings::balloon_page_list_dequeue(self.raw.get(), head, n) };
+        // SAFETY: `head` is a valid list.
+        while unsafe { bindings::list_empty(head) } == 0 {
+            // SAFETY: The list is not empty, so `next` is a page's `lru`; unlinking it makes the
+            // page ours alone.
+            let page = unsafe {
+                let lru = (*head).next;
+                bindings::list_del(lru);
+                bindings::rust_vb_lru_page(lru)
+            };
+            if let Some(page) = NonNull::new(page) {
+                // INVARIANT: Dequeued, off every list, our reference. There is room: at most `n`
+                // pages, within the spare capacity.
+                if let Err(e) = into.push_within_capacity(BalloonPage(page)) {
+                    drop(e);
+                }
+            }
+        }
+        got
     }
 
     /// Takes a page off the balloon list (`balloon_page_dequeue()`).

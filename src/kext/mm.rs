@@ -120,11 +120,15 @@ mod tests {
 
     #[test]
     fn memory_sizes_are_consistent() {
+        // The driver may be moving the balloon meanwhile (the tests run when
+        // the module loads), so the values, read one after the other, get
+        // some slack.
         let s = mem_stats();
+        let slack = s.total / 8;
         assert!(s.total > 0);
-        assert!(s.free <= s.total);
-        assert!(s.available <= s.total);
-        assert_eq!(s.total, totalram_pages());
+        assert!(s.free <= s.total + slack);
+        assert!(s.available <= s.total + slack);
+        assert!(totalram_pages().abs_diff(s.total) <= slack);
     }
 
     #[test]

@@ -156,6 +156,12 @@ impl<D: DataBuffer, C: Send + 'static> Tagged<D, C> {
     pub fn ctx(&mut self) -> &mut C {
         &mut self.0.ctx
     }
+
+    /// Both at once.
+    pub fn parts(&mut self) -> (&mut D, &mut C) {
+        let inner = &mut *self.0;
+        (&mut inner.data, &mut inner.ctx)
+    }
 }
 
 // SAFETY:
