@@ -46,8 +46,9 @@ impl Balloon {
         sw.stop(&self.perf, Counter::DeflateFreeNs);
     }
 
-    /// Deflates by up to `depth` buffers of `num` balloon pages in all;
-    /// returns how many balloon pages were given back. Allocates nothing
+    /// Deflates by up to `2 * depth` buffers of `num` balloon pages in all,
+    /// up to `depth` of them in flight; returns how many balloon pages were
+    /// given back. Allocates nothing
     /// unless a vanished queue took buffers with it.
     pub(super) fn leak_balloon(&self, dev: &virtio::Device<Bound>, num: u32) -> u32 {
         let per = self.props.per_page;
@@ -65,9 +66,13 @@ impl Balloon {
             }
         };
         let shift = kernel::page::PAGE_SHIFT as u32;
+        // A round ends after `2 * depth` buffers, so that `actual` follows
+        // and a new target is seen every few dozen MiB, as the inflate side.
+        let mut budget = 2 * self.props.depth;
         let mut sent = 0u32;
         loop {
-            while pipe.has_room() && sent < num {
+            while pipe.has_room() && sent < num && budget > 0 {
+                budget -= 1;
                 let buf = locked.deflate_pool.pop().or_else(|| {
                     let pages = KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL).ok()?;
                     Tagged::new([0; PFNS_PER_BUFFER], pages, GFP_KERNEL).ok()
