@@ -12,6 +12,7 @@ use plotters::prelude::*;
 use qemu_test::bench::{self, BenchOpts, Phase, Run};
 use qemu_test::{Driver, MIB};
 use serde_json::{json, Value};
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -183,6 +184,7 @@ fn main() -> Result<()> {
     .to_string();
     drop(vm);
 
+    let mut report = String::new();
     // Table.
     let metrics: [(&str, fn(&Run) -> f64); 7] = [
         ("inflate s", |r| r.inflate.secs),
@@ -195,23 +197,26 @@ fn main() -> Result<()> {
             r.rss[0].saturating_sub(r.rss[1]) as f64 / MIB as f64
         }),
     ];
-    println!(
+    writeln!(
+        report,
         "\n{} MiB balloon, {} MiB guest, {} runs per driver, accelerator {accel}, {qemu}\n",
         opts.balloon_mib, opts.guest_mib, opts.reps
-    );
-    println!(
+    )?;
+    writeln!(
+        report,
         "{:<22} {:>27} {:>27} {:>10}",
         "metric", "C min / median / max", "Rust min / median / max", "Rust/C"
-    );
+    )?;
     let mut summary = serde_json::Map::new();
     for (label, f) in metrics {
         let c = bench::stats(per_driver(&runs, Driver::C).map(f).collect());
         let r = bench::stats(per_driver(&runs, Driver::Rust).map(f).collect());
         let ratio = r.1 / c.1;
-        println!(
+        writeln!(
+            report,
             "{label:<22} {:>8.3} {:>8.3} {:>8.3}  {:>8.3} {:>8.3} {:>8.3} {:>10.3}",
             c.0, c.1, c.2, r.0, r.1, r.2, ratio
-        );
+        )?;
         summary.insert(
             label.to_string(),
             json!({"c": [c.0, c.1, c.2], "rust": [r.0, r.1, r.2], "ratio_median": ratio}),
@@ -219,7 +224,10 @@ fn main() -> Result<()> {
     }
 
     // Where the time goes.
-    println!("\nBreakdown (medians): host CPU of QEMU's non-vCPU threads; our driver's counters");
+    writeln!(
+        report,
+        "\nBreakdown (medians): host CPU of QEMU's non-vCPU threads; our driver's counters"
+    )?;
     for (phase, get) in [
         ("inflate", (|r: &Run| &r.inflate) as fn(&Run) -> &Phase),
         ("deflate", |r: &Run| &r.deflate),
@@ -241,13 +249,14 @@ fn main() -> Result<()> {
                 })
                 .collect();
             threads.sort();
-            println!(
+            writeln!(
+                report,
                 "  {phase} {:<4}: wall {:.3} s, guest CPU {:.3} s, QEMU threads [{}]",
                 name(d),
                 med(&|p: &Phase| p.secs),
                 med(&|p: &Phase| p.guest_cpu),
                 threads.join(", ")
-            );
+            )?;
             if d == Driver::Rust {
                 let keys: Vec<String> = ps[0].counters.keys().cloned().collect();
                 let counters: Vec<String> = keys
@@ -259,7 +268,7 @@ fn main() -> Result<()> {
                         )
                     })
                     .collect();
-                println!("           driver: {}", counters.join(", "));
+                writeln!(report, "           driver: {}", counters.join(", "))?;
             }
         }
     }
@@ -292,9 +301,13 @@ fn main() -> Result<()> {
         ),
     )
     .context("drawing the plot")?;
+    let report_path = out.join("report.txt");
+    std::fs::write(&report_path, &report)?;
+    print!("{report}");
     println!(
-        "\nresults: {}\nplot:    {}",
+        "\nresults: {}\nreport:  {}\nplot:    {}",
         json_path.display(),
+        report_path.display(),
         png_path.display()
     );
     Ok(())
