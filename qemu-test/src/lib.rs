@@ -47,3 +47,60 @@ pub use qmp::{QmpClient, QmpEvent};
 pub use stats::GuestStats;
 pub use units::{format_bytes, parse_size, GIB, KIB, MIB, PAGE_SIZE};
 pub use vm::{Vm, Wait};
+
+/// Declares, in a test file, the QEMU tests every driver must pass, for the
+/// given [`Driver`]: the same functions and thresholds for the C baseline
+/// (`tests/c_driver.rs`) and ours (`tests/rust_driver.rs`).
+#[macro_export]
+macro_rules! driver_tests {
+    ($driver:expr) => {
+        $crate::driver_tests!(@tests $driver;
+            suite::agent_roundtrip,
+            suite::inflate_deflate_actual,
+            suite::memtotal_follows_balloon,
+            suite::inflate_releases_host_memory,
+            suite::guest_stats,
+            suite::several_targets,
+            suite::rmmod_while_inflated,
+            suite::modprobe_by_alias,
+            suite::flapping_targets,
+            features::free_page_reporting,
+            features::free_page_hint_migration,
+            features::balloon_page_migration,
+            features::freeze_restore,
+        );
+
+        #[test]
+        fn deflate_on_oom_on() -> anyhow::Result<()> {
+            $crate::features::deflate_on_oom($driver, true)
+        }
+
+        #[test]
+        fn deflate_on_oom_off() -> anyhow::Result<()> {
+            $crate::features::deflate_on_oom($driver, false)
+        }
+
+        #[test]
+        fn page_poison_none() -> anyhow::Result<()> {
+            $crate::features::page_poison($driver, $crate::features::Poisoning::None)
+        }
+
+        #[test]
+        fn page_poison_on() -> anyhow::Result<()> {
+            $crate::features::page_poison($driver, $crate::features::Poisoning::Poison)
+        }
+
+        #[test]
+        fn page_poison_init_on_free() -> anyhow::Result<()> {
+            $crate::features::page_poison($driver, $crate::features::Poisoning::InitOnFree)
+        }
+    };
+    (@tests $driver:expr; $($module:ident :: $test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() -> anyhow::Result<()> {
+                $crate::$module::$test($driver)
+            }
+        )*
+    };
+}

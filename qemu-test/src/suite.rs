@@ -293,6 +293,52 @@ fn stat(s: &GuestStats, name: &str) -> Result<i64> {
     Ok(s.require(name)? as i64)
 }
 
+/// Waits for fresh statistics in which free, available and total memory
+/// moved by `by` bytes (± [`STATS_TOLERANCE`]) since `from`; returns what
+/// was seen and those statistics.
+fn wait_memory_stats_moved(
+    vm: &mut Vm,
+    from: &GuestStats,
+    by: i64,
+) -> Result<(String, GuestStats)> {
+    let after = unix_now();
+    let dir = if by < 0 { "down" } else { "up" };
+    let (seen, s) = vm.wait_until(
+        &format!(
+            "fresh stats showing free/available/total memory {dir} by {} (± {:.0} %)",
+            format_bytes(by.unsigned_abs()),
+            STATS_TOLERANCE * 100.0
+        ),
+        STATS_TIMEOUT,
+        Duration::from_millis(250),
+        |vm| {
+            let s = vm.guest_stats()?;
+            let d = |n: &str| -> Result<i64> { Ok(stat(&s, n)? - stat(from, n)?) };
+            let (df, da, dt) = (
+                d("stat-free-memory")?,
+                d("stat-available-memory")?,
+                d("stat-total-memory")?,
+            );
+            let ok = s.last_update > after
+                && [df, da, dt].iter().all(|&x| within(x, by, STATS_TOLERANCE));
+            Ok(Wait::when(
+                ok,
+                (
+                    format!(
+                        "last-update {} (need > {after}); changes: free {}, available {}, total {}",
+                        s.last_update,
+                        format_delta(df),
+                        format_delta(da),
+                        format_delta(dt)
+                    ),
+                    s,
+                ),
+            ))
+        },
+    )?;
+    Ok((seen, s))
+}
+
 /// (d) Statistics: all of [`REQUIRED_STATS`] (and [`NEWER_STATS`] if QEMU
 /// knows them) are reported and consistent
 /// with `/proc/meminfo`; free/available/total memory fall by the balloon
@@ -338,82 +384,13 @@ pub fn guest_stats(driver: Driver) -> Result<()> {
     // allocator over the next ~10 s, so the checks poll fresh statistics
     // until the change is within tolerance rather than take one sample.
     let (target, balloon) = inflate_target(&vm);
-    let b = balloon as i64;
     balloon_to(&mut vm, target)?;
-    let after = unix_now();
-    let s1 = vm.wait_until(
-        &format!(
-            "fresh stats showing free/available/total memory down by {} (± {:.0} %)",
-            format_bytes(balloon),
-            STATS_TOLERANCE * 100.0
-        ),
-        STATS_TIMEOUT,
-        Duration::from_millis(250),
-        |vm| {
-            let s = vm.guest_stats()?;
-            let d = |n: &str| -> Result<i64> { Ok(stat(&s0, n)? - stat(&s, n)?) };
-            let (df, da, dt) = (
-                d("stat-free-memory")?,
-                d("stat-available-memory")?,
-                d("stat-total-memory")?,
-            );
-            let ok = s.last_update > after
-                && within(df, b, STATS_TOLERANCE)
-                && within(da, b, STATS_TOLERANCE)
-                && within(dt, b, STATS_TOLERANCE);
-            Ok(Wait::when(
-                ok,
-                (
-                    format!(
-                        "last-update {} (need > {after}); drops: free {}, available {}, total {}",
-                        s.last_update,
-                        format_delta(df),
-                        format_delta(da),
-                        format_delta(dt)
-                    ),
-                    s,
-                ),
-            ))
-        },
-    )?;
-    vm.note(&format!("inflated {}: {}", format_bytes(balloon), s1.0));
-    let s1 = s1.1;
+    let (seen, s1) = wait_memory_stats_moved(&mut vm, &s0, -(balloon as i64))?;
+    vm.note(&format!("inflated {}: {seen}", format_bytes(balloon)));
 
     // Deflate: they rise again.
     balloon_to(&mut vm, ram)?;
-    let after = unix_now();
-    let seen = vm.wait_until(
-        &format!(
-            "fresh stats showing free/available memory back up by {} (± {:.0} %)",
-            format_bytes(balloon),
-            STATS_TOLERANCE * 100.0
-        ),
-        STATS_TIMEOUT,
-        Duration::from_millis(250),
-        |vm| {
-            let s = vm.guest_stats()?;
-            let d = |n: &str| -> Result<i64> { Ok(stat(&s, n)? - stat(&s1, n)?) };
-            let (df, da, dt) = (
-                d("stat-free-memory")?,
-                d("stat-available-memory")?,
-                d("stat-total-memory")?,
-            );
-            let ok = s.last_update > after
-                && within(df, b, STATS_TOLERANCE)
-                && within(da, b, STATS_TOLERANCE)
-                && within(dt, b, STATS_TOLERANCE);
-            Ok(Wait::when(
-                ok,
-                format!(
-                    "last-update {} (need > {after}); rises: free {}, available {}, total {}",
-                    s.last_update,
-                    format_delta(df),
-                    format_delta(da),
-                    format_delta(dt)
-                ),
-            ))
-        },
-    )?;
+    let (seen, _) = wait_memory_stats_moved(&mut vm, &s1, balloon as i64)?;
     vm.note(&format!("deflated: {seen}"));
 
     // A workload touching 32 MiB of fresh anonymous memory takes at least

@@ -249,6 +249,26 @@ impl VqSlot {
         })
     }
 
+    /// Fixes the queue's token type on first use: [`ENODEV`] if there is no
+    /// queue, [`EINVAL`] if it already carries another type.
+    fn claim(&self, ty: TypeId, drop: Option<unsafe fn(NonNull<c_void>)>) -> Result {
+        let mut s = self.state.lock();
+        if s.vq.is_null() {
+            return Err(ENODEV);
+        }
+        match s.ty {
+            None => {
+                // INVARIANT: No token is queued yet; from now on only tokens of type `ty` are,
+                // and `drop` (or nothing, for borrowed tokens) releases them.
+                s.ty = Some(ty);
+                s.drop = drop;
+                Ok(())
+            }
+            Some(have) if have == ty => Ok(()),
+            Some(_) => Err(EINVAL),
+        }
+    }
+
     pub(super) fn holds(&self, vq: *mut bindings::virtqueue) -> bool {
         !vq.is_null() && self.state.lock().vq == vq
     }
@@ -325,19 +345,7 @@ pub struct Virtqueue<'a, B: Buffer> {
 
 impl<'a, B: Buffer> Virtqueue<'a, B> {
     pub(super) fn new(slot: &'a VqSlot) -> Result<Self> {
-        let mut s = slot.state.lock();
-        if s.vq.is_null() {
-            return Err(ENODEV);
-        }
-        match s.ty {
-            None => {
-                // INVARIANT: No token is queued yet; from now on only `B` tokens are.
-                s.ty = Some(TypeId::of::<B>());
-                s.drop = Some(drop_token::<B>);
-            }
-            Some(ty) if ty == TypeId::of::<B>() => {}
-            Some(_) => return Err(EINVAL),
-        }
+        slot.claim(TypeId::of::<B>(), Some(drop_token::<B>))?;
         Ok(Self {
             slot,
             _buffers: PhantomData,
@@ -502,19 +510,8 @@ pub struct SgQueue<'a> {
 
 impl<'a> SgQueue<'a> {
     pub(super) fn new(slot: &'a VqSlot) -> Result<Self> {
-        let mut s = slot.state.lock();
-        if s.vq.is_null() {
-            return Err(ENODEV);
-        }
-        match s.ty {
-            None => {
-                // INVARIANT: Tokens of this queue are borrowed scatterlists: nothing to drop.
-                s.ty = Some(TypeId::of::<SgMarker>());
-                s.drop = None;
-            }
-            Some(ty) if ty == TypeId::of::<SgMarker>() => {}
-            Some(_) => return Err(EINVAL),
-        }
+        // Tokens of this queue are borrowed scatterlists: nothing to drop.
+        slot.claim(TypeId::of::<SgMarker>(), None)?;
         Ok(Self { slot })
     }
 
