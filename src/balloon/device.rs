@@ -359,16 +359,25 @@ impl Balloon {
         let _ = workqueue::system_freezable().enqueue::<Arc<Balloon>, 0>(self.clone());
     }
 
+    /// The guest's memory in guest pages with `ballooned` balloon pages
+    /// inflated: the managed pages, plus what the balloon took out of them
+    /// (without deflate-on-OOM ballooned pages leave the managed count).
+    pub(super) fn guest_pages(&self, ballooned: u32) -> u64 {
+        let managed = kext::mm::totalram_pages();
+        if self.props.deflate_on_oom {
+            managed
+        } else {
+            managed + u64::from(ballooned / self.props.per_page.max(1))
+        }
+    }
+
     /// Reads the host's target and decides the next step (C's `towards_target()`).
     pub(super) fn towards_target(&self, dev: &virtio::Device<Bound>) -> Step {
         let sw = Stopwatch::start();
         let num_pages = dev.config_read_le32(CONFIG_NUM_PAGES);
         sw.stop(&self.perf, Counter::ConfigNs);
         let current = self.locked.lock().num_pages;
-        // The guest's memory in balloon pages: what it has now plus what the
-        // balloon took out of the managed page count.
-        let guest_pages =
-            kext::mm::totalram_pages() * u64::from(self.props.per_page) + u64::from(current);
+        let guest_pages = self.guest_pages(current) * u64::from(self.props.per_page);
         let target = Target::from_host(num_pages, self.props.per_page, guest_pages);
         if target.clamped && !self.clamp_reported.xchg(true, Relaxed) {
             dev_warn!(

@@ -59,12 +59,8 @@ impl Balloon {
     /// inflated, without cutting into the reserve the guest needs to keep
     /// running; logs when it starts and stops holding back.
     fn inflate_allowance(&self, dev: &virtio::Device<Bound>, ballooned: u32) -> usize {
+        let guest_pages = self.guest_pages(ballooned);
         let ballooned = u64::from(ballooned / self.props.per_page.max(1));
-        let guest_pages = if self.props.deflate_on_oom {
-            kext::mm::totalram_pages()
-        } else {
-            kext::mm::totalram_pages() + ballooned
-        };
         let shift = kernel::page::PAGE_SHIFT as u32;
         let reserve = reserve_pages(
             guest_pages,
