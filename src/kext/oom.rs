@@ -6,9 +6,9 @@
 //! notifiers, which may free memory and report how many pages they freed.
 
 use super::embed::{
-    is_field_of,
     owner_of,
-    Embeds, //
+    Embeds,
+    Registration, //
 };
 use crate::bindings;
 use core::marker::{
@@ -24,13 +24,7 @@ use kernel::{
         c_void, //
     },
     prelude::*,
-    sync::{
-        atomic::{
-            Atomic,
-            Relaxed, //
-        },
-        Arc,
-    },
+    sync::Arc,
     types::Opaque, //
 };
 
@@ -45,14 +39,14 @@ pub(crate) trait OomHandler: Sync {
 ///
 /// # Invariants
 ///
-/// When `registered` is true, `nb` is on the OOM notifier chain and lies in
+/// While `registered` is set, `nb` is on the OOM notifier chain and lies in
 /// a pinned, live `T`. `nb` is the first field of this `repr(C)` struct.
 #[repr(C)]
 #[pin_data(PinnedDrop)]
 pub(crate) struct OomNotifier<T: OomHandler + Embeds<Self>> {
     #[pin]
     nb: Opaque<kb::notifier_block>,
-    registered: Atomic<bool>,
+    registered: Registration,
     #[pin]
     _pin: PhantomPinned,
     _owner: PhantomData<T>,
@@ -77,7 +71,7 @@ impl<T: OomHandler + Embeds<Self>> OomNotifier<T> {
                     })
                 };
             }),
-            registered: Atomic::new(false),
+            registered: Registration::new(),
             _pin: PhantomPinned,
             _owner: PhantomData,
         })
@@ -86,26 +80,19 @@ impl<T: OomHandler + Embeds<Self>> OomNotifier<T> {
     /// Adds the notifier to the chain. `self` must be the `OomNotifier`
     /// field of `owner` ([`EINVAL`] otherwise).
     pub(crate) fn register(&self, owner: &Arc<T>) -> Result {
-        if !is_field_of(self, owner) {
-            return Err(EINVAL);
-        }
-        if self.registered.load(Relaxed) {
-            return Err(EBUSY);
-        }
-        // SAFETY: `nb` is initialized and, inside the `Arc`ed `owner`, pinned in a live `T`; it
-        // is removed from the chain before it is dropped (`PinnedDrop`).
-        to_result(unsafe { bindings::register_oom_notifier(self.nb.get()) })?;
-        // INVARIANT: Registered just now.
-        self.registered.store(true, Relaxed);
-        Ok(())
+        self.registered.register(self, owner, || {
+            // SAFETY: `nb` is initialized and, inside the `Arc`ed `owner`, pinned in a live `T`;
+            // it is removed from the chain before it is dropped (`PinnedDrop`).
+            to_result(unsafe { bindings::register_oom_notifier(self.nb.get()) })
+        })
     }
 
     /// Removes the notifier; waits for running calls to finish.
     pub(crate) fn unregister(&self) {
-        if self.registered.xchg(false, Relaxed) {
+        self.registered.unregister(|| {
             // SAFETY: `nb` is on the chain (type invariant).
             unsafe { bindings::unregister_oom_notifier(self.nb.get()) };
-        }
+        });
     }
 
     extern "C" fn notify(

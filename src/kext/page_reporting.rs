@@ -5,9 +5,9 @@
 //! backing memory (the host side of a VM).
 
 use super::embed::{
-    is_field_of,
     owner_of,
-    Embeds, //
+    Embeds,
+    Registration, //
 };
 use crate::{
     bindings,
@@ -25,13 +25,7 @@ use kernel::{
         c_uint, //
     },
     prelude::*,
-    sync::{
-        atomic::{
-            Atomic,
-            Relaxed, //
-        },
-        Arc,
-    },
+    sync::Arc,
     types::Opaque, //
 };
 
@@ -67,7 +61,7 @@ pub(crate) trait ReportHandler: Sync {
 ///
 /// # Invariants
 ///
-/// When `registered` is true, `raw` is registered with page reporting and
+/// While `registered` is set, `raw` is registered with page reporting and
 /// lies in a pinned, live `T`. `raw` is the first field of this `repr(C)`
 /// struct.
 #[repr(C)]
@@ -75,7 +69,7 @@ pub(crate) trait ReportHandler: Sync {
 pub(crate) struct PageReporting<T: ReportHandler + Embeds<Self>> {
     #[pin]
     raw: Opaque<bindings::page_reporting_dev_info>,
-    registered: Atomic<bool>,
+    registered: Registration,
     #[pin]
     _pin: PhantomPinned,
     _owner: PhantomData<T>,
@@ -102,7 +96,7 @@ impl<T: ReportHandler + Embeds<Self>> PageReporting<T> {
                     (*slot).capacity = capacity;
                 }
             }),
-            registered: Atomic::new(false),
+            registered: Registration::new(),
             _pin: PhantomPinned,
             _owner: PhantomData,
         })
@@ -111,26 +105,19 @@ impl<T: ReportHandler + Embeds<Self>> PageReporting<T> {
     /// Registers with page reporting (only one device can be). `self` must
     /// be the `PageReporting` field of `owner` ([`EINVAL`] otherwise).
     pub(crate) fn register(&self, owner: &Arc<T>) -> Result {
-        if !is_field_of(self, owner) {
-            return Err(EINVAL);
-        }
-        if self.registered.load(Relaxed) {
-            return Err(EBUSY);
-        }
-        // SAFETY: `raw` is initialized and, inside the `Arc`ed `owner`, pinned in a live `T`; it
-        // is unregistered before it is dropped (`PinnedDrop`).
-        to_result(unsafe { bindings::page_reporting_register(self.raw.get()) })?;
-        // INVARIANT: Registered just now.
-        self.registered.store(true, Relaxed);
-        Ok(())
+        self.registered.register(self, owner, || {
+            // SAFETY: `raw` is initialized and, inside the `Arc`ed `owner`, pinned in a live `T`;
+            // it is unregistered before it is dropped (`PinnedDrop`).
+            to_result(unsafe { bindings::page_reporting_register(self.raw.get()) })
+        })
     }
 
     /// Unregisters, waiting for a running report to finish.
     pub(crate) fn unregister(&self) {
-        if self.registered.xchg(false, Relaxed) {
+        self.registered.unregister(|| {
             // SAFETY: `raw` is registered (type invariant).
             unsafe { bindings::page_reporting_unregister(self.raw.get()) };
-        }
+        });
     }
 
     extern "C" fn report_callback(
