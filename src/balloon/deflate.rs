@@ -28,10 +28,7 @@ use crate::{
         },
         target::batch_pages,
     },
-    virtio::{
-        self,
-        Tagged, //
-    },
+    virtio,
 };
 use kernel::{
     device::Bound,
@@ -73,10 +70,7 @@ impl Balloon {
         loop {
             while pipe.has_room() && sent < num && budget > 0 {
                 budget -= 1;
-                let buf = locked.deflate_pool.pop().or_else(|| {
-                    let pages = KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL).ok()?;
-                    Tagged::new([0; PFNS_PER_BUFFER], pages, GFP_KERNEL).ok()
-                });
+                let buf = locked.take_deflate_buffer();
                 let Some(mut buf) = buf else {
                     break;
                 };

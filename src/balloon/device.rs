@@ -119,15 +119,8 @@ impl Locked {
         let mut inflate_pool = KVec::with_capacity(depth, GFP_KERNEL)?;
         let mut deflate_pool = KVec::with_capacity(depth, GFP_KERNEL)?;
         for _ in 0..depth {
-            inflate_pool.push(KBox::new([0; PFNS_PER_BUFFER], GFP_KERNEL)?, GFP_KERNEL)?;
-            deflate_pool.push(
-                Tagged::new(
-                    [0; PFNS_PER_BUFFER],
-                    KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?,
-                    GFP_KERNEL,
-                )?,
-                GFP_KERNEL,
-            )?;
+            inflate_pool.push(new_inflate_buffer()?, GFP_KERNEL)?;
+            deflate_pool.push(new_deflate_buffer()?, GFP_KERNEL)?;
         }
         Ok(Self {
             num_pages: 0,
@@ -136,6 +129,35 @@ impl Locked {
             filling: KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?,
         })
     }
+
+    /// An inflate buffer from the pool, or a new one if a vanished queue
+    /// took some with it.
+    pub(super) fn take_inflate_buffer(&mut self) -> Option<PfnBuffer> {
+        self.inflate_pool
+            .pop()
+            .or_else(|| new_inflate_buffer().ok())
+    }
+
+    /// A deflate buffer from the pool, or a new one if a vanished queue
+    /// took some with it.
+    pub(super) fn take_deflate_buffer(&mut self) -> Option<DeflateBuffer> {
+        self.deflate_pool
+            .pop()
+            .or_else(|| new_deflate_buffer().ok())
+    }
+}
+
+fn new_inflate_buffer() -> Result<PfnBuffer> {
+    Ok(KBox::new([0; PFNS_PER_BUFFER], GFP_KERNEL)?)
+}
+
+/// A deflate buffer with room for the pages of one buffer.
+fn new_deflate_buffer() -> Result<DeflateBuffer> {
+    Tagged::new(
+        [0; PFNS_PER_BUFFER],
+        KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?,
+        GFP_KERNEL,
+    )
 }
 
 /// Negotiated features and fixed properties of the device.

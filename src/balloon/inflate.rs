@@ -169,10 +169,7 @@ impl Balloon {
                 starved = true;
                 break;
             }
-            let buf = locked
-                .inflate_pool
-                .pop()
-                .or_else(|| KBox::new([0; PFNS_PER_BUFFER], GFP_KERNEL).ok());
+            let buf = locked.take_inflate_buffer();
             let Some(mut buf) = buf else {
                 break;
             };

@@ -47,19 +47,11 @@ pub(crate) struct BalloonPage(NonNull<kb::page>);
 unsafe impl Send for BalloonPage {}
 
 impl BalloonPage {
-    /// Allocates a movable page for the balloon (`balloon_page_alloc()`):
-    /// no retries, no warning, no emergency reserves.
-    pub(crate) fn alloc() -> Option<Self> {
-        // SAFETY: Always safe to call; returns null or a page with one reference.
-        let page = unsafe { bindings::balloon_page_alloc() };
-        // INVARIANT: A freshly allocated page we own.
-        NonNull::new(page).map(Self)
-    }
-
-    /// Allocates up to `n` pages like [`BalloonPage::alloc`] (same flags) in
-    /// one call (`alloc_pages_bulk()`), appending them to `into` within its
-    /// capacity. Returns how many were allocated: fewer than asked means
-    /// memory ran short.
+    /// Allocates up to `n` movable pages for the balloon with
+    /// `balloon_page_alloc()`'s flags (no retries, no warning, no emergency
+    /// reserves) in one call (`alloc_pages_bulk()`), appending them to `into`
+    /// within its capacity. Returns how many were allocated: fewer than asked
+    /// means memory ran short.
     pub(crate) fn alloc_bulk(into: &mut KVec<BalloonPage>, n: usize) -> usize {
         const MAX: usize = 256;
         let n = n.min(into.capacity() - into.len()).min(MAX);
@@ -190,20 +182,6 @@ impl<T: MigratePage + Embeds<Self>> BalloonDevInfo<T> {
             _pin: PhantomPinned,
             _owner: PhantomData,
         })
-    }
-
-    /// Puts `page` on the balloon list (`balloon_page_enqueue()`). `self`
-    /// must be the `BalloonDevInfo` field of `owner`, so that migration finds
-    /// its owner; otherwise the page comes back.
-    pub(crate) fn enqueue(&self, owner: &Arc<T>, page: BalloonPage) -> Result<(), BalloonPage> {
-        if !is_field_of(self, owner) {
-            return Err(page);
-        }
-        // SAFETY: `self.raw` is initialized (type invariant) and pinned inside the `Arc`ed
-        // `owner`, which it keeps alive while pages are listed (`Drop` empties the list); the
-        // page is ours and on no list, and the list takes over our reference.
-        unsafe { bindings::balloon_page_enqueue(self.raw.get(), page.into_raw()) };
-        Ok(())
     }
 
     /// Puts all of `pages` on the balloon list with one round of the balloon
@@ -376,17 +354,23 @@ mod tests {
         )
     }
 
+    /// Allocates `n` balloon pages.
+    fn pages(n: usize) -> Result<KVec<BalloonPage>> {
+        let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
+        if BalloonPage::alloc_bulk(&mut v, n) < n {
+            return Err(ENOMEM);
+        }
+        Ok(v)
+    }
+
     #[test]
     fn enqueued_pages_come_back_last_in_first_out() -> Result {
         let o = owner(true)?;
-        let (a, b) = (
-            BalloonPage::alloc().ok_or(ENOMEM)?,
-            BalloonPage::alloc().ok_or(ENOMEM)?,
-        );
-        let (pa, pb) = (a.pfn(), b.pfn());
+        let mut v = pages(2)?;
+        let (pa, pb) = (v[0].pfn(), v[1].pfn());
         assert!(pa > 0 && pb > 0 && pa != pb);
-        o.pages.enqueue(&o, a).map_err(|_| EINVAL)?;
-        o.pages.enqueue(&o, b).map_err(|_| EINVAL)?;
+        o.pages.enqueue_all(&o, &mut v)?;
+        assert!(v.is_empty());
         assert_eq!(o.pages.dequeue().ok_or(ENOENT)?.pfn(), pb);
         assert_eq!(o.pages.dequeue().ok_or(ENOENT)?.pfn(), pa);
         assert_eq!(o.pages.release_all(), 0);
@@ -397,21 +381,34 @@ mod tests {
     fn enqueue_refuses_a_list_that_is_not_the_owners() -> Result {
         let a = owner(false)?;
         let b = owner(false)?;
-        let page = BalloonPage::alloc().ok_or(ENOMEM)?;
-        let pfn = page.pfn();
-        let back = a.pages.enqueue(&b, page);
-        assert!(matches!(back, Err(ref p) if p.pfn() == pfn));
+        let mut v = pages(1)?;
+        let pfn = v[0].pfn();
+        assert!(a.pages.enqueue_all(&b, &mut v).is_err());
+        // The page is still ours, not on either list.
+        assert!(v.len() == 1 && v[0].pfn() == pfn);
         assert_eq!(a.pages.release_all(), 0);
+        assert_eq!(b.pages.release_all(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn dequeue_many_takes_what_enqueue_all_put() -> Result {
+        let o = owner(true)?;
+        let mut v = pages(8)?;
+        o.pages.enqueue_all(&o, &mut v)?;
+        assert_eq!(o.pages.dequeue_many(&mut v, 5), 5);
+        assert_eq!(v.len(), 5);
+        BalloonPage::release_all(&mut v);
+        assert!(v.is_empty());
+        assert_eq!(o.pages.release_all(), 3);
         Ok(())
     }
 
     #[test]
     fn pages_left_on_the_list_are_released() -> Result {
         let o = owner(true)?;
-        for _ in 0..4 {
-            let page = BalloonPage::alloc().ok_or(ENOMEM)?;
-            o.pages.enqueue(&o, page).map_err(|_| EINVAL)?;
-        }
+        let mut v = pages(4)?;
+        o.pages.enqueue_all(&o, &mut v)?;
         assert_eq!(o.pages.release_all(), 4);
         assert_eq!(o.pages.release_all(), 0);
         Ok(())
