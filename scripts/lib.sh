@@ -46,6 +46,8 @@ APT_PACKAGES=(
 	# newer QEMU setup fetches from backports (see QEMU_SUITE below).
 	qemu-system-x86 seabios busybox-static
 	make gcc flex bison bc libelf-dev libssl-dev cpio xz-utils python3 kmod
+	# Disk images for the test guests (mkfs.ext4).
+	e2fsprogs
 	debian-archive-keyring ca-certificates
 	# Host plotting for `make bench` (plotters' TrueType text).
 	libfontconfig-dev fonts-dejavu-core

@@ -40,6 +40,7 @@ need_file "$BUSYBOX" "Install busybox-static ('make setup' does)."
 need_file "$GUEST_DIR/init" "The checkout is incomplete."
 need_file "$GUEST_DIR/agent" "The checkout is incomplete."
 need_file "$GUEST_DIR/fragment.c" "The checkout is incomplete."
+need_file "$GUEST_DIR/memhog.c" "The checkout is incomplete."
 need_cmd gcc "Install gcc ('make setup' does)."
 for ko in "$@"; do
 	need_file "$ko" "Build the module first: run 'make'."
@@ -55,9 +56,11 @@ staging=$(mktemp -d "${TMPDIR:-/tmp}/balloon-initramfs.XXXXXX")
 trap 'rm -rf "$staging"' EXIT
 
 # Guest test tools busybox lacks, built static for the guest.
-gcc -static -O2 -Wall -Werror -o "$staging/fragment" "$GUEST_DIR/fragment.c" ||
-	die "building the guest tool $GUEST_DIR/fragment.c failed" \
-		"It needs gcc and the static C library (libc6-dev)."
+for tool in fragment memhog; do
+	gcc -static -O2 -Wall -Werror -o "$staging/$tool" "$GUEST_DIR/$tool.c" ||
+		die "building the guest tool $GUEST_DIR/$tool.c failed" \
+			"It needs gcc and the static C library (libc6-dev)."
+done
 stage=$staging
 
 # Module tree, indexed by the host's depmod.
@@ -93,6 +96,7 @@ mkdir -p "$(dirname "$out")"
 	echo "file /init $GUEST_DIR/init 0755 0 0"
 	echo "file /bin/balloon-agent $GUEST_DIR/agent 0755 0 0"
 	echo "file /bin/fragment $stage/fragment 0755 0 0"
+	echo "file /bin/memhog $stage/memhog 0755 0 0"
 	# The staged module tree (directories first, as cpio order matters).
 	(cd "$staging" && find lib/modules -mindepth 1 -type d | sort) | while read -r d; do
 		echo "dir /$d 0755 0 0"

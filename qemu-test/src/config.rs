@@ -65,6 +65,38 @@ pub struct BalloonOptions {
     pub free_page_hint: bool,
 }
 
+/// Transparent huge page mode of the guest (`transparent_hugepage=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThpMode {
+    /// Huge pages for every large enough anonymous mapping (the kernel's
+    /// configured default, as Debian's).
+    Always,
+    /// Only where a program asks (`madvise(MADV_HUGEPAGE)`).
+    Madvise,
+    /// Never.
+    Never,
+}
+
+impl ThpMode {
+    /// The kernel command line value.
+    pub fn cmdline(self) -> &'static str {
+        match self {
+            ThpMode::Always => "always",
+            ThpMode::Madvise => "madvise",
+            ThpMode::Never => "never",
+        }
+    }
+}
+
+/// How the guest's RAM is backed on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backing {
+    /// Anonymous memory in 4 KiB host pages (QEMU's default;
+    /// `memory-backend-ram`).
+    #[default]
+    Anonymous,
+}
+
 /// Kernel and initramfs the guest boots.
 #[derive(Debug, Clone)]
 pub struct GuestImage {
@@ -147,11 +179,28 @@ pub struct VmConfig {
     /// Resume from this migration stream file (`-incoming`) instead of
     /// booting; the rest of the configuration must match the saved VM's.
     pub incoming: Option<std::path::PathBuf>,
+    /// NUMA nodes, sharing RAM and vCPUs equally (default 2; 1 = no NUMA).
+    pub numa_nodes: u32,
+    /// Host backing of the guest RAM.
+    pub backing: Backing,
+    /// Size of the data disk (a sparse ext4 image made when the VM starts,
+    /// mounted at [`DATA_MOUNT`] in the guest), or none. Default 4 GiB.
+    pub data_disk_mib: Option<u64>,
+    /// Size of the swap disk (sparse, `mkswap` + `swapon` in the guest), or
+    /// none. Default 1 GiB.
+    pub swap_mib: Option<u64>,
+    /// Transparent huge page mode; `None` = the kernel's default (always).
+    pub thp: Option<ThpMode>,
 }
 
+/// Where the guest mounts its data disk.
+pub const DATA_MOUNT: &str = "/mnt/data";
+
 impl VmConfig {
-    /// Default configuration for a test called `name`: 1 GiB, 2 vCPUs, no
-    /// driver loaded, balloon options off.
+    /// Default configuration for a test called `name`, a guest as users
+    /// run them: 1 GiB in two NUMA nodes, 2 vCPUs, an ext4 data disk, a swap
+    /// disk, THP as the kernel defaults, memory cgroups (always mounted by
+    /// the guest's init); no driver loaded, balloon options off.
     pub fn new(name: &str) -> VmConfig {
         VmConfig {
             name: sanitize(name),
@@ -165,7 +214,43 @@ impl VmConfig {
             loglevel: 7,
             boot_timeout: Duration::from_secs(60),
             incoming: None,
+            numa_nodes: 2,
+            backing: Backing::default(),
+            data_disk_mib: Some(4096),
+            swap_mib: Some(1024),
+            thp: None,
         }
+    }
+
+    /// NUMA nodes (1: none).
+    pub fn numa_nodes(mut self, n: u32) -> Self {
+        self.numa_nodes = n.max(1);
+        self
+    }
+
+    /// Host backing of guest RAM.
+    pub fn backing(mut self, backing: Backing) -> Self {
+        self.backing = backing;
+        self
+    }
+
+    /// Data disk size in MiB, or none.
+    pub fn data_disk_mib(mut self, mib: Option<u64>) -> Self {
+        self.data_disk_mib = mib;
+        self
+    }
+
+    /// Swap disk size in MiB, or none (for tests that must run the guest
+    /// out of memory).
+    pub fn swap_mib(mut self, mib: Option<u64>) -> Self {
+        self.swap_mib = mib;
+        self
+    }
+
+    /// Transparent huge page mode.
+    pub fn thp(mut self, mode: ThpMode) -> Self {
+        self.thp = Some(mode);
+        self
     }
 
     /// Resume from the migration stream in `file` instead of booting.

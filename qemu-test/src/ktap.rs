@@ -51,12 +51,25 @@ fn result_line(line: &str) -> Option<(bool, String, bool)> {
     Some((ok, name.trim().to_string(), directive.starts_with("SKIP")))
 }
 
-/// Parses every suite found in `lines` (console lines, in order).
+/// `line` without the `[   12.345678] ` timestamp `CONFIG_PRINTK_TIME` puts
+/// in front of kernel messages.
+pub fn strip_timestamp(line: &str) -> &str {
+    let Some(rest) = line.strip_prefix('[') else {
+        return line;
+    };
+    match rest.split_once("] ") {
+        Some((t, msg)) if t.trim().parse::<f64>().is_ok() => msg,
+        _ => line,
+    }
+}
+
+/// Parses every suite found in `lines` (console lines, in order, with or
+/// without timestamps).
 pub fn parse<S: AsRef<str>>(lines: &[S]) -> Vec<Suite> {
     let mut suites: Vec<Suite> = Vec::new();
     let mut open: Option<Suite> = None;
     for raw in lines {
-        let raw = raw.as_ref();
+        let raw = strip_timestamp(raw.as_ref());
         let nested = raw.starts_with("    ") || raw.starts_with('\t');
         let line = raw.trim();
         if let Some(name) = line.strip_prefix("# Subtest: ") {
@@ -143,6 +156,18 @@ ok 2 beta
         // A suite that never printed its result line is unfinished.
         assert_eq!(s[2].name, "gamma");
         assert_eq!(s[2].ok, None);
+    }
+
+    #[test]
+    fn timestamps_are_ignored() {
+        let lines: Vec<String> = SAMPLE
+            .lines()
+            .enumerate()
+            .map(|(i, l)| format!("[{:>5}.{:06}] {l}", i, i * 7))
+            .collect();
+        assert_eq!(parse(&lines), parse(&SAMPLE.lines().collect::<Vec<_>>()));
+        assert_eq!(strip_timestamp("[    4.802669]     ok 1 x"), "    ok 1 x");
+        assert_eq!(strip_timestamp("[not a time] x"), "[not a time] x");
     }
 
     #[test]

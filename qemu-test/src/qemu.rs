@@ -2,7 +2,8 @@
 //! interactive `make run` (`balloon run`), so both boot the same machine.
 
 use crate::accel::Accel;
-use crate::config::{GuestImage, VmConfig};
+use crate::config::{Backing, GuestImage, VmConfig};
+use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -64,6 +65,68 @@ pub struct QemuSpec<'a> {
     pub serial: Serial,
     /// Extra guest kernel arguments added by the caller (after the config's).
     pub cmdline_extra: Vec<String>,
+    /// Directory for the VM's disk images ([`create_disks`] makes them).
+    pub disk_dir: PathBuf,
+}
+
+/// Serial number (and guest-visible name) of the data disk.
+pub const DATA_DISK_SERIAL: &str = "data";
+/// Serial number of the swap disk.
+pub const SWAP_DISK_SERIAL: &str = "swap";
+
+/// The disks of `spec`'s VM: serial number and image path.
+pub fn disks(spec: &QemuSpec) -> Vec<(&'static str, PathBuf)> {
+    let mut d = Vec::new();
+    if spec.cfg.data_disk_mib.is_some() {
+        d.push((DATA_DISK_SERIAL, spec.disk_dir.join("data.img")));
+    }
+    if spec.cfg.swap_mib.is_some() {
+        d.push((SWAP_DISK_SERIAL, spec.disk_dir.join("swap.img")));
+    }
+    d
+}
+
+/// Creates the VM's disk images, sparse, in `spec.disk_dir`: the data disk
+/// formatted as ext4 on the host (`mkfs.ext4`, lazy initialisation, so it
+/// costs a few MiB), the swap disk left for the guest's `mkswap`. Images
+/// from an earlier run are replaced.
+pub fn create_disks(spec: &QemuSpec) -> Result<()> {
+    let cfg = spec.cfg;
+    for (serial, path) in disks(spec) {
+        let mib = match serial {
+            DATA_DISK_SERIAL => cfg.data_disk_mib,
+            _ => cfg.swap_mib,
+        }
+        .unwrap_or(0);
+        let _ = std::fs::remove_file(&path);
+        let f = std::fs::File::create(&path)
+            .with_context(|| format!("creating disk image {}", path.display()))?;
+        f.set_len(mib << 20)
+            .with_context(|| format!("sizing disk image {}", path.display()))?;
+        drop(f);
+        if serial == DATA_DISK_SERIAL {
+            let out = Command::new("mkfs.ext4")
+                .args([
+                    "-q",
+                    "-F",
+                    "-L",
+                    "data",
+                    "-E",
+                    "lazy_itable_init=1,lazy_journal_init=1",
+                ])
+                .arg(&path)
+                .output()
+                .context("running mkfs.ext4 (install e2fsprogs; `make setup` does)")?;
+            if !out.status.success() {
+                bail!(
+                    "mkfs.ext4 {} failed: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The guest kernel command line for `spec`.
@@ -80,6 +143,9 @@ pub fn kernel_cmdline(spec: &QemuSpec) -> String {
             cfg.driver.map(|d| d.load_param()).unwrap_or("none")
         ),
     ];
+    if let Some(thp) = cfg.thp {
+        args.push(format!("transparent_hugepage={}", thp.cmdline()));
+    }
     args.extend(cfg.extra_cmdline.iter().cloned());
     args.extend(spec.cmdline_extra.iter().cloned());
     args.join(" ")
@@ -124,8 +190,46 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     push(spec.accel.qemu_name());
     push("-m");
     push(&format!("{}M", cfg.memory_mib));
+    // Guest RAM: one memory backend per NUMA node, RAM and vCPUs shared
+    // equally (the last node takes what does not divide); each node is a
+    // socket of its own, as on real machines (a shared last-level cache
+    // across nodes makes the guest kernel warn).
+    let nodes = u64::from(cfg.numa_nodes.max(1));
     push("-smp");
-    push(&cfg.smp.to_string());
+    if nodes > 1 {
+        let cores = (u64::from(cfg.smp) / nodes).max(1);
+        push(&format!(
+            "{},sockets={nodes},cores={cores},threads=1",
+            nodes * cores
+        ));
+    } else {
+        push(&cfg.smp.to_string());
+    }
+    if nodes > 1 {
+        let cores = (u64::from(cfg.smp) / nodes).max(1);
+        let per = cfg.memory_mib / nodes;
+        for n in 0..nodes {
+            let size = if n + 1 == nodes {
+                cfg.memory_mib - per * (nodes - 1)
+            } else {
+                per
+            };
+            push("-object");
+            push(&match cfg.backing {
+                Backing::Anonymous => format!("memory-backend-ram,id=ram-node{n},size={size}M"),
+            });
+            let cpus: Vec<String> = (n * cores..(n + 1) * cores)
+                .map(|c| format!("cpus={c}"))
+                .collect();
+            let mut node = format!("node,nodeid={n},memdev=ram-node{n}");
+            for c in cpus {
+                node.push(',');
+                node.push_str(&c);
+            }
+            push("-numa");
+            push(&node);
+        }
+    }
     // Serial console.
     match spec.serial {
         Serial::Pipe => {
@@ -169,6 +273,18 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     push(&socket_chardev("agent", &spec.agent_socket));
     push("-device");
     push("virtserialport,bus=vser0.0,chardev=agent,name=agent");
+    // Disks, on virtio-blk; the guest finds them by serial number.
+    for (serial, path) in disks(spec) {
+        push("-drive");
+        push(&format!(
+            "file={},if=none,id=disk-{serial},format=raw,cache=unsafe,discard=unmap",
+            path.display().to_string().replace(',', ",,")
+        ));
+        push("-device");
+        push(&format!(
+            "virtio-blk-pci,drive=disk-{serial},serial={serial}"
+        ));
+    }
     a.push("-kernel".into());
     a.push(spec.image.kernel.clone().into_os_string());
     a.push("-initrd".into());

@@ -393,11 +393,11 @@ pub fn guest_stats(driver: Driver) -> Result<()> {
     let (seen, _) = wait_memory_stats_moved(&mut vm, &s1, balloon as i64)?;
     vm.note(&format!("deflated: {seen}"));
 
-    // A workload touching 32 MiB of fresh anonymous memory takes at least
-    // 8192 minor faults.
+    // A workload touching 32 MiB of fresh anonymous memory in 4 KiB pages
+    // (no transparent huge pages) takes at least 8192 minor faults.
     let s2 = vm.guest_stats()?;
     let minor0 = stat(&s2, "stat-minor-faults")?;
-    vm.run_ok("dd if=/dev/zero of=/dev/null bs=32M count=1 2>&1")?;
+    vm.run_ok("memhog -m 32 -N")?;
     let after = unix_now();
     let seen = vm.wait_until(
         "fresh stats with stat-minor-faults up by >= 4096",
@@ -744,7 +744,8 @@ const MEMORY_STATS: [&str; 4] = [
 /// ours sends too, memory amounts agree within 5 % and counters within
 /// what the guest did in between (the module swap).
 pub fn stats_match_c() -> Result<()> {
-    let mut vm = boot(Driver::C, "stats-vs-c")?;
+    // No swap: the workload must run the guest out of memory.
+    let mut vm = Vm::boot(config(Driver::C, "stats-vs-c").swap_mib(None))?;
     let ram = vm.ram_bytes();
     // Give the reclaim, stall and OOM counters something to count: run out
     // of memory once (a workload bigger than what the balloon leaves).

@@ -219,7 +219,9 @@ impl Vm {
             agent_socket: dir.path().join("agent.sock"),
             serial: Serial::Pipe,
             cmdline_extra: Vec::new(),
+            disk_dir: dir.path().to_path_buf(),
         };
+        qemu::create_disks(&spec)?;
         let logdir = log_dir();
         std::fs::create_dir_all(&logdir)
             .with_context(|| format!("creating log directory {}", logdir.display()))?;
@@ -354,6 +356,7 @@ impl Vm {
                 vm.proc.diag()
             );
         }
+        vm.check_profile()?;
         if let Some(d) = vm.cfg.driver {
             let bound = vm.balloon_driver()?;
             if bound.as_deref() != Some(d.module_name()) {
@@ -367,6 +370,36 @@ impl Vm {
         vm.boot_time = t0.elapsed();
         vm.proc.log_line(&format!("booted in {:.2?}", vm.boot_time));
         Ok(vm)
+    }
+
+    /// Checks that the guest has what its configuration promises: NUMA
+    /// nodes, the data disk mounted, swap on.
+    fn check_profile(&mut self) -> Result<()> {
+        let nodes = self.cfg.numa_nodes.max(1);
+        let cfg = &self.cfg;
+        let mut checks = vec![format!(
+            "n=$(ls -d /sys/devices/system/node/node* | wc -l); [ $n = {nodes} ] || \
+             {{ echo \"$n NUMA nodes, expected {nodes}\"; exit 1; }}"
+        )];
+        if cfg.data_disk_mib.is_some() {
+            checks.push(format!(
+                "grep -q ' {} ext4 ' /proc/mounts || {{ echo 'data disk not mounted'; exit 1; }}",
+                crate::config::DATA_MOUNT
+            ));
+        }
+        if cfg.swap_mib.is_some() {
+            checks
+                .push("grep -q '^/dev/vd' /proc/swaps || { echo 'no swap'; exit 1; }".to_string());
+        }
+        let out = self.run(&checks.join("\n"))?;
+        if out.code != 0 {
+            bail!(
+                "the guest lacks what its configuration asks for: {}{}",
+                out.output.trim(),
+                self.proc.diag()
+            );
+        }
+        Ok(())
     }
 
     /// The configuration this VM was booted with.

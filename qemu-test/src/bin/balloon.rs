@@ -326,7 +326,9 @@ fn cmd_run(qmp_path: &Path, extra_qemu: Vec<String>) -> Result<()> {
         agent_socket: agent_path,
         serial: Serial::Interactive,
         cmdline_extra: vec!["balloon.shell=1".into()],
+        disk_dir: dir.to_path_buf(),
     };
+    qemu::create_disks(&spec)?;
     let me = "scripts/balloon";
     let qmp_opt = if *qmp_path == default_run_dir().join("qmp.sock") {
         String::new()
