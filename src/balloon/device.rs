@@ -5,6 +5,7 @@
 
 use super::{
     hinting::HintState,
+    inflate::Staging,
     perf::{
         self,
         Counter,
@@ -109,8 +110,6 @@ pub(super) struct Locked {
     /// Deflate buffers not on the queue, each with room for one buffer's
     /// pages, so that deflating never allocates (the OOM path relies on it).
     pub(super) deflate_pool: KVec<DeflateBuffer>,
-    /// Pages just allocated for the next inflate buffer.
-    pub(super) filling: KVec<BalloonPage>,
 }
 
 impl Locked {
@@ -126,7 +125,6 @@ impl Locked {
             num_pages: 0,
             inflate_pool,
             deflate_pool,
-            filling: KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?,
         })
     }
 
@@ -199,6 +197,9 @@ pub(crate) struct Balloon {
     pub(super) props: Props,
     #[pin]
     pub(super) locked: Mutex<Locked>,
+    /// Pages of the inflate round being prepared; taken before `locked`.
+    #[pin]
+    pub(super) staging: Mutex<Staging>,
     /// C's `stop_update`: once set, no work is queued any more.
     #[pin]
     pub(super) stop_update: SpinLockIrq<bool>,
@@ -310,6 +311,7 @@ impl Balloon {
                 binding: dev.binding(),
                 props,
                 locked <- new_mutex!(Locked::new(props.depth)?),
+                staging <- new_mutex!(Staging::new(props.depth)?),
                 stop_update <- new_spinlock_irq!(false),
                 wakeup <- Wakeup::new(),
                 size_work <- new_work!("virtio_balloon_rs::size_work"),

@@ -2,14 +2,16 @@
 
 //! Inflating: taking pages from the guest (C's `fill_balloon()`).
 //!
-//! One round fills up to `depth` PFN buffers of 256 pages, then hands them
-//! to the host at once ([`Pipeline`]). Each page goes on the balloon list
+//! One round allocates the pages of up to `depth` PFN buffers of 256 pages,
+//! then puts them on the balloon list and hands the buffers to the host at
+//! once ([`Pipeline`]). As in C, pages are allocated without the balloon
+//! lock held: the allocation may reclaim, and reclaim may call the OOM
+//! notifier, which takes that lock. Each page goes on the balloon list
 //! before the host hears of it, as in C.
 
 use super::{
     device::{
         Balloon,
-        Locked,
         PfnBuffer, //
     },
     perf::{
@@ -22,7 +24,10 @@ use super::{
 use crate::{
     kext::{
         self,
-        balloon::BalloonPage, //
+        balloon::{
+            BalloonPage,
+            Node, //
+        },
     },
     logic::{
         pfn::{
@@ -54,6 +59,75 @@ use kernel::{
 /// How long to back off when no page can be allocated, as C does.
 const OUT_OF_PUFF_BACKOFF_MS: i64 = 200;
 
+/// Why an inflate round stopped before its target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Short {
+    /// Inflating further would cut into the guest's reserve.
+    Hold,
+    /// A single-page allocation failed, even after reclaim.
+    OutOfPuff,
+}
+
+/// Pages allocated for one inflate round, before the host hears of them.
+///
+/// Only the size work uses this, and it allocates into it without holding
+/// the balloon lock.
+pub(super) struct Staging {
+    /// Allocated, not yet on the balloon list: room for `depth` buffers.
+    pages: KVec<BalloonPage>,
+    /// The pages of the buffer being filled.
+    buffer: KVec<BalloonPage>,
+}
+
+impl Staging {
+    /// Room for `depth` buffers of pages.
+    pub(super) fn new(depth: usize) -> Result<Self> {
+        Ok(Self {
+            pages: KVec::with_capacity(depth * PFNS_PER_BUFFER, GFP_KERNEL)?,
+            buffer: KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?,
+        })
+    }
+}
+
+/// Allocates `n` pages for the balloon into `into`, which must have room:
+/// in bulk while the page allocator has them at hand, on the local NUMA
+/// node first, then on the others; else one at a time through the normal
+/// allocation path, which reclaims page cache and swaps as C's
+/// `balloon_page_alloc()` does. Returns how many: fewer than `n` only when
+/// a single-page allocation failed.
+///
+/// A short bulk allocation is not a shortage: the bulk allocator serves
+/// only a zone of the preferred node that is above its low watermark plus
+/// the request, and otherwise hands out one page at a time (which may
+/// reclaim).
+fn alloc_pages(into: &mut KVec<BalloonPage>, n: usize) -> usize {
+    let start = into.len();
+    let need = |into: &KVec<BalloonPage>| n - (into.len() - start);
+    while need(into) > 0 {
+        let before = into.len();
+        let local = Node::local();
+        BalloonPage::alloc_bulk(into, need(into), Some(local));
+        for node in Node::with_memory().filter(|n| *n != local) {
+            if need(into) == 0 {
+                break;
+            }
+            BalloonPage::alloc_bulk(into, need(into), Some(node));
+        }
+        if into.len() > before {
+            continue;
+        }
+        // Nothing from the bulk allocator, not even through its own
+        // single-page fallback: one more try with reclaim, as C would.
+        let Some(page) = BalloonPage::alloc() else {
+            break;
+        };
+        if into.push_within_capacity(page).is_err() {
+            break;
+        }
+    }
+    into.len() - start
+}
+
 impl Balloon {
     /// Guest pages the balloon may take now, with `ballooned` balloon pages
     /// inflated, without cutting into the reserve the guest needs to keep
@@ -67,7 +141,11 @@ impl Balloon {
             shift,
             crate::module_parameters::min_available_mib.value(),
         );
-        let allowance = inflate_allowance(kext::mm::available_pages(), reserve);
+        let allowance = inflate_allowance(
+            kext::mm::available_pages(),
+            kext::mm::swappable_pages(),
+            reserve,
+        );
         let holding = allowance == 0;
         if self.holding.xchg(holding, Relaxed) != holding {
             if holding {
@@ -98,59 +176,83 @@ impl Balloon {
         }
     }
 
-    /// Allocates up to `want` guest pages (in bulk) into `buf` and the
-    /// balloon list; returns the batch and whether allocation fell short.
-    fn fill_buffer(
-        self: &Arc<Self>,
+    /// Allocates the guest pages of up to `depth` buffers for `num` balloon
+    /// pages into `pages`, without the balloon lock. Returns why it stopped
+    /// short, if it did.
+    fn alloc_round(
+        &self,
         dev: &virtio::Device<Bound>,
-        locked: &mut Locked,
-        buf: &mut PfnBuffer,
-        want: usize,
-    ) -> (PfnBatch, bool) {
+        pages: &mut KVec<BalloonPage>,
+        num: u32,
+    ) -> Option<Short> {
+        let per = self.props.per_page.max(1);
+        let ballooned = self.locked.lock().num_pages;
         let sw = Stopwatch::start();
-        let mut batch = PfnBatch::new(kernel::page::PAGE_SHIFT as u32, self.props.endian);
-        let failed = BalloonPage::alloc_bulk(&mut locked.filling, want) < want;
-        // Pages whose frame number the host cannot be told are dropped
-        // (freed) here; `want` never exceeds one buffer.
-        locked
-            .filling
-            .retain(|page| match batch.push(buf, page.pfn()) {
-                Ok(()) => true,
-                Err(PushError::Unreachable) => {
-                    dev_warn!(
-                        dev.as_ref(),
-                        "page frame {:#x} is beyond 32-bit balloon PFNs, not inflating it\n",
-                        page.pfn()
-                    );
-                    false
-                }
-                Err(PushError::Full) => false,
-            });
-        // One round of the balloon lock for the whole buffer.
-        match self.pages.enqueue_all(self, &mut locked.filling) {
-            Ok(()) => locked.num_pages += batch.len() as u32,
-            // `pages` is our own field, so this does not happen; should it,
-            // the pages are freed and not announced.
-            Err(_) => {
-                locked.filling.clear();
-                batch.clear();
+        let mut left = num;
+        let mut short = None;
+        for _ in 0..self.props.depth {
+            if left == 0 {
+                break;
+            }
+            let want =
+                batch_pages(left, per, PFNS_PER_BUFFER).min(self.inflate_allowance(dev, ballooned));
+            if want == 0 {
+                short = Some(Short::Hold);
+                break;
+            }
+            let got = alloc_pages(pages, want);
+            left = left.saturating_sub(got as u32 * per);
+            if got < want {
+                short = Some(Short::OutOfPuff);
+                break;
             }
         }
         sw.stop(&self.perf, Counter::InflateAllocNs);
-        (batch, failed)
+        match short {
+            Some(Short::OutOfPuff) => self.out_of_puff(dev),
+            _ => self.out_of_puff.store(0, Relaxed),
+        }
+        short
     }
 
     /// Inflates by up to `depth` buffers of `num` balloon pages in all;
     /// returns how many balloon pages the host was told about.
     ///
-    /// The buffers are filled first and handed to the host with one
-    /// notification; the guest then sleeps while the host releases their
-    /// memory. Filling while the host works does not pay off: QEMU frees
-    /// each page with its own `madvise()` while holding its big lock, so a
-    /// busy guest only slows the host down (TLB shootdowns) and stalls on
-    /// the lock itself.
+    /// The pages are allocated first, then put on the balloon list and
+    /// handed to the host with one notification; the guest then sleeps
+    /// while the host releases their memory. Filling while the host works
+    /// does not pay off: QEMU frees each page with its own `madvise()` while
+    /// holding its big lock, so a busy guest only slows the host down (TLB
+    /// shootdowns) and stalls on the lock itself.
     pub(super) fn fill_balloon(self: &Arc<Self>, dev: &virtio::Device<Bound>, num: u32) -> u32 {
-        let per = self.props.per_page;
+        let mut staging = self.staging.lock();
+        let Staging { pages, buffer } = &mut *staging;
+        let short = self.alloc_round(dev, pages, num);
+        let sent = self.tell_host_inflated(dev, pages, buffer);
+        // Pages the queue did not take were never announced: free them.
+        pages.clear();
+        drop(staging);
+        if short.is_some() {
+            // Out of memory or at the reserve: let the guest breathe, as C does.
+            fsleep(Delta::from_millis(OUT_OF_PUFF_BACKOFF_MS));
+        }
+        sent
+    }
+
+    /// Puts `pages` on the balloon list, one buffer at a time through
+    /// `buffer`, and tells the host; returns how many balloon pages it was
+    /// told about.
+    fn tell_host_inflated(
+        self: &Arc<Self>,
+        dev: &virtio::Device<Bound>,
+        pages: &mut KVec<BalloonPage>,
+        buffer: &mut KVec<BalloonPage>,
+    ) -> u32 {
+        if pages.is_empty() {
+            return 0;
+        }
+        let shift = kernel::page::PAGE_SHIFT as u32;
+        let per_buffer = PFNS_PER_BUFFER / self.props.per_page.max(1) as usize;
         let mut locked = self.locked.lock();
         let mut pipe = match Pipeline::<PfnBuffer>::new(dev, vq::INFLATE, self.props.depth) {
             Ok(pipe) => pipe,
@@ -160,30 +262,43 @@ impl Balloon {
             }
         };
         let mut sent = 0u32;
-        let mut starved = false;
-        while pipe.has_room() && sent < num && !starved {
-            let want = batch_pages(num - sent, per, PFNS_PER_BUFFER)
-                .min(self.inflate_allowance(dev, locked.num_pages));
-            if want == 0 {
-                // Holding at the reserve.
-                starved = true;
-                break;
-            }
-            let buf = locked.take_inflate_buffer();
-            let Some(mut buf) = buf else {
+        while pipe.has_room() && !pages.is_empty() {
+            let Some(mut buf) = locked.take_inflate_buffer() else {
                 break;
             };
-            let (batch, failed) = self.fill_buffer(dev, &mut locked, &mut buf, want);
-            if failed {
-                self.out_of_puff(dev);
-                starved = true;
-            } else {
-                self.out_of_puff.store(0, Relaxed);
+            let mut batch = PfnBatch::new(shift, self.props.endian);
+            while buffer.len() < per_buffer {
+                let Some(page) = pages.pop() else {
+                    break;
+                };
+                match batch.push(&mut buf, page.pfn()) {
+                    Ok(()) => {
+                        // Room for `per_buffer` pages.
+                        let _ = buffer.push_within_capacity(page);
+                    }
+                    Err(PushError::Unreachable) => {
+                        // Freed here, never announced.
+                        dev_warn!(
+                            dev.as_ref(),
+                            "page frame {:#x} is beyond 32-bit balloon PFNs, not inflating it\n",
+                            page.pfn()
+                        );
+                    }
+                    Err(PushError::Full) => break,
+                }
+            }
+            // One round of the balloon lock for the whole buffer.
+            if self.pages.enqueue_all(self, buffer).is_err() {
+                // `pages` is our own field, so this does not happen; should
+                // it, the pages are freed and not announced.
+                buffer.clear();
+                batch.clear();
             }
             if batch.is_empty() {
                 let _ = locked.inflate_pool.push_within_capacity(buf);
-                break;
+                continue;
             }
+            locked.num_pages += batch.len() as u32;
             sent += batch.len() as u32;
             self.perf.add(Counter::InflatePages, batch.len() as u64);
             self.perf.add(Counter::InflateBuffers, 1);
@@ -207,11 +322,6 @@ impl Balloon {
                 }
                 Err(e) => dev_warn!(dev.as_ref(), "inflate queue lost a buffer: {:?}\n", e),
             }
-        }
-        drop(locked);
-        if starved {
-            // Out of memory or at the reserve: let the guest breathe, as C does.
-            fsleep(Delta::from_millis(OUT_OF_PUFF_BACKOFF_MS));
         }
         sent
     }

@@ -47,19 +47,42 @@ static inline void *rust_vb_page_address(struct page *page)
 	return page_address(page);
 }
 
-/* alloc_pages_bulk() is a macro; the flags are balloon_page_alloc()'s. */
-static inline unsigned long rust_vb_balloon_pages_bulk(unsigned long nr,
+/* get_nr_swap_pages() is a macro without CONFIG_SWAP. */
+static inline long rust_vb_nr_swap_pages(void)
+{
+	return get_nr_swap_pages();
+}
+
+/*
+ * alloc_pages_bulk_node() is a macro; the flags are balloon_page_alloc()'s.
+ * NUMA_NO_NODE prefers the local node (numa_mem_id()).
+ */
+static inline unsigned long rust_vb_balloon_pages_bulk(int nid, unsigned long nr,
 						       struct page **array)
 {
 	gfp_t gfp = __GFP_NOMEMALLOC | __GFP_NORETRY | __GFP_NOWARN |
 		    (IS_ENABLED(CONFIG_BALLOON_MIGRATION) ? GFP_HIGHUSER_MOVABLE :
 							    GFP_HIGHUSER);
 
-	return alloc_pages_bulk(gfp, nr, array);
+	return alloc_pages_bulk_node(gfp, nid == NUMA_NO_NODE ? numa_mem_id() : nid,
+				     nr, array);
+}
+
+static inline int rust_vb_numa_mem_id(void)
+{
+	return numa_mem_id();
+}
+
+/* Node mask macros: the first node with memory (nid < 0), else the next. */
+static inline int rust_vb_next_memory_node(int nid)
+{
+	return nid < 0 ? first_memory_node : next_memory_node(nid);
 }
 
 /* Constant expressions. */
 const gfp_t RUST_CONST_HELPER_VB_GFP_HINT = __GFP_NORETRY | __GFP_NOWARN |
 					   __GFP_NOMEMALLOC;
 const unsigned int RUST_CONST_HELPER_VB_MAX_PAGE_ORDER = MAX_PAGE_ORDER;
+const int RUST_CONST_HELPER_VB_MAX_NUMNODES = MAX_NUMNODES;
+const int RUST_CONST_HELPER_VB_NUMA_NO_NODE = NUMA_NO_NODE;
 const unsigned int RUST_CONST_HELPER_VB_PAGE_POISON = PAGE_POISON;

@@ -34,6 +34,37 @@ use kernel::{
     types::Opaque, //
 };
 
+/// A NUMA node with memory.
+///
+/// # Invariants
+///
+/// `self.0` is the id of a node that had memory when it was looked up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Node(i32);
+
+impl Node {
+    /// The nearest node with memory to the current CPU (`numa_mem_id()`).
+    pub(crate) fn local() -> Node {
+        // SAFETY: Always safe to call.
+        let nid = unsafe { bindings::rust_vb_numa_mem_id() };
+        // INVARIANT: `numa_mem_id()` is a node with memory.
+        Node(nid)
+    }
+
+    /// The nodes that have memory, in order (`for_each_node_state(N_MEMORY)`).
+    pub(crate) fn with_memory() -> impl Iterator<Item = Node> {
+        let mut nid = -1;
+        core::iter::from_fn(move || {
+            // SAFETY: Reads the node state mask; always safe to call.
+            nid = unsafe { bindings::rust_vb_next_memory_node(nid) };
+            // INVARIANT: `nid` was in the node mask of nodes with memory.
+            (0..bindings::VB_MAX_NUMNODES)
+                .contains(&nid)
+                .then_some(Node(nid))
+        })
+    }
+}
+
 /// A page owned by the balloon driver that is not on a balloon list.
 ///
 /// # Invariants
@@ -47,19 +78,32 @@ pub(crate) struct BalloonPage(NonNull<kb::page>);
 unsafe impl Send for BalloonPage {}
 
 impl BalloonPage {
-    /// Allocates up to `n` movable pages for the balloon with
-    /// `balloon_page_alloc()`'s flags (no retries, no warning, no emergency
-    /// reserves) in one call (`alloc_pages_bulk()`), appending them to `into`
-    /// within its capacity. Returns how many were allocated: fewer than asked
-    /// means memory ran short.
-    pub(crate) fn alloc_bulk(into: &mut KVec<BalloonPage>, n: usize) -> usize {
+    /// Allocates up to `n` (at most 256) movable pages for the balloon with
+    /// `balloon_page_alloc()`'s flags in one call (`alloc_pages_bulk()`),
+    /// appending them to `into` within its capacity. Returns how many were
+    /// allocated.
+    ///
+    /// Fewer than asked does not mean memory is short: the bulk allocator
+    /// only takes pages from the per-CPU free lists of a local zone that is
+    /// above its low watermark plus `n`; otherwise (a zone full of page
+    /// cache, a contended per-CPU lock, a short local NUMA node) it
+    /// allocates a single page through the normal path, which may reclaim.
+    /// Zero means that single allocation failed too.
+    ///
+    /// `node` is the NUMA node to prefer; `None` is the local one. The bulk
+    /// allocator takes from another node only one page at a time.
+    pub(crate) fn alloc_bulk(into: &mut KVec<BalloonPage>, n: usize, node: Option<Node>) -> usize {
         const MAX: usize = 256;
         let n = n.min(into.capacity() - into.len()).min(MAX);
+        if n == 0 {
+            return 0;
+        }
         let mut raw = [core::ptr::null_mut::<kb::page>(); MAX];
+        let nid = node.map_or(bindings::VB_NUMA_NO_NODE, |n| n.0);
         // SAFETY: `raw` has room for `n` page pointers, all null, which `alloc_pages_bulk` fills
-        // with pages we then own.
+        // with pages we then own; `nid` is a node with memory or `NUMA_NO_NODE`.
         unsafe {
-            bindings::rust_vb_balloon_pages_bulk(n as kernel::ffi::c_ulong, raw.as_mut_ptr())
+            bindings::rust_vb_balloon_pages_bulk(nid, n as kernel::ffi::c_ulong, raw.as_mut_ptr())
         };
         let mut got = 0;
         for page in raw.iter().take(n).filter_map(|p| NonNull::new(*p)) {
@@ -71,6 +115,17 @@ impl BalloonPage {
             got += 1;
         }
         got
+    }
+
+    /// Allocates one movable page for the balloon (`balloon_page_alloc()`,
+    /// what the C driver allocates with): the page allocator may reclaim
+    /// (once: `__GFP_NORETRY`) and compact to find it, but never dips into
+    /// emergency reserves. `None` when even that fails.
+    pub(crate) fn alloc() -> Option<BalloonPage> {
+        // SAFETY: Always safe to call; a returned page is ours.
+        let page = unsafe { bindings::balloon_page_alloc() };
+        // INVARIANT: A freshly allocated page we own, on no list.
+        NonNull::new(page).map(BalloonPage)
     }
 
     /// The page's frame number, in guest pages.
@@ -357,7 +412,7 @@ mod tests {
     /// Allocates `n` balloon pages.
     fn pages(n: usize) -> Result<KVec<BalloonPage>> {
         let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
-        if BalloonPage::alloc_bulk(&mut v, n) < n {
+        if BalloonPage::alloc_bulk(&mut v, n, None) < n {
             return Err(ENOMEM);
         }
         Ok(v)

@@ -30,6 +30,16 @@ pub(crate) fn available_pages() -> u64 {
     u64::try_from(pages).unwrap_or(0)
 }
 
+/// Anonymous memory reclaim could swap out now, in pages: the anonymous
+/// LRU pages, at most the free swap space (`SwapFree`).
+pub(crate) fn swappable_pages() -> u64 {
+    // SAFETY: Reads a global counter; always safe to call.
+    let free_swap = u64::try_from(unsafe { bindings::rust_vb_nr_swap_pages() }).unwrap_or(0);
+    let anon = node_state(kb::node_stat_item_NR_INACTIVE_ANON)
+        .saturating_add(node_state(kb::node_stat_item_NR_ACTIVE_ANON));
+    free_swap.min(anon)
+}
+
 /// Whether freed pages are poisoned (`page_poisoning_enabled_static()`).
 pub(crate) fn page_poisoning_enabled() -> bool {
     // SAFETY: Reads a static key; always safe to call.

@@ -94,9 +94,16 @@ pub fn reserve_pages(guest_pages: u64, page_shift: u32, min_available_mib: u32) 
 }
 
 /// Guest pages the balloon may still take when `available` pages are
-/// available (`MemAvailable`) and `reserve` must stay so.
-pub fn inflate_allowance(available: u64, reserve: u64) -> u64 {
-    available.saturating_sub(reserve)
+/// available without swapping (`MemAvailable`), `swappable` more could be
+/// swapped out (anonymous memory, at most the free swap space), and
+/// `reserve` must stay available.
+///
+/// Swappable memory counts: with swap, the C driver inflates into it (the
+/// guest swaps, as with any balloon) and so does ours; without swap, or
+/// once swap is full, the balloon holds at the reserve where C would
+/// run the guest out of memory.
+pub fn inflate_allowance(available: u64, swappable: u64, reserve: u64) -> u64 {
+    available.saturating_add(swappable).saturating_sub(reserve)
 }
 
 /// Number of guest pages to move in one batch of at most `max_pfns` balloon
@@ -186,9 +193,20 @@ mod tests {
 
     #[test]
     fn allowance_stops_at_the_reserve() {
-        assert_eq!(inflate_allowance(1000, 200), 800);
-        assert_eq!(inflate_allowance(200, 200), 0);
-        assert_eq!(inflate_allowance(10, 200), 0);
+        assert_eq!(inflate_allowance(1000, 0, 200), 800);
+        assert_eq!(inflate_allowance(200, 0, 200), 0);
+        assert_eq!(inflate_allowance(10, 0, 200), 0);
+    }
+
+    #[test]
+    fn swappable_memory_counts_towards_the_allowance() {
+        // 80 % of a 1 GiB guest dirty, 150 MiB available, swap for it all:
+        // the balloon may take what swapping frees, down to the reserve.
+        let mib = 256; // 4 KiB pages per MiB
+        assert_eq!(inflate_allowance(150 * mib, 800 * mib, 20 * mib), 930 * mib);
+        // Without swap it holds at the reserve.
+        assert_eq!(inflate_allowance(150 * mib, 0, 20 * mib), 130 * mib);
+        assert_eq!(inflate_allowance(u64::MAX, u64::MAX, 1), u64::MAX - 1);
     }
 
     #[test]
