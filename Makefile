@@ -71,10 +71,17 @@ initramfs: modules
 unit-test:
 	cargo test --locked -p virtio-balloon-logic
 
+QEMU_TEST_ENV = BALLOON_KDIR="$(KDIR)" BALLOON_INITRAMFS="$(INITRAMFS)" \
+	BALLOON_LOG_DIR="$(BUILD_DIR)/logs"
+
+# The driver suites and the realistic scenarios run two VMs at a time; the
+# timed comparisons (tests/timed.rs) then run alone, one VM at a time.
 qemu-test: initramfs
-	BALLOON_KDIR="$(KDIR)" BALLOON_INITRAMFS="$(INITRAMFS)" \
-	BALLOON_LOG_DIR="$(BUILD_DIR)/logs" \
-		cargo test --locked --release -p qemu-test -- --test-threads=$${QEMU_TEST_THREADS:-2} $(TESTS)
+	$(QEMU_TEST_ENV) cargo test --locked --release --no-fail-fast -p qemu-test --lib --bins \
+		--test c_driver --test rust_driver --test realistic \
+		-- --test-threads=$${QEMU_TEST_THREADS:-2} $(TESTS)
+	$(QEMU_TEST_ENV) cargo test --locked --release -p qemu-test --test timed \
+		-- --test-threads=1 $(TESTS)
 
 # The README's test command: sets up what is missing (a no-op when the
 # cache is warm), then runs every check.

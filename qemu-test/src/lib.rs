@@ -35,6 +35,7 @@ pub mod features;
 pub mod ktap;
 pub mod qemu;
 pub mod qmp;
+pub mod realistic;
 pub mod stats;
 pub mod suite;
 pub mod units;
@@ -42,7 +43,7 @@ pub mod vm;
 
 pub use accel::Accel;
 pub use agent::CmdOutput;
-pub use config::{BalloonOptions, Driver, GuestImage, VmConfig};
+pub use config::{Backing, BalloonOptions, Driver, GuestImage, ThpMode, VmConfig, DATA_MOUNT};
 pub use qmp::{QmpClient, QmpEvent};
 pub use stats::GuestStats;
 pub use units::{format_bytes, parse_size, GIB, KIB, MIB, PAGE_SIZE};
