@@ -24,6 +24,41 @@ use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// The guest's memory before each inflate (`--guest-state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestState {
+    /// As booted: free memory the host never backed.
+    Fresh,
+    /// Free memory dirtied and freed by a process (the host backs it, so
+    /// inflating returns memory to the host).
+    Dirty,
+    /// Free memory full of clean page cache (a sparse file twice the RAM
+    /// read from the ext4 data disk), as in every long-running guest:
+    /// inflating must reclaim it.
+    Cache,
+}
+
+impl GuestState {
+    /// Parses `fresh`, `dirty` or `cache`.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "fresh" => GuestState::Fresh,
+            "dirty" => GuestState::Dirty,
+            "cache" => GuestState::Cache,
+            _ => bail!("unknown guest state {s:?} (fresh, dirty or cache)"),
+        })
+    }
+
+    /// The name `parse` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            GuestState::Fresh => "fresh",
+            GuestState::Dirty => "dirty",
+            GuestState::Cache => "cache",
+        }
+    }
+}
+
 /// Benchmark parameters.
 #[derive(Debug, Clone)]
 pub struct BenchOpts {
@@ -39,6 +74,8 @@ pub struct BenchOpts {
     pub poll: Duration,
     /// Extra guest kernel command line (for example a module parameter).
     pub cmdline: Vec<String>,
+    /// The guest's memory before each inflate.
+    pub guest_state: GuestState,
 }
 
 impl Default for BenchOpts {
@@ -50,6 +87,7 @@ impl Default for BenchOpts {
             drivers: vec![Driver::C, Driver::Rust],
             poll: Duration::from_millis(10),
             cmdline: Vec::new(),
+            guest_state: GuestState::Dirty,
         }
     }
 }
@@ -244,7 +282,9 @@ pub fn run(opts: &BenchOpts, mut progress: impl FnMut(&Run)) -> Result<(Vm, Vec<
     let mut cfg = VmConfig::new("bench")
         .memory_mib(opts.guest_mib)
         .driver_opt(None)
-        .loglevel(4);
+        .loglevel(4)
+        // Room for a page cache file twice the RAM.
+        .data_disk_mib(Some(opts.guest_mib * 2 + 1024));
     for a in &opts.cmdline {
         cfg = cfg.cmdline_arg(a);
     }
@@ -257,15 +297,30 @@ pub fn run(opts: &BenchOpts, mut progress: impl FnMut(&Run)) -> Result<(Vm, Vec<
         opts.guest_mib
     );
     let target = ram - opts.balloon_mib * MIB;
+    let cache_file = format!("{}/bench-cache", crate::DATA_MOUNT);
+    if opts.guest_state == GuestState::Cache {
+        vm.run_ok(&format!("truncate -s {} {cache_file}", 2 * ram))?;
+    }
     let mut runs = Vec::new();
     for rep in 0..opts.reps {
         for &driver in &opts.drivers {
             load(&mut vm, driver)?;
-            let free = vm.meminfo_field("MemFree")?;
-            let dirty = free.saturating_sub(256 * MIB);
-            vm.run_ok(&format!(
-                "dd if=/dev/zero of=/dev/null bs={dirty} count=1 2>&1"
-            ))?;
+            match opts.guest_state {
+                GuestState::Fresh => {}
+                GuestState::Dirty => {
+                    let free = vm.meminfo_field("MemFree")?;
+                    let dirty = free.saturating_sub(256 * MIB);
+                    vm.run_ok(&format!(
+                        "dd if=/dev/zero of=/dev/null bs={dirty} count=1 2>&1"
+                    ))?;
+                }
+                GuestState::Cache => {
+                    vm.run_timeout(
+                        &format!("cat {cache_file} > /dev/null"),
+                        Duration::from_secs(600),
+                    )?;
+                }
+            }
             let rss0 = vm.qemu_rss_bytes()?;
             let inflate = phase(&mut vm, driver, target, opts)
                 .with_context(|| format!("{driver:?} inflate, rep {rep}"))?;

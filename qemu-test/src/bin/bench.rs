@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! bench [--reps N] [--guest-mib M] [--balloon-mib B] [--drivers c,rs]
-//!       [--poll-ms P] [--out DIR] [--cmdline ARG]...
+//!       [--guest-state fresh|dirty|cache] [--poll-ms P] [--out DIR]
+//!       [--cmdline ARG]...
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -29,6 +30,7 @@ fn parse_args() -> Result<(BenchOpts, PathBuf)> {
             "--poll-ms" => opts.poll = Duration::from_millis(val()?.parse()?),
             "--out" => out = Some(PathBuf::from(val()?)),
             "--cmdline" => opts.cmdline.push(val()?),
+            "--guest-state" => opts.guest_state = bench::GuestState::parse(&val()?)?,
             "--drivers" => {
                 opts.drivers = val()?
                     .split(',')
@@ -38,7 +40,8 @@ fn parse_args() -> Result<(BenchOpts, PathBuf)> {
             "-h" | "--help" => {
                 println!(
                     "usage: bench [--reps N] [--guest-mib M] [--balloon-mib B] \
-                     [--drivers c,rs] [--poll-ms P] [--out DIR] [--cmdline ARG]..."
+                     [--drivers c,rs] [--guest-state fresh|dirty|cache] [--poll-ms P] \
+                     [--out DIR] [--cmdline ARG]..."
                 );
                 std::process::exit(0);
             }
@@ -158,8 +161,12 @@ fn main() -> Result<()> {
     let (opts, out) = parse_args()?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     eprintln!(
-        "bench: {} MiB guest, balloon {} MiB, {} repetitions of {:?}",
-        opts.guest_mib, opts.balloon_mib, opts.reps, opts.drivers
+        "bench: {} MiB guest ({}), balloon {} MiB, {} repetitions of {:?}",
+        opts.guest_mib,
+        opts.guest_state.name(),
+        opts.balloon_mib,
+        opts.reps,
+        opts.drivers
     );
     let (vm, runs) = bench::run(&opts, |r| {
         eprintln!(
@@ -199,8 +206,11 @@ fn main() -> Result<()> {
     ];
     writeln!(
         report,
-        "\n{} MiB balloon, {} MiB guest, {} runs per driver, accelerator {accel}, {qemu}\n",
-        opts.balloon_mib, opts.guest_mib, opts.reps
+        "\n{} MiB balloon, {} MiB guest ({}), {} runs per driver, accelerator {accel}, {qemu}\n",
+        opts.balloon_mib,
+        opts.guest_mib,
+        opts.guest_state.name(),
+        opts.reps
     )?;
     writeln!(
         report,
@@ -277,6 +287,7 @@ fn main() -> Result<()> {
         "guest_mib": opts.guest_mib,
         "balloon_mib": opts.balloon_mib,
         "reps": opts.reps,
+        "guest_state": opts.guest_state.name(),
         "accelerator": accel,
         "qemu": qemu,
         "cmdline": opts.cmdline,
