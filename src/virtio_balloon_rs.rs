@@ -6,20 +6,24 @@
 //!
 //! - [`bindings`]: bindgen output for the C APIs `kernel::bindings` lacks,
 //!   generated at build time;
+//! - [`compat`]: what differs between the supported kernels;
 //! - [`virtio`]: a safe abstraction of the virtio driver API;
-//! - [`kext`]: safe abstractions of other kernel APIs the driver needs;
+//! - [`mm`] and [`workqueue`]: safe abstractions of other kernel APIs the
+//!   driver needs, generic (nothing balloon-specific);
 //! - [`logic`]: kernel-independent logic, unit-tested on the host;
 //! - [`balloon`]: the driver, in safe Rust only.
 
 mod balloon;
 mod bindings;
-mod kext;
+mod compat;
 #[path = "logic/lib.rs"]
 mod logic;
+mod mm;
 // Written as a reusable bus abstraction: its `pub` items are its API, not
 // all of which this one driver uses.
 #[allow(unreachable_pub, dead_code, unused_imports)]
 mod virtio;
+mod workqueue;
 
 module_virtio_driver! {
     type: balloon::VirtioBalloon,
@@ -37,6 +41,11 @@ module_virtio_driver! {
             default: 0,
             description: "Memory (MiB) the balloon always leaves available to the guest, \
                 however much the host asks for; 0: 2% of guest memory, 16 to 512 MiB",
+        },
+        host_timeout_ms: u32 {
+            default: 10000,
+            description: "How long (ms) the device may take to return a buffer before the \
+                driver stops asking it anything (pages it holds are then never reused)",
         },
     },
 }

@@ -5,22 +5,28 @@
 //! Pages leave the balloon list into the buffer that names them and are
 //! freed only when the host has returned that buffer: the host always hears
 //! of a page before the guest reuses it (`VIRTIO_BALLOON_F_MUST_TELL_HOST`;
-//! C tells the host in every case too). Up to `depth` buffers are in flight.
+//! C tells the host in every case too). Up to `deflate_depth` buffers are
+//! in flight; a buffer the queue refuses puts its pages back on the list.
 
 use super::{
-    device::{
-        Balloon,
-        DeflateBuffer, //
+    buffers::DeflateBuffer,
+    host::{
+        Ballooned,
+        Host,
+        Pipeline, //
+    },
+    inflate::{
+        Round,
+        Stop, //
     },
     perf::{
         Counter,
         Stopwatch, //
     },
-    queue::Pipeline,
     vq,
+    BalloonList, //
 };
 use crate::{
-    kext::balloon::BalloonPage,
     logic::{
         pfn::{
             PfnBatch,
@@ -32,93 +38,139 @@ use crate::{
 };
 use kernel::{
     device::Bound,
-    prelude::*, //
+    prelude::*,
+    time::Delta, //
 };
 
-impl Balloon {
-    /// Frees the pages `buf` carries, in one batch.
-    fn release_pages(&self, buf: &mut DeflateBuffer) {
-        let sw = Stopwatch::start();
-        BalloonPage::release_all(buf.ctx());
-        sw.stop(&self.perf, Counter::DeflateFreeNs);
-    }
+/// Frees the pages of a buffer the host returned, in one batch, and puts
+/// the buffer back in the pool.
+fn release(host: &Host, b: &mut Ballooned, mut buf: DeflateBuffer) -> u32 {
+    let sw = Stopwatch::start();
+    let n = buf.ctx().pages().len();
+    buf.ctx().release();
+    sw.stop(host.perf(), Counter::DeflateFreeNs);
+    b.deflate_buffers.put(buf);
+    n as u32 * host.props().per_page
+}
 
-    /// Deflates by up to `2 * depth` buffers of `num` balloon pages in all,
-    /// up to `depth` of them in flight; returns how many balloon pages were
-    /// given back. Allocates nothing
-    /// unless a vanished queue took buffers with it.
-    pub(super) fn leak_balloon(&self, dev: &virtio::Device<Bound>, num: u32) -> u32 {
-        let per = self.props.per_page;
-        let mut locked = self.locked.lock();
-        // We can't release more pages than taken.
-        let num = num.min(locked.num_pages);
-        if num == 0 {
-            return 0;
+/// Deflates by up to `2 * deflate_depth` buffers of `num` balloon pages in
+/// all, up to `deflate_depth` of them in flight, waiting at most `wait`
+/// for each (C's `leak_balloon()`). Allocates nothing.
+///
+/// The caller holds the balloon lock (`b`). `moved` is what left the
+/// balloon (the host was told), `acked` what the host returned and the
+/// guest got back; buffers the host did not return in time stay queued
+/// with their pages.
+pub(super) fn leak_balloon(
+    host: &Host,
+    b: &mut Ballooned,
+    list: &BalloonList,
+    dev: &virtio::Device<Bound>,
+    num: u32,
+    wait: Delta,
+) -> Round {
+    let props = host.props();
+    // We can't release more pages than taken.
+    let num = num.min(b.num_pages);
+    if num == 0 {
+        return Round::NOTHING;
+    }
+    let mut pipe = match Pipeline::<DeflateBuffer>::new(
+        dev,
+        vq::DEFLATE,
+        props.deflate_depth,
+        wait,
+        host.perf(),
+        Counter::DeflateWaitNs,
+    ) {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            dev_warn!(dev.as_ref(), "deflate queue unavailable: {:?}\n", e);
+            return Round {
+                stop: Some(Stop::Host),
+                ..Round::NOTHING
+            };
         }
-        let mut pipe = match Pipeline::<DeflateBuffer>::new(dev, vq::DEFLATE, self.props.depth) {
-            Ok(pipe) => pipe,
-            Err(e) => {
-                dev_warn!(dev.as_ref(), "deflate queue unavailable: {:?}\n", e);
-                return 0;
+    };
+    let shift = kernel::page::PAGE_SHIFT as u32;
+    // A round ends after `2 * depth` buffers, so that `actual` follows and
+    // a new target is seen every few dozen MiB, as on the inflate side.
+    let mut budget = 2 * props.deflate_depth;
+    let mut round = Round::NOTHING;
+    loop {
+        while pipe.has_room() && round.moved < num && budget > 0 && round.stop.is_none() {
+            let Some(mut buf) = b.deflate_buffers.take() else {
+                break;
+            };
+            budget -= 1;
+            let want = batch_pages(num - round.moved, props.per_page, PFNS_PER_BUFFER);
+            let mut batch = PfnBatch::new(shift, props.endian);
+            let (pfns, pages) = buf.parts();
+            // One round of the balloon core's lock for the whole buffer. The
+            // balloon holds `num_pages`, so fewer pages than asked means the
+            // rest is isolated for migration right now.
+            list.dequeue(pages.pages(), want);
+            for page in pages.pages().iter() {
+                // Every ballooned page was reachable when inflated.
+                let _ = batch.push(pfns, page.pfn());
             }
-        };
-        let shift = kernel::page::PAGE_SHIFT as u32;
-        // A round ends after `2 * depth` buffers, so that `actual` follows
-        // and a new target is seen every few dozen MiB, as the inflate side.
-        let mut budget = 2 * self.props.depth;
-        let mut sent = 0u32;
-        loop {
-            while pipe.has_room() && sent < num && budget > 0 {
-                budget -= 1;
-                let buf = locked.take_deflate_buffer();
-                let Some(mut buf) = buf else {
-                    break;
-                };
-                let mut batch = PfnBatch::new(shift, self.props.endian);
-                let want = batch_pages(num - sent, per, PFNS_PER_BUFFER);
-                // One round of the balloon lock for the whole buffer. The
-                // balloon holds `num_pages`, so fewer pages than asked means
-                // the rest is isolated for migration right now.
-                self.pages.dequeue_many(buf.ctx(), want);
-                let (pfns, pages) = buf.parts();
-                for page in pages.iter() {
-                    // Every ballooned page was reachable when inflated.
-                    let _ = batch.push(pfns, page.pfn());
+            if batch.is_empty() {
+                b.deflate_buffers.put(buf);
+                break;
+            }
+            let n = batch.len() as u32;
+            b.num_pages -= n;
+            match pipe.queue(buf, batch.bytes()) {
+                Ok(()) => {
+                    round.moved += n;
+                    host.perf().add(Counter::DeflatePages, u64::from(n));
+                    host.perf().add(Counter::DeflateBuffers, 1);
                 }
-                if batch.is_empty() {
-                    let _ = locked.deflate_pool.push_within_capacity(buf);
-                    break;
-                }
-                locked.num_pages -= batch.len() as u32;
-                sent += batch.len() as u32;
-                self.perf.add(Counter::DeflatePages, batch.len() as u64);
-                self.perf.add(Counter::DeflateBuffers, 1);
-                if let Err(mut rejected) = pipe.send(buf, batch.bytes(), &self.perf) {
-                    // The host cannot be told: give the pages back anyway,
-                    // as C does.
+                Err(mut rejected) => {
+                    // The host was not told: the pages stay ballooned.
+                    list.enqueue(rejected.buf.ctx().pages());
+                    b.num_pages += n;
+                    b.deflate_buffers.put(rejected.buf);
+                    if rejected.err == ENOSPC && pipe.in_flight() > 0 {
+                        // The ring is full of earlier buffers: wait for one.
+                        break;
+                    }
                     dev_warn!(
                         dev.as_ref(),
                         "deflate queue refused PFNs: {:?}\n",
                         rejected.err
                     );
-                    self.release_pages(&mut rejected.buf);
-                    let _ = locked.deflate_pool.push_within_capacity(rejected.buf);
-                    break;
+                    round.stop = Some(Stop::Host);
                 }
-            }
-            if pipe.in_flight() == 0 {
-                break;
-            }
-            match pipe.complete(&self.perf, Counter::DeflateWaitNs) {
-                Ok(mut buf) => {
-                    // Only now give the pages back to the page allocator.
-                    self.release_pages(&mut buf);
-                    let _ = locked.deflate_pool.push_within_capacity(buf);
-                }
-                // The queue went away with the buffer, which freed its pages.
-                Err(e) => dev_warn!(dev.as_ref(), "deflate queue lost a buffer: {:?}\n", e),
             }
         }
-        sent
+        pipe.kick();
+        if pipe.in_flight() == 0 {
+            break;
+        }
+        match pipe.complete() {
+            // Only now give the pages back to the page allocator.
+            Ok(buf) => round.acked += release(host, b, buf),
+            Err(e) => {
+                host.unresponsive(dev, "deflate", e);
+                round.stop = Some(Stop::Host);
+                break;
+            }
+        }
+        if round.moved >= num || budget == 0 || round.stop.is_some() {
+            // Collect what is still in flight, then stop.
+            while pipe.in_flight() > 0 {
+                match pipe.complete() {
+                    Ok(buf) => round.acked += release(host, b, buf),
+                    Err(e) => {
+                        host.unresponsive(dev, "deflate", e);
+                        round.stop = Some(Stop::Host);
+                        break;
+                    }
+                }
+            }
+            break;
+        }
     }
+    round
 }

@@ -1,539 +1,452 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The state of one balloon device (C's `struct virtio_balloon`), probe,
-//! the size-update work (`update_balloon_size_func()`), and removal.
+//! One balloon device (C's `struct virtio_balloon`): its state, the work
+//! that moves the balloon towards the host's target
+//! (`update_balloon_size_func()`), statistics requests, and what happens
+//! when the device goes away or the system sleeps.
 
 use super::{
-    hinting::HintState,
-    inflate::Staging,
+    deflate::leak_balloon,
+    hinting::FreePageHints,
+    host::{
+        Host,
+        Props, //
+    },
+    inflate::{
+        Inflater,
+        Round,
+        Stop, //
+    },
     perf::{
         self,
-        Counter,
-        Counters,
-        Stopwatch, //
+        Counter, //
     },
+    poison,
+    stats,
     vq,
     wakeup::{
         Wakeup,
         WakeupSignal, //
     },
+    BalloonList, //
 };
 use crate::{
-    bindings::uapi,
-    impl_embeds,
-    kext::{
-        self,
-        balloon::{
-            BalloonDevInfo,
-            BalloonPage, //
-        },
-        oom::OomNotifier,
-        page_reporting::PageReporting,
-        shrinker::Shrinker,
-    },
-    logic::{
-        pfn::{
-            pages_per_page,
-            Endian,
-            PfnArray,
-            PFNS_PER_BUFFER, //
-        },
-        stats::StatsArray,
-        target::{
-            Step,
-            Target, //
-        },
-    },
+    logic::target::Step,
+    mm::balloon::BalloonDevInfo,
     virtio::{
         self,
-        Tagged,
         VqInfo, //
     },
+    workqueue::{
+        cancel_delayed_work_sync,
+        cancel_work_sync, //
+    },
 };
-use core::mem::offset_of;
 use kernel::{
-    debugfs,
     device::{
         Bound,
         Core, //
     },
-    new_mutex, new_spinlock_irq,
+    new_spinlock_irq,
     prelude::*,
     sync::{
-        atomic::{
-            Atomic,
-            Relaxed, //
-        },
         Arc,
-        Mutex,
         SpinLockIrq, //
+    },
+    time::{
+        delay::fsleep,
+        msecs_to_jiffies,
+        Delta, //
     },
     workqueue::{
         self,
+        impl_has_delayed_work,
         impl_has_work,
+        new_delayed_work,
         new_work,
+        DelayedWork,
         Work,
         WorkItem, //
     },
 };
 
-/// Offset of `num_pages` (the host's target) in the configuration space.
-pub(super) const CONFIG_NUM_PAGES: usize = offset_of!(uapi::virtio_balloon_config, num_pages);
-/// Offset of `actual` (the balloon's size) in the configuration space.
-pub(super) const CONFIG_ACTUAL: usize = offset_of!(uapi::virtio_balloon_config, actual);
-/// Offset of `free_page_hint_cmd_id` (`VIRTIO_BALLOON_F_FREE_PAGE_HINT`).
-pub(super) const CONFIG_FREE_PAGE_HINT_CMD_ID: usize =
-    offset_of!(uapi::virtio_balloon_config, __bindgen_anon_1);
-/// Offset of `poison_val` (`VIRTIO_BALLOON_F_PAGE_POISON`).
-pub(super) const CONFIG_POISON_VAL: usize = offset_of!(uapi::virtio_balloon_config, poison_val);
+/// Work item: move the balloon towards the target (C's `update_balloon_size_work`).
+const SIZE_WORK: u64 = 0;
+/// Work item: answer a statistics request (C's `update_balloon_stats_work`).
+const STATS_WORK: u64 = 1;
+/// Delayed work item: look at the target again later.
+const RECHECK_WORK: u64 = 2;
 
-/// Priority of the OOM notifier (C's `VIRTIO_BALLOON_OOM_NOTIFY_PRIORITY`).
-const OOM_NOTIFY_PRIORITY: i32 = 80;
+/// How long the balloon waits, while it holds at the guest's reserve,
+/// before it looks whether memory was freed (a new target is seen at once).
+const HOLD_RECHECK_MS: u32 = 5000;
+/// How long to wait for pages compaction has isolated.
+const ISOLATED_RECHECK_MS: u32 = 10;
+/// How long to back off when no page can be allocated, as C does.
+const OUT_OF_PUFF_BACKOFF: Delta = Delta::from_millis(200);
 
-const _: () = assert!(crate::logic::pfn::BALLOON_PFN_SHIFT == uapi::VIRTIO_BALLOON_PFN_SHIFT);
-const _: () = assert!(crate::logic::stats::tag::NR == uapi::VIRTIO_BALLOON_S_NR as usize);
-
-/// A PFN buffer for the inflate queue.
-pub(super) type PfnBuffer = KBox<PfnArray>;
-/// A PFN buffer for the deflate queue, carrying the pages it names: they
-/// are freed only once the host has read it.
-pub(super) type DeflateBuffer = Tagged<PfnArray, KVec<BalloonPage>>;
-/// A statistics buffer for the stats queue.
-pub(super) type StatsBuffer = KBox<StatsArray>;
-
-/// State protected by the balloon lock (C's `balloon_lock`).
-pub(super) struct Locked {
-    /// Balloon pages the host was told about (C's `num_pages`).
-    pub(super) num_pages: u32,
-    /// Inflate buffers not on the queue.
-    pub(super) inflate_pool: KVec<PfnBuffer>,
-    /// Deflate buffers not on the queue, each with room for one buffer's
-    /// pages, so that deflating never allocates (the OOM path relies on it).
-    pub(super) deflate_pool: KVec<DeflateBuffer>,
-}
-
-impl Locked {
-    /// Allocates `depth` buffers of each kind.
-    fn new(depth: usize) -> Result<Self> {
-        let mut inflate_pool = KVec::with_capacity(depth, GFP_KERNEL)?;
-        let mut deflate_pool = KVec::with_capacity(depth, GFP_KERNEL)?;
-        for _ in 0..depth {
-            inflate_pool.push(new_inflate_buffer()?, GFP_KERNEL)?;
-            deflate_pool.push(new_deflate_buffer()?, GFP_KERNEL)?;
-        }
-        Ok(Self {
-            num_pages: 0,
-            inflate_pool,
-            deflate_pool,
-        })
-    }
-
-    /// An inflate buffer from the pool, or a new one if a vanished queue
-    /// took some with it.
-    pub(super) fn take_inflate_buffer(&mut self) -> Option<PfnBuffer> {
-        self.inflate_pool
-            .pop()
-            .or_else(|| new_inflate_buffer().ok())
-    }
-
-    /// A deflate buffer from the pool, or a new one if a vanished queue
-    /// took some with it.
-    pub(super) fn take_deflate_buffer(&mut self) -> Option<DeflateBuffer> {
-        self.deflate_pool
-            .pop()
-            .or_else(|| new_deflate_buffer().ok())
-    }
-}
-
-fn new_inflate_buffer() -> Result<PfnBuffer> {
-    Ok(KBox::new([0; PFNS_PER_BUFFER], GFP_KERNEL)?)
-}
-
-/// A deflate buffer with room for the pages of one buffer.
-fn new_deflate_buffer() -> Result<DeflateBuffer> {
-    Tagged::new(
-        [0; PFNS_PER_BUFFER],
-        KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?,
-        GFP_KERNEL,
-    )
-}
-
-/// Negotiated features and fixed properties of the device.
-#[derive(Clone, Copy)]
-pub(super) struct Props {
-    /// `VIRTIO_BALLOON_F_STATS_VQ`.
-    pub(super) stats: bool,
-    /// `VIRTIO_BALLOON_F_DEFLATE_ON_OOM`.
-    pub(super) deflate_on_oom: bool,
-    /// `VIRTIO_BALLOON_F_FREE_PAGE_HINT`.
-    pub(super) free_page_hint: bool,
-    /// `VIRTIO_BALLOON_F_PAGE_POISON`.
-    pub(super) page_poison: bool,
-    /// `VIRTIO_BALLOON_F_REPORTING`.
-    pub(super) reporting: bool,
-    /// Balloon pages per guest page.
-    pub(super) per_page: u32,
-    /// Byte order of the queues' PFNs and statistics.
-    pub(super) endian: Endian,
-    /// PFN buffers that may be on the inflate or deflate queue at once.
-    pub(super) depth: usize,
+/// What the size work does after a round.
+enum Next {
+    /// Run again at once.
+    Again,
+    /// Look again after this many milliseconds, or at the next target.
+    Later(u32),
+    /// Nothing to do until the next target.
+    Idle,
 }
 
 /// One balloon device.
-///
-/// The kernel registrations come first so that they are dropped (and
-/// unregistered) first, while everything their callbacks use still exists.
 #[pin_data]
 pub(crate) struct Balloon {
+    /// The pages taken from the guest (C's `vb_dev_info`).
     #[pin]
-    pub(super) oom: OomNotifier<Balloon>,
+    pages: BalloonList,
+    /// The device: target, PFN queues, the balloon lock.
+    host: Arc<Host>,
+    /// Allocating pages to inflate.
     #[pin]
-    pub(super) reporting: PageReporting<Balloon>,
-    #[pin]
-    pub(super) shrinker: Shrinker<Balloon>,
-    #[pin]
-    pub(super) pages: BalloonDevInfo<Balloon>,
-    pub(super) binding: virtio::Binding,
-    pub(super) props: Props,
-    #[pin]
-    pub(super) locked: Mutex<Locked>,
-    /// Pages of the inflate round being prepared; taken before `locked`.
-    #[pin]
-    pub(super) staging: Mutex<Staging>,
+    inflater: Inflater,
     /// C's `stop_update`: once set, no work is queued any more.
     #[pin]
-    pub(super) stop_update: SpinLockIrq<bool>,
+    stop_update: SpinLockIrq<bool>,
+    /// Keeps the system awake while a host request is served.
     #[pin]
-    pub(super) wakeup: Wakeup,
+    wakeup: Wakeup,
     #[pin]
-    pub(super) size_work: Work<Balloon, 0>,
+    size_work: Work<Balloon, SIZE_WORK>,
     #[pin]
-    pub(super) stats_work: Work<Balloon, 1>,
-    /// Free page hinting (`VIRTIO_BALLOON_F_FREE_PAGE_HINT`).
+    recheck_work: DelayedWork<Balloon, RECHECK_WORK>,
     #[pin]
-    pub(super) hint: HintState,
-    #[pin]
-    pub(super) hint_work: Work<Balloon, 2>,
-    /// Inflate failures since the last success, for rate-limited logging.
-    pub(super) out_of_puff: Atomic<u32>,
-    /// Whether an excessive host target was already reported.
-    pub(super) clamp_reported: Atomic<bool>,
-    /// Whether inflating is held back to keep the guest's reserve.
-    pub(super) holding: Atomic<bool>,
-    /// Performance counters, shown in debugfs.
-    #[pin]
-    pub(super) perf: debugfs::File<Counters>,
+    stats_work: Work<Balloon, STATS_WORK>,
+    /// Free page hinting, if negotiated.
+    hints: Option<Arc<FreePageHints>>,
 }
-
-impl_embeds!(Balloon {
-    pages: BalloonDevInfo<Balloon>,
-    oom: OomNotifier<Balloon>,
-    reporting: PageReporting<Balloon>,
-    shrinker: Shrinker<Balloon>,
-});
 
 impl_has_work! {
-    impl HasWork<Balloon, 0> for Balloon { self.size_work }
-    impl HasWork<Balloon, 1> for Balloon { self.stats_work }
-    impl HasWork<Balloon, 2> for Balloon { self.hint_work }
+    impl HasWork<Balloon, SIZE_WORK> for Balloon { self.size_work }
+    impl HasWork<Balloon, STATS_WORK> for Balloon { self.stats_work }
 }
 
-/// PFN buffers to keep in flight on a queue of `ring` entries: the
-/// `buffers` module parameter (0: automatic), at most the ring size.
-fn buffers_in_flight(ring: usize) -> usize {
-    let want = match crate::module_parameters::buffers.value() {
-        0 => DEFAULT_BUFFERS_IN_FLIGHT,
-        n => n as usize,
-    };
-    want.clamp(1, ring.max(1))
+impl_has_delayed_work! {
+    impl HasDelayedWork<Balloon, RECHECK_WORK> for Balloon { self.recheck_work }
 }
 
-/// Buffers in flight by default: enough to keep the host busy while the
-/// guest prepares the next ones.
-const DEFAULT_BUFFERS_IN_FLIGHT: usize = 32;
+/// Creates the virtqueues the negotiated features call for (C's `init_vqs()`,
+/// without the statistics buffer).
+fn init_vqs(dev: &virtio::Device<Core<'_>>, props: &Props) -> Result {
+    let used = |on: bool, info: VqInfo| if on { info } else { VqInfo::UNUSED };
+    dev.find_vqs(&[
+        VqInfo::new(c"inflate"),
+        VqInfo::new(c"deflate"),
+        used(props.stats, VqInfo::new(c"stats")),
+        used(
+            props.free_page_hint,
+            VqInfo::free_page_hints(c"free_page_vq"),
+        ),
+        used(props.reporting, VqInfo::new(c"reporting_vq")),
+    ])
+}
 
 impl Balloon {
     /// Sets up a new device (C's `virtballoon_probe()`): queues, balloon
-    /// list, first statistics buffer, OOM notifier, free page hinting and
-    /// reporting, poison value. The core sets `DRIVER_OK` afterwards.
-    pub(super) fn probe(dev: &virtio::Device<Core<'_>>) -> Result<Arc<Self>> {
+    /// list, first statistics buffer, free page hinting, poison value. The
+    /// registrations (OOM notifier, shrinker, page reporting) are the
+    /// driver's ([`super::BalloonDevice`]).
+    pub(super) fn probe(dev: &virtio::Device<Core<'_>>, timeout: Delta) -> Result<Arc<Self>> {
         if !dev.has_config_access() {
             dev_err!(dev.as_ref(), "config access disabled\n");
             return Err(EINVAL);
         }
-
-        let props = Props {
-            stats: dev.has_feature(uapi::VIRTIO_BALLOON_F_STATS_VQ),
-            deflate_on_oom: dev.has_feature(uapi::VIRTIO_BALLOON_F_DEFLATE_ON_OOM),
-            free_page_hint: dev.has_feature(uapi::VIRTIO_BALLOON_F_FREE_PAGE_HINT),
-            page_poison: dev.has_feature(uapi::VIRTIO_BALLOON_F_PAGE_POISON),
-            reporting: dev.has_feature(uapi::VIRTIO_BALLOON_F_REPORTING),
-            per_page: pages_per_page(kernel::page::PAGE_SHIFT as u32),
-            endian: if dev.is_little_endian() {
-                Endian::Little
-            } else {
-                Endian::Native
-            },
-            depth: 1,
-        };
-
-        Self::init_vqs(dev, &props)?;
-        // Never more buffers than a queue holds.
-        let ring = dev.vq::<PfnBuffer>(vq::INFLATE)?.size() as usize;
-        let props = Props {
-            depth: buffers_in_flight(ring),
-            ..props
+        let props = Props::of(dev);
+        init_vqs(dev, &props)?;
+        // Never more buffers in flight than a queue holds.
+        let props = props.with_depths(dev)?;
+        let hints = if props.free_page_hint {
+            // One entry is always reserved for the command id.
+            if dev.vq::<KBox<u32>>(vq::FREE_PAGE).map_or(0, |q| q.size()) < 2 {
+                return Err(ENOSPC);
+            }
+            Some(FreePageHints::new(dev.binding(), props.endian)?)
+        } else {
+            None
         };
         let debugfs = perf::debugfs_dir(dev.as_ref().name());
-
-        let reporting_capacity = if props.reporting {
-            dev.sg_vq(vq::REPORTING)?.size()
-        } else {
-            0
-        };
-        if props.free_page_hint
-            && dev
-                .vq::<kext::free_page_hint::HintBuffer>(vq::FREE_PAGE)?
-                .size()
-                < 2
-        {
-            // One entry is always reserved for the command id.
-            return Err(ENOSPC);
-        }
-
+        let host = Arc::pin_init(Host::new(dev, props, timeout, &debugfs), GFP_KERNEL)?;
         let this = Arc::pin_init(
             try_pin_init!(Self {
-                oom <- OomNotifier::new(OOM_NOTIFY_PRIORITY),
-                reporting <- PageReporting::new(None, reporting_capacity),
-                shrinker <- Shrinker::new(),
                 // Without deflate-on-OOM, ballooned pages leave MemTotal.
-                pages <- BalloonDevInfo::new(!props.deflate_on_oom),
-                binding: dev.binding(),
-                props,
-                locked <- new_mutex!(Locked::new(props.depth)?),
-                staging <- new_mutex!(Staging::new(props.depth)?),
+                pages <- BalloonDevInfo::new(!props.deflate_on_oom, host.clone()),
+                host,
+                inflater <- Inflater::new(props.inflate_depth),
                 stop_update <- new_spinlock_irq!(false),
                 wakeup <- Wakeup::new(),
                 size_work <- new_work!("virtio_balloon_rs::size_work"),
+                recheck_work <- new_delayed_work!("virtio_balloon_rs::recheck_work"),
                 stats_work <- new_work!("virtio_balloon_rs::stats_work"),
-                hint <- HintState::new(),
-                hint_work <- new_work!("virtio_balloon_rs::hint_work"),
-                out_of_puff: Atomic::new(0),
-                clamp_reported: Atomic::new(false),
-                holding: Atomic::new(false),
-                perf <- debugfs.read_only_file(c"stats", Counters::new()),
+                hints,
             }? Error),
             GFP_KERNEL,
         )?;
-
         if props.stats {
             // Prime the stats queue with one buffer so the host can use it
-            // to ask for statistics later (C's `init_vqs()`).
-            this.stats_prime(dev)?;
-        }
-        if props.free_page_hint {
-            // Hinted blocks may be reused under memory pressure.
-            this.shrinker.register(&this, c"virtio-balloon-rs")?;
-        }
-        if props.deflate_on_oom {
-            this.oom.register(&this)?;
+            // to ask for statistics later.
+            stats::prime(dev, props.endian)?;
         }
         if props.page_poison {
-            this.write_poison_val(dev);
-        }
-        if props.reporting {
-            this.reporting.register(&this)?;
+            poison::write_poison_val(dev);
         }
         dev.set_wakeup_capable(true);
         Ok(this)
     }
 
-    /// Creates the virtqueues the negotiated features call for.
-    pub(super) fn init_vqs(dev: &virtio::Device<Core<'_>>, props: &Props) -> Result {
-        let used = |on: bool, info: VqInfo| if on { info } else { VqInfo::UNUSED };
-        dev.find_vqs(&[
-            VqInfo::new(c"inflate"),
-            VqInfo::new(c"deflate"),
-            used(props.stats, VqInfo::new(c"stats")),
-            used(props.free_page_hint, VqInfo::polled(c"free_page_vq")),
-            used(props.reporting, VqInfo::new(c"reporting_vq")),
-        ])
+    /// The device side, for the registrations' handlers.
+    pub(super) fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Free page hinting, if negotiated.
+    pub(super) fn hints(&self) -> Option<&Arc<FreePageHints>> {
+        self.hints.as_ref()
     }
 
     /// The device is live: start moving towards the host's target.
     pub(super) fn ready(self: &Arc<Self>, dev: &virtio::Device<Core<'_>>) {
-        if self.towards_target(dev) != Step::Idle {
+        let current = self.host.lock().num_pages;
+        if !matches!(self.host.towards_target(dev, current), Ok(Step::Idle)) {
             self.changed(dev);
         }
     }
 
     /// Configuration changed (C's `virtballoon_changed()`), interrupt
-    /// context: queue the size work.
-    pub(super) fn changed(self: &Arc<Self>, dev: &virtio::Device<Bound>) {
+    /// context: queue the size work (and the hinting work).
+    pub(super) fn changed(self: &Arc<Self>, dev: &virtio::Device) {
+        let stopped = self.stop_update.lock();
+        if *stopped {
+            return;
+        }
+        self.wakeup.start(dev, WakeupSignal::Adjust);
+        // An `Err` means the work is already queued, which is what we want.
+        let _ = workqueue::system_freezable().enqueue::<_, SIZE_WORK>(self.clone());
+        if let Some(hints) = &self.hints {
+            hints.config_changed();
+        }
+    }
+
+    /// The host returned the statistics buffer (C's `stats_request()`),
+    /// interrupt context.
+    pub(super) fn stats_request(self: &Arc<Self>, dev: &virtio::Device) {
         let stopped = self.stop_update.lock();
         if !*stopped {
-            self.wakeup.start(dev, WakeupSignal::Adjust);
-            self.queue_size_work();
-            self.queue_free_page_work();
+            self.wakeup.start(dev, WakeupSignal::Stats);
+            let _ = workqueue::system_freezable().enqueue::<_, STATS_WORK>(self.clone());
         }
     }
 
-    fn queue_size_work(self: &Arc<Self>) {
-        // An `Err` means the work is already queued, which is what we want.
-        let _ = workqueue::system_freezable().enqueue::<Arc<Balloon>, 0>(self.clone());
-    }
-
-    /// The guest's memory in guest pages with `ballooned` balloon pages
-    /// inflated: the managed pages, plus what the balloon took out of them
-    /// (without deflate-on-OOM ballooned pages leave the managed count).
-    pub(super) fn guest_pages(&self, ballooned: u32) -> u64 {
-        let managed = kext::mm::totalram_pages();
-        if self.props.deflate_on_oom {
-            managed
-        } else {
-            managed + u64::from(ballooned / self.props.per_page.max(1))
+    /// One round of the size work (C's `update_balloon_size_func()`): move
+    /// up to a few dozen buffers towards the target, write `actual`.
+    fn update_balloon_size_func(&self, dev: &virtio::Device<Bound>) -> Next {
+        if !self.host.is_responsive(dev) {
+            return Next::Idle;
         }
-    }
-
-    /// Reads the host's target and decides the next step (C's `towards_target()`).
-    pub(super) fn towards_target(&self, dev: &virtio::Device<Bound>) -> Step {
-        let sw = Stopwatch::start();
-        let num_pages = dev.config_read_le32(CONFIG_NUM_PAGES);
-        sw.stop(&self.perf, Counter::ConfigNs);
-        let current = self.locked.lock().num_pages;
-        let guest_pages = self.guest_pages(current) * u64::from(self.props.per_page);
-        let target = Target::from_host(num_pages, self.props.per_page, guest_pages);
-        if target.clamped && !self.clamp_reported.xchg(true, Relaxed) {
-            dev_warn!(
-                dev.as_ref(),
-                "host asks for {} balloon pages, the guest has {}: limiting the balloon to {}\n",
-                num_pages,
-                guest_pages,
-                target.pages
-            );
-        }
-        target.step_from(current)
-    }
-
-    /// Writes the balloon size to `actual` (C's `update_balloon_size()`).
-    pub(super) fn update_balloon_size(&self, dev: &virtio::Device<Bound>) {
-        let actual = self.locked.lock().num_pages;
-        let sw = Stopwatch::start();
-        if let Err(e) = dev.config_write_le32(CONFIG_ACTUAL, actual) {
-            dev_warn!(dev.as_ref(), "cannot write actual: {:?}\n", e);
-        }
-        sw.stop(&self.perf, Counter::ConfigNs);
-    }
-
-    /// One round of the size work (C's `update_balloon_size_func()`):
-    /// move up to `depth` buffers towards the target; returns whether more
-    /// remains.
-    fn update_balloon_size_func(self: &Arc<Self>, dev: &virtio::Device<Bound>) -> bool {
-        let step = self.towards_target(dev);
-        let moved = match step {
-            Step::Idle => return false,
-            Step::Inflate(n) => self.fill_balloon(dev, n),
-            Step::Deflate(n) => self.leak_balloon(dev, n),
+        let current = self.host.lock().num_pages;
+        let step = match self.host.towards_target(dev, current) {
+            Ok(step) => step,
+            Err(e) => {
+                dev_warn!(dev.as_ref(), "cannot read the target: {:?}\n", e);
+                return Next::Idle;
+            }
         };
-        self.perf.add(Counter::Rounds, 1);
-        self.update_balloon_size(dev);
-        moved < step.remaining()
+        let round = match step {
+            Step::Idle => return Next::Idle,
+            Step::Inflate(n) => self.inflater.fill_balloon(&self.host, &self.pages, dev, n),
+            Step::Deflate(n) => {
+                let mut b = self.host.lock();
+                leak_balloon(&self.host, &mut b, &self.pages, dev, n, self.host.timeout())
+            }
+        };
+        self.host.perf().add(Counter::Rounds, 1);
+        self.host.update_balloon_size(dev);
+        match round.stop {
+            Some(Stop::Host) => Next::Idle,
+            Some(Stop::Hold) => Next::Later(HOLD_RECHECK_MS),
+            Some(Stop::OutOfPuff) => {
+                // Let the guest breathe, as C does.
+                fsleep(OUT_OF_PUFF_BACKOFF);
+                Next::Again
+            }
+            // Every page left is isolated for migration right now.
+            None if round.moved == 0 => Next::Later(ISOLATED_RECHECK_MS),
+            None => Next::Again,
+        }
     }
 
-    /// Stops all asynchronous work (C's `virtballoon_quiesce()`).
-    pub(super) fn quiesce(self: &Arc<Self>) {
-        self.reporting.unregister();
-        self.oom.unregister();
-        self.shrinker.unregister();
+    /// Deflates up to `num` balloon pages for the OOM notifier, waiting at
+    /// most `lock_patience` for the balloon lock and `host_patience` for the
+    /// host; returns the guest pages freed.
+    pub(super) fn deflate_for_oom(
+        &self,
+        num: u32,
+        lock_patience: Delta,
+        host_patience: Delta,
+    ) -> usize {
+        let Some(dev) = self.host.binding().access() else {
+            return 0;
+        };
+        if self.host.is_marked_unresponsive() {
+            return 0;
+        }
+        let Some(mut b) = self.host.try_lock_for(lock_patience) else {
+            return 0;
+        };
+        let round: Round = leak_balloon(&self.host, &mut b, &self.pages, &dev, num, host_patience);
+        drop(b);
+        self.host.update_balloon_size(&dev);
+        (round.acked / self.host.props().per_page.max(1)) as usize
+    }
+
+    /// Stops all asynchronous work (C's `stop_update` and `cancel_work_sync()`s).
+    pub(super) fn quiesce(self: &Arc<Self>, dev: &virtio::Device) {
         *self.stop_update.lock() = true;
-        kext::workqueue::cancel_work_sync::<_, 0>(self);
-        kext::workqueue::cancel_work_sync::<_, 1>(self);
-        kext::workqueue::cancel_work_sync::<_, 2>(self);
-    }
-
-    /// The device goes away (C's `virtballoon_remove()`): stop the work,
-    /// give every page back, telling the host, and report the empty balloon.
-    pub(super) fn remove(self: &Arc<Self>, dev: &virtio::Device<Core<'_>>) {
-        self.quiesce();
-        self.remove_common(dev);
-        self.wakeup.finish(dev);
-    }
-
-    /// C's `remove_common()` up to the reset, which the virtio abstraction
-    /// does: deflate everything and return hinted pages.
-    pub(super) fn remove_common(&self, dev: &virtio::Device<Bound>) {
-        self.release_all(dev);
-        if self.props.free_page_hint {
-            self.return_free_pages_to_mm(usize::MAX);
+        cancel_work_sync::<_, SIZE_WORK>(self);
+        cancel_delayed_work_sync::<_, RECHECK_WORK>(self);
+        cancel_work_sync::<_, STATS_WORK>(self);
+        if let Some(hints) = &self.hints {
+            hints.cancel();
         }
+        // Requests whose work was cancelled no longer keep the system awake.
+        self.wakeup.cancel(dev);
     }
 
-    /// Deflates the whole balloon (C's `remove_common()` without the reset).
+    /// Deflates the whole balloon, telling the host (C's `remove_common()`
+    /// up to the reset), and gives hinted blocks back.
+    ///
+    /// Loops until the host has every page back (pages compaction has
+    /// isolated come back soon). If the host stops answering, the pages it
+    /// was told about are never freed: they stay allocated for good
+    /// (`MUST_TELL_HOST` forbids reusing them), which is logged.
     pub(super) fn release_all(&self, dev: &virtio::Device<Bound>) {
-        /// Give up after this many rounds without progress (10 s).
-        const MAX_STALLS: u32 = 1000;
-        let mut stalled = 0u32;
         loop {
-            let left = self.locked.lock().num_pages;
-            if left == 0 {
+            if !self.host.is_responsive(dev) {
                 break;
             }
-            if self.leak_balloon(dev, left) > 0 {
-                stalled = 0;
-                continue;
-            }
-            // Every remaining page is isolated for migration right now:
-            // wait for compaction to put it back.
-            stalled += 1;
-            if stalled == MAX_STALLS {
-                dev_err!(
-                    dev.as_ref(),
-                    "{} balloon pages cannot be deflated; freeing them unannounced\n",
-                    left
-                );
+            let mut b = self.host.lock();
+            if b.num_pages == 0 {
                 break;
             }
-            kernel::time::delay::fsleep(kernel::time::Delta::from_millis(10));
+            let num = b.num_pages;
+            let round = leak_balloon(
+                &self.host,
+                &mut b,
+                &self.pages,
+                dev,
+                num,
+                self.host.timeout(),
+            );
+            drop(b);
+            if round.stop == Some(Stop::Host) {
+                break;
+            }
+            if round.moved == 0 {
+                // Every page left is isolated for migration: wait.
+                fsleep(Delta::from_millis(ISOLATED_RECHECK_MS.into()));
+            }
         }
-        self.update_balloon_size(dev);
+        let mut b = self.host.lock();
+        if b.num_pages > 0 {
+            let left = b.num_pages;
+            b.num_pages = 0;
+            drop(b);
+            dev_err!(
+                dev.as_ref(),
+                "the device stopped answering with {} balloon pages inflated: they are never \
+                 freed (MUST_TELL_HOST)\n",
+                left
+            );
+        } else {
+            drop(b);
+            self.host.update_balloon_size(dev);
+        }
+        if let Some(hints) = &self.hints {
+            hints.return_free_pages_to_mm(usize::MAX);
+        }
+    }
+
+    /// The device goes away (C's `virtballoon_remove()` without the
+    /// registrations, which the driver data drops): stop the work, give
+    /// every page back, telling the host.
+    pub(super) fn remove(self: &Arc<Self>, dev: &virtio::Device<Core<'_>>) {
+        self.quiesce(dev);
+        self.release_all(dev);
+    }
+
+    /// System suspend (C's `virtballoon_freeze()`): the PM core has frozen
+    /// the work already. Empty the balloon, reset the device, delete the
+    /// queues.
+    pub(super) fn freeze(&self, dev: &virtio::Device<Core<'_>>) -> Result {
+        self.release_all(dev);
+        dev.del_vqs();
+        Ok(())
+    }
+
+    /// System resume (C's `virtballoon_restore()`): queues again, then
+    /// follow the target.
+    pub(super) fn restore(self: &Arc<Self>, dev: &virtio::Device<Core<'_>>) -> Result {
+        init_vqs(dev, self.host.props())?;
+        self.host.refill_buffers()?;
+        if self.host.props().stats {
+            stats::prime(dev, self.host.props().endian)?;
+        }
+        dev.ready();
+        self.ready(dev);
+        self.host.update_balloon_size(dev);
+        Ok(())
     }
 }
 
-impl WorkItem<0> for Balloon {
+impl WorkItem<SIZE_WORK> for Balloon {
     type Pointer = Arc<Balloon>;
 
     fn run(this: Arc<Balloon>) {
         this.wakeup.process(WakeupSignal::Adjust);
-        let again = match this.binding.access() {
+        let next = match this.host.binding().access() {
             Some(dev) => this.update_balloon_size_func(&dev),
-            None => false,
+            None => Next::Idle,
         };
-        if again && !*this.stop_update.lock() {
-            let _ = workqueue::system_freezable().enqueue::<Arc<Balloon>, 0>(this);
-        } else {
-            this.wakeup.finish(this.binding.device());
+        let stopped = *this.stop_update.lock();
+        match next {
+            Next::Again if !stopped => {
+                let _ = workqueue::system_freezable().enqueue::<_, SIZE_WORK>(this);
+            }
+            Next::Later(ms) if !stopped => {
+                // Idle until then: let the system sleep meanwhile.
+                this.wakeup.finish(this.host.binding().device());
+                let _ = workqueue::system_freezable()
+                    .enqueue_delayed::<_, RECHECK_WORK>(this, msecs_to_jiffies(ms));
+            }
+            _ => this.wakeup.finish(this.host.binding().device()),
         }
     }
 }
 
-impl WorkItem<1> for Balloon {
+impl WorkItem<RECHECK_WORK> for Balloon {
+    type Pointer = Arc<Balloon>;
+
+    fn run(this: Arc<Balloon>) {
+        let stopped = this.stop_update.lock();
+        if !*stopped {
+            let _ = workqueue::system_freezable().enqueue::<_, SIZE_WORK>(this.clone());
+        }
+    }
+}
+
+impl WorkItem<STATS_WORK> for Balloon {
     type Pointer = Arc<Balloon>;
 
     fn run(this: Arc<Balloon>) {
         this.wakeup.process(WakeupSignal::Stats);
-        if let Some(dev) = this.binding.access() {
-            this.stats_handle_request(&dev);
+        if let Some(dev) = this.host.binding().access() {
+            stats::handle_request(&dev, this.host.props().endian);
         }
-        this.wakeup.finish(this.binding.device());
-    }
-}
-
-impl WorkItem<2> for Balloon {
-    type Pointer = Arc<Balloon>;
-
-    fn run(this: Arc<Balloon>) {
-        if let Some(dev) = this.binding.access() {
-            this.report_free_page_func(&dev);
-        }
+        this.wakeup.finish(this.host.binding().device());
     }
 }

@@ -1,38 +1,41 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Free page hinting (`VIRTIO_BALLOON_F_FREE_PAGE_HINT`, virtio spec
-//! 5.5.6.7; C's `report_free_page_func()` and its helpers).
+//! 5.5.6.8; C's `report_free_page_func()` and its helpers).
 //!
 //! During live migration the host writes a new command id to
 //! `free_page_hint_cmd_id`. The driver answers on the free page queue with
-//! that id, then with as many free blocks of `MAX_PAGE_ORDER` pages as it
-//! can allocate (the host skips them when copying memory), then with the
-//! STOP id. The blocks stay allocated until the host says DONE, or until
-//! memory reclaim asks for them back through the shrinker.
+//! that id, then with hints of as many free blocks of `MAX_PAGE_ORDER`
+//! pages as it can allocate (the host skips them when copying memory), then
+//! with the STOP id. As in C, the blocks belong to the driver's list, not
+//! to the queue (the spec lets the driver reuse hinted pages at any time):
+//! memory reclaim takes them back through the shrinker whether or not the
+//! host has used their hints, and DONE frees them all. The work runs on a
+//! freezable, CPU-intensive workqueue of its own, as in C.
 
-use super::{
-    device::{
-        Balloon,
-        CONFIG_FREE_PAGE_HINT_CMD_ID, //
-    },
-    vq,
-};
+use super::vq;
 use crate::{
     bindings::uapi::{
+        virtio_balloon_config,
         VIRTIO_BALLOON_CMD_ID_DONE,
-        VIRTIO_BALLOON_CMD_ID_STOP, //
+        VIRTIO_BALLOON_CMD_ID_STOP,
+        VIRTIO_BALLOON_F_FREE_PAGE_HINT, //
     },
-    kext::{
-        free_page_hint::{
-            HintBlock,
-            HintBuffer,
-            HINT_BLOCK_PAGES, //
-        },
-        shrinker::ShrinkHandler,
+    logic::pfn::Endian,
+    mm::{
+        shrinker::Shrink,
+        PageBlock, //
     },
-    virtio,
+    virtio::{
+        self,
+        ConfigField,
+        PageHint, //
+    },
+    virtio_config_field,
+    workqueue::OwnedQueue,
 };
 use kernel::{
+    bindings as kb,
     device::Bound,
     new_mutex,
     prelude::*,
@@ -44,68 +47,112 @@ use kernel::{
         Arc,
         Mutex, //
     },
-    workqueue, //
+    workqueue::{
+        impl_has_work,
+        new_work,
+        Work,
+        WorkItem, //
+    },
 };
 
-/// Hinting state (C's `cmd_id_*`, `config_read_bitmap`, `free_page_list`).
+/// The host's command id.
+const CMD_ID: ConfigField<virtio_balloon_config, u32> = virtio_config_field!(
+    virtio_balloon_config,
+    __bindgen_anon_1.free_page_hint_cmd_id as u32
+)
+.requires(VIRTIO_BALLOON_F_FREE_PAGE_HINT);
+
+/// Order of a hinted block (C's `VIRTIO_BALLOON_HINT_BLOCK_ORDER`).
+const HINT_BLOCK_ORDER: u32 = crate::bindings::VB_MAX_PAGE_ORDER;
+
+/// A command id buffer (`__virtio32`), device-readable.
+type CmdIdBuffer = KBox<u32>;
+
+/// Free page hinting of one device (C's `cmd_id_*`, `config_read_bitmap`,
+/// `free_page_list` and `balloon_wq`).
 #[pin_data]
-pub(crate) struct HintState {
+pub(crate) struct FreePageHints {
+    binding: virtio::Binding,
+    endian: Endian,
     /// The host wrote a new command id that has not been read yet.
     config_read_pending: Atomic<bool>,
     /// The last command id read from the host.
     cmd_id_received: Atomic<u32>,
     /// The command id of the hinting round in progress.
     cmd_id_active: Atomic<u32>,
-    /// Blocks the host has seen, kept until DONE or reclaimed.
+    /// Blocks hinted to the host, kept until DONE or reclaimed.
     #[pin]
-    free_blocks: Mutex<KVVec<HintBlock>>,
-    /// `free_blocks.len()`, readable without the lock.
-    num_free_blocks: Atomic<usize>,
+    blocks: Mutex<KVVec<PageBlock>>,
+    /// `blocks.len()`, readable without the lock.
+    num_blocks: Atomic<usize>,
+    #[pin]
+    work: Work<FreePageHints>,
+    /// C's `balloon_wq`. Dropped last: the work is cancelled before.
+    queue: OwnedQueue,
 }
 
-impl HintState {
-    pub(super) fn new() -> impl PinInit<Self> {
-        pin_init!(Self {
-            config_read_pending: Atomic::new(false),
-            cmd_id_received: Atomic::new(VIRTIO_BALLOON_CMD_ID_STOP),
-            cmd_id_active: Atomic::new(VIRTIO_BALLOON_CMD_ID_STOP),
-            free_blocks <- new_mutex!(KVVec::new()),
-            num_free_blocks: Atomic::new(0),
-        })
+impl_has_work! {
+    impl HasWork<FreePageHints> for FreePageHints { self.work }
+}
+
+impl FreePageHints {
+    /// Hinting for the device behind `binding`.
+    pub(super) fn new(binding: virtio::Binding, endian: Endian) -> Result<Arc<Self>> {
+        let queue = OwnedQueue::new(
+            c"balloon-wq",
+            kb::wq_flags_WQ_FREEZABLE | kb::wq_flags_WQ_CPU_INTENSIVE | kb::wq_flags_WQ_PERCPU,
+        )?;
+        Arc::pin_init(
+            pin_init!(Self {
+                binding,
+                endian,
+                config_read_pending: Atomic::new(false),
+                cmd_id_received: Atomic::new(VIRTIO_BALLOON_CMD_ID_STOP),
+                cmd_id_active: Atomic::new(VIRTIO_BALLOON_CMD_ID_STOP),
+                blocks <- new_mutex!(KVVec::new()),
+                num_blocks: Atomic::new(0),
+                work <- new_work!("virtio_balloon_rs::FreePageHints::work"),
+                queue,
+            }),
+            GFP_KERNEL,
+        )
     }
-}
 
-impl Balloon {
-    /// Queues the hinting work after a configuration change
-    /// (C's `virtio_balloon_queue_free_page_work()`).
-    pub(super) fn queue_free_page_work(self: &Arc<Self>) {
-        if !self.props.free_page_hint {
-            return;
-        }
+    /// The host changed the configuration: queue the hinting work if a new
+    /// command id may be there (C's `virtio_balloon_queue_free_page_work()`).
+    /// Interrupt context.
+    pub(super) fn config_changed(self: &Arc<Self>) {
         // No need to queue the work if a read was already pending.
-        if self.hint.config_read_pending.xchg(true, Relaxed) {
+        if self.config_read_pending.xchg(true, Relaxed) {
             return;
         }
-        let _ = workqueue::system_freezable().enqueue::<Arc<Balloon>, 2>(self.clone());
+        // An `Err` means the work is already queued, which is what we want.
+        let _ = self.queue.queue().enqueue(self.clone());
+    }
+
+    /// Stops the work (from `quiesce`).
+    pub(super) fn cancel(self: &Arc<Self>) {
+        crate::workqueue::cancel_work_sync::<_, 0>(self);
     }
 
     /// The latest command id from the host (C's `virtio_balloon_cmd_id_received()`).
     fn cmd_id_received(&self, dev: &virtio::Device<Bound>) -> u32 {
-        if self.hint.config_read_pending.xchg(false, Relaxed) {
-            let id = dev.config_read_le32(CONFIG_FREE_PAGE_HINT_CMD_ID);
-            self.hint.cmd_id_received.store(id, Relaxed);
+        if self.config_read_pending.xchg(false, Relaxed) {
+            match dev.config_read(CMD_ID) {
+                Ok(id) => self.cmd_id_received.store(id, Relaxed),
+                Err(e) => dev_warn!(dev.as_ref(), "cannot read the hint command id: {:?}\n", e),
+            }
         }
-        self.hint.cmd_id_received.load(Relaxed)
+        self.cmd_id_received.load(Relaxed)
     }
 
     /// The hinting work (C's `report_free_page_func()`).
-    pub(super) fn report_free_page_func(&self, dev: &virtio::Device<Bound>) {
+    fn report_free_page_func(&self, dev: &virtio::Device<Bound>) {
         let id = self.cmd_id_received(dev);
         if id == VIRTIO_BALLOON_CMD_ID_DONE {
             // The host is done: give every block back.
-            self.drain_used(dev);
             self.return_free_pages_to_mm(usize::MAX);
-        } else if id != VIRTIO_BALLOON_CMD_ID_STOP && id != self.hint.cmd_id_active.load(Relaxed) {
+        } else if id != VIRTIO_BALLOON_CMD_ID_STOP && id != self.cmd_id_active.load(Relaxed) {
             self.report_free_page(dev);
         }
     }
@@ -114,7 +161,7 @@ impl Balloon {
     fn report_free_page(&self, dev: &virtio::Device<Bound>) {
         // Start by sending the received command id.
         let id = self.cmd_id_received(dev);
-        self.hint.cmd_id_active.store(id, Relaxed);
+        self.cmd_id_active.store(id, Relaxed);
         if let Err(e) = self.send_cmd_id(dev, id) {
             dev_err!(dev.as_ref(), "Failed to send a start id, err = {:?}\n", e);
         }
@@ -127,29 +174,20 @@ impl Balloon {
         }
     }
 
-    /// Takes back what the host has used: blocks go to the free list,
-    /// command ids are dropped.
-    fn drain_used(&self, dev: &virtio::Device<Bound>) {
-        let Ok(q) = dev.vq::<HintBuffer>(vq::FREE_PAGE) else {
-            return;
-        };
-        while let Some((buf, _)) = q.get_buf() {
-            if let HintBuffer::Block(block) = buf {
-                let mut blocks = self.hint.free_blocks.lock();
-                // Without room to keep it, the block simply goes back now.
-                if blocks.push(block, GFP_KERNEL | __GFP_NOWARN).is_ok() {
-                    self.hint.num_free_blocks.store(blocks.len(), Relaxed);
-                }
-            }
-        }
+    /// Takes back what the host used: command id buffers (dropped here;
+    /// hints carry nothing to give back).
+    fn detach_used(&self, dev: &virtio::Device<Bound>) -> Result {
+        let q = dev.vq::<CmdIdBuffer>(vq::FREE_PAGE)?;
+        while q.get_buf().is_some() {}
+        Ok(())
     }
 
     /// Queues a command id (C's `send_cmd_id_start()` / `send_cmd_id_stop()`).
     fn send_cmd_id(&self, dev: &virtio::Device<Bound>, id: u32) -> Result {
-        self.drain_used(dev);
-        let q = dev.vq::<HintBuffer>(vq::FREE_PAGE)?;
-        let cmd = KBox::new(self.props.endian.u32(id), GFP_KERNEL)?;
-        q.add_outbuf(HintBuffer::CmdId(cmd), size_of::<u32>())?;
+        self.detach_used(dev)?;
+        let q = dev.vq::<CmdIdBuffer>(vq::FREE_PAGE)?;
+        let cmd = KBox::new(self.endian.u32(id), GFP_KERNEL)?;
+        q.add_outbuf(cmd, size_of::<u32>())?;
         q.kick();
         Ok(())
     }
@@ -159,22 +197,26 @@ impl Balloon {
     fn send_free_pages(&self, dev: &virtio::Device<Bound>) -> Result {
         loop {
             // A STOP or a new command id from the host ends this round.
-            if self.hint.cmd_id_active.load(Relaxed) != self.cmd_id_received(dev) {
+            if self.cmd_id_active.load(Relaxed) != self.cmd_id_received(dev) {
                 return Ok(());
             }
-            self.drain_used(dev);
+            self.detach_used(dev)?;
             // No block left: every free page that could be hinted was.
-            let Some(block) = HintBlock::alloc() else {
+            let Some(block) = PageBlock::alloc_free(HINT_BLOCK_ORDER) else {
                 return Ok(());
             };
-            let q = dev.vq::<HintBuffer>(vq::FREE_PAGE)?;
-            // One entry is always kept for the command id.
+            let q = dev.vq::<CmdIdBuffer>(vq::FREE_PAGE)?;
+            // One entry is always kept for the command id; without room the
+            // block just goes back.
             if q.num_free() > 1 {
-                q.add_inbuf(
-                    HintBuffer::Block(block),
-                    HINT_BLOCK_PAGES << kernel::page::PAGE_SHIFT,
-                )?;
+                q.add_hint(PageHint::of(&block))?;
                 q.kick();
+                let mut blocks = self.blocks.lock();
+                // Without room to keep it, the block goes back at once (the
+                // spec allows reusing a hinted block).
+                if blocks.push(block, GFP_KERNEL | __GFP_NOWARN).is_ok() {
+                    self.num_blocks.store(blocks.len(), Relaxed);
+                }
             }
         }
     }
@@ -183,18 +225,18 @@ impl Balloon {
     /// returns how many. With `try_only`, gives up if the list is busy.
     fn free_hinted_blocks(&self, blocks: usize, try_only: bool) -> usize {
         let mut list = if try_only {
-            match self.hint.free_blocks.try_lock() {
+            match self.blocks.try_lock() {
                 Some(list) => list,
                 None => return 0,
             }
         } else {
-            self.hint.free_blocks.lock()
+            self.blocks.lock()
         };
         let n = blocks.min(list.len());
         for _ in 0..n {
             drop(list.pop());
         }
-        self.hint.num_free_blocks.store(list.len(), Relaxed);
+        self.num_blocks.store(list.len(), Relaxed);
         n
     }
 
@@ -204,15 +246,30 @@ impl Balloon {
     }
 }
 
-impl ShrinkHandler for Balloon {
+impl WorkItem for FreePageHints {
+    type Pointer = Arc<FreePageHints>;
+
+    fn run(this: Arc<FreePageHints>) {
+        if let Some(dev) = this.binding.access() {
+            this.report_free_page_func(&dev);
+        }
+    }
+}
+
+/// Pages in a hinted block.
+fn block_pages() -> usize {
+    1 << HINT_BLOCK_ORDER
+}
+
+impl Shrink for FreePageHints {
     fn count(&self) -> usize {
-        self.hint.num_free_blocks.load(Relaxed) * HINT_BLOCK_PAGES
+        self.num_blocks.load(Relaxed) * block_pages()
     }
 
     fn scan(&self, nr_to_scan: usize) -> usize {
         // The hinting work may be allocating (and so reclaiming) with the
         // list locked: do not wait for it.
-        let blocks = nr_to_scan.div_ceil(HINT_BLOCK_PAGES);
-        self.free_hinted_blocks(blocks, true) * HINT_BLOCK_PAGES
+        let blocks = nr_to_scan.div_ceil(block_pages());
+        self.free_hinted_blocks(blocks, true) * block_pages()
     }
 }

@@ -2,33 +2,27 @@
 
 //! Inflating: taking pages from the guest (C's `fill_balloon()`).
 //!
-//! One round allocates the pages of up to `depth` PFN buffers of 256 pages,
-//! then puts them on the balloon list and hands the buffers to the host at
-//! once ([`Pipeline`]). As in C, pages are allocated without the balloon
-//! lock held: the allocation may reclaim, and reclaim may call the OOM
+//! One round allocates the pages of up to `inflate_depth` PFN buffers of
+//! 256 pages, then puts them on the balloon list and hands the buffers to
+//! the host at once. As in C, pages are allocated without the balloon lock
+//! held: the allocation may reclaim, and reclaim may call the OOM
 //! notifier, which takes that lock. Each page goes on the balloon list
 //! before the host hears of it, as in C.
 
 use super::{
-    device::{
-        Balloon,
-        PfnBuffer, //
+    buffers::InflateBuffer,
+    host::{
+        Host,
+        Pipeline, //
     },
     perf::{
         Counter,
         Stopwatch, //
     },
-    queue::Pipeline,
     vq,
+    BalloonList, //
 };
 use crate::{
-    kext::{
-        self,
-        balloon::{
-            BalloonPage,
-            Node, //
-        },
-    },
     logic::{
         pfn::{
             PfnBatch,
@@ -41,52 +35,75 @@ use crate::{
             reserve_pages, //
         },
     },
+    mm::{
+        balloon::BalloonPage,
+        stat,
+        Node, //
+    },
     virtio,
 };
 use kernel::{
     device::Bound,
+    new_mutex,
     prelude::*,
     sync::{
-        atomic::Relaxed,
-        Arc, //
-    },
-    time::{
-        delay::fsleep,
-        Delta, //
+        atomic::{
+            Atomic,
+            Relaxed, //
+        },
+        Mutex,
     },
 };
 
-/// How long to back off when no page can be allocated, as C does.
-const OUT_OF_PUFF_BACKOFF_MS: i64 = 200;
-
-/// Why an inflate round stopped before its target.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Short {
+/// Why a round of the balloon stopped before its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stop {
     /// Inflating further would cut into the guest's reserve.
     Hold,
-    /// A single-page allocation failed, even after reclaim.
+    /// A single-page allocation failed, even after reclaim (C's "Out of
+    /// puff").
     OutOfPuff,
+    /// The host did not take or return a buffer.
+    Host,
+}
+
+/// What a round of inflating or deflating did.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Round {
+    /// Balloon pages the host was told about.
+    pub(super) moved: u32,
+    /// Balloon pages the host acknowledged (deflate: freed to the guest).
+    pub(super) acked: u32,
+    /// Why it stopped short, if it did.
+    pub(super) stop: Option<Stop>,
+}
+
+impl Round {
+    pub(super) const NOTHING: Round = Round {
+        moved: 0,
+        acked: 0,
+        stop: None,
+    };
 }
 
 /// Pages allocated for one inflate round, before the host hears of them.
-///
-/// Only the size work uses this, and it allocates into it without holding
-/// the balloon lock.
-pub(super) struct Staging {
+struct Staging {
     /// Allocated, not yet on the balloon list: room for `depth` buffers.
     pages: KVec<BalloonPage>,
     /// The pages of the buffer being filled.
     buffer: KVec<BalloonPage>,
 }
 
-impl Staging {
-    /// Room for `depth` buffers of pages.
-    pub(super) fn new(depth: usize) -> Result<Self> {
-        Ok(Self {
-            pages: KVec::with_capacity(depth * PFNS_PER_BUFFER, GFP_KERNEL)?,
-            buffer: KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?,
-        })
-    }
+/// The inflating side of a balloon.
+#[pin_data]
+pub(super) struct Inflater {
+    /// Only the size work takes it, before the balloon lock.
+    #[pin]
+    staging: Mutex<Staging>,
+    /// Allocation failures since the last success, for rate-limited logs.
+    out_of_puff: Atomic<u32>,
+    /// Whether inflating is held back to keep the guest's reserve.
+    holding: Atomic<bool>,
 }
 
 /// Allocates `n` pages for the balloon into `into`, which must have room:
@@ -128,24 +145,33 @@ fn alloc_pages(into: &mut KVec<BalloonPage>, n: usize) -> usize {
     into.len() - start
 }
 
-impl Balloon {
+impl Inflater {
+    /// Room for `depth` buffers of pages.
+    pub(super) fn new(depth: usize) -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
+            staging <- new_mutex!(Staging {
+                pages: KVec::with_capacity(depth * PFNS_PER_BUFFER, GFP_KERNEL)?,
+                buffer: KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?,
+            }),
+            out_of_puff: Atomic::new(0),
+            holding: Atomic::new(false),
+        }? Error)
+    }
+
     /// Guest pages the balloon may take now, with `ballooned` balloon pages
     /// inflated, without cutting into the reserve the guest needs to keep
     /// running; logs when it starts and stops holding back.
-    fn inflate_allowance(&self, dev: &virtio::Device<Bound>, ballooned: u32) -> usize {
-        let guest_pages = self.guest_pages(ballooned);
-        let ballooned = u64::from(ballooned / self.props.per_page.max(1));
+    fn allowance(&self, host: &Host, dev: &virtio::Device<Bound>, ballooned: u32) -> usize {
+        let guest_pages = host.guest_pages(ballooned);
+        let ballooned = u64::from(ballooned / host.props().per_page.max(1));
         let shift = kernel::page::PAGE_SHIFT as u32;
         let reserve = reserve_pages(
             guest_pages,
             shift,
             crate::module_parameters::min_available_mib.value(),
         );
-        let allowance = inflate_allowance(
-            kext::mm::available_pages(),
-            kext::mm::swappable_pages(),
-            reserve,
-        );
+        let allowance =
+            inflate_allowance(stat::available_pages(), stat::swappable_pages(), reserve);
         let holding = allowance == 0;
         if self.holding.xchg(holding, Relaxed) != holding {
             if holding {
@@ -164,13 +190,13 @@ impl Balloon {
     }
 
     /// Logs an allocation failure, rate-limited.
-    fn out_of_puff(&self, dev: &virtio::Device<Bound>) {
+    fn out_of_puff(&self, host: &Host, dev: &virtio::Device<Bound>) {
         let fails = self.out_of_puff.fetch_add(1, Relaxed) + 1;
         if fails.is_power_of_two() {
             dev_info!(
                 dev.as_ref(),
                 "Out of puff! Can't get {} pages ({} times)\n",
-                self.props.per_page,
+                host.props().per_page,
                 fails
             );
         }
@@ -181,148 +207,162 @@ impl Balloon {
     /// short, if it did.
     fn alloc_round(
         &self,
+        host: &Host,
         dev: &virtio::Device<Bound>,
         pages: &mut KVec<BalloonPage>,
         num: u32,
-    ) -> Option<Short> {
-        let per = self.props.per_page.max(1);
-        let ballooned = self.locked.lock().num_pages;
+    ) -> Option<Stop> {
+        let per = host.props().per_page.max(1);
+        let ballooned = host.lock().num_pages;
         let sw = Stopwatch::start();
         let mut left = num;
-        let mut short = None;
-        for _ in 0..self.props.depth {
+        let mut stop = None;
+        for _ in 0..host.props().inflate_depth {
             if left == 0 {
                 break;
             }
             let want =
-                batch_pages(left, per, PFNS_PER_BUFFER).min(self.inflate_allowance(dev, ballooned));
+                batch_pages(left, per, PFNS_PER_BUFFER).min(self.allowance(host, dev, ballooned));
             if want == 0 {
-                short = Some(Short::Hold);
+                stop = Some(Stop::Hold);
                 break;
             }
             let got = alloc_pages(pages, want);
             left = left.saturating_sub(got as u32 * per);
             if got < want {
-                short = Some(Short::OutOfPuff);
+                stop = Some(Stop::OutOfPuff);
                 break;
             }
         }
-        sw.stop(&self.perf, Counter::InflateAllocNs);
-        match short {
-            Some(Short::OutOfPuff) => self.out_of_puff(dev),
+        sw.stop(host.perf(), Counter::InflateAllocNs);
+        match stop {
+            Some(Stop::OutOfPuff) => self.out_of_puff(host, dev),
             _ => self.out_of_puff.store(0, Relaxed),
         }
-        short
+        stop
     }
 
-    /// Inflates by up to `depth` buffers of `num` balloon pages in all;
-    /// returns how many balloon pages the host was told about.
+    /// Inflates by up to `inflate_depth` buffers of `num` balloon pages in
+    /// all (C's `fill_balloon()`).
     ///
     /// The pages are allocated first, then put on the balloon list and
     /// handed to the host with one notification; the guest then sleeps
     /// while the host releases their memory. Filling while the host works
-    /// does not pay off: QEMU frees each page with its own `madvise()` while
-    /// holding its big lock, so a busy guest only slows the host down (TLB
-    /// shootdowns) and stalls on the lock itself.
-    pub(super) fn fill_balloon(self: &Arc<Self>, dev: &virtio::Device<Bound>, num: u32) -> u32 {
+    /// does not pay off: QEMU frees each page with its own `madvise()`
+    /// while holding its big lock, so a busy guest only slows the host
+    /// down (TLB shootdowns) and stalls on the lock itself.
+    pub(super) fn fill_balloon(
+        &self,
+        host: &Host,
+        list: &BalloonList,
+        dev: &virtio::Device<Bound>,
+        num: u32,
+    ) -> Round {
         let mut staging = self.staging.lock();
         let Staging { pages, buffer } = &mut *staging;
-        let short = self.alloc_round(dev, pages, num);
-        let sent = self.tell_host_inflated(dev, pages, buffer);
+        let short = self.alloc_round(host, dev, pages, num);
+        let mut round = tell_host(host, list, dev, pages, buffer);
         // Pages the queue did not take were never announced: free them.
         pages.clear();
-        drop(staging);
-        if short.is_some() {
-            // Out of memory or at the reserve: let the guest breathe, as C does.
-            fsleep(Delta::from_millis(OUT_OF_PUFF_BACKOFF_MS));
-        }
-        sent
+        round.stop = round.stop.or(short);
+        round
     }
+}
 
-    /// Puts `pages` on the balloon list, one buffer at a time through
-    /// `buffer`, and tells the host; returns how many balloon pages it was
-    /// told about.
-    fn tell_host_inflated(
-        self: &Arc<Self>,
-        dev: &virtio::Device<Bound>,
-        pages: &mut KVec<BalloonPage>,
-        buffer: &mut KVec<BalloonPage>,
-    ) -> u32 {
-        if pages.is_empty() {
-            return 0;
+/// Puts `pages` on the balloon list, one buffer at a time through
+/// `buffer`, and tells the host (C's `tell_host()` on the inflate queue).
+fn tell_host(
+    host: &Host,
+    list: &BalloonList,
+    dev: &virtio::Device<Bound>,
+    pages: &mut KVec<BalloonPage>,
+    buffer: &mut KVec<BalloonPage>,
+) -> Round {
+    if pages.is_empty() {
+        return Round::NOTHING;
+    }
+    let props = host.props();
+    let shift = kernel::page::PAGE_SHIFT as u32;
+    let per_buffer = PFNS_PER_BUFFER / props.per_page.max(1) as usize;
+    let mut b = host.lock();
+    let mut pipe = match Pipeline::<InflateBuffer>::new(
+        dev,
+        vq::INFLATE,
+        props.inflate_depth,
+        host.timeout(),
+        host.perf(),
+        Counter::InflateWaitNs,
+    ) {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            dev_warn!(dev.as_ref(), "inflate queue unavailable: {:?}\n", e);
+            return Round {
+                stop: Some(Stop::Host),
+                ..Round::NOTHING
+            };
         }
-        let shift = kernel::page::PAGE_SHIFT as u32;
-        let per_buffer = PFNS_PER_BUFFER / self.props.per_page.max(1) as usize;
-        let mut locked = self.locked.lock();
-        let mut pipe = match Pipeline::<PfnBuffer>::new(dev, vq::INFLATE, self.props.depth) {
-            Ok(pipe) => pipe,
-            Err(e) => {
-                dev_warn!(dev.as_ref(), "inflate queue unavailable: {:?}\n", e);
-                return 0;
-            }
+    };
+    let mut round = Round::NOTHING;
+    while pipe.has_room() && !pages.is_empty() {
+        let Some(mut buf) = b.inflate_buffers.take() else {
+            break;
         };
-        let mut sent = 0u32;
-        while pipe.has_room() && !pages.is_empty() {
-            let Some(mut buf) = locked.take_inflate_buffer() else {
+        let mut batch = PfnBatch::new(shift, props.endian);
+        while buffer.len() < per_buffer {
+            let Some(page) = pages.pop() else {
                 break;
             };
-            let mut batch = PfnBatch::new(shift, self.props.endian);
-            while buffer.len() < per_buffer {
-                let Some(page) = pages.pop() else {
-                    break;
-                };
-                match batch.push(&mut buf, page.pfn()) {
-                    Ok(()) => {
-                        // Room for `per_buffer` pages.
-                        let _ = buffer.push_within_capacity(page);
-                    }
-                    Err(PushError::Unreachable) => {
-                        // Freed here, never announced.
-                        dev_warn!(
-                            dev.as_ref(),
-                            "page frame {:#x} is beyond 32-bit balloon PFNs, not inflating it\n",
-                            page.pfn()
-                        );
-                    }
-                    Err(PushError::Full) => break,
+            match batch.push(&mut buf, page.pfn()) {
+                Ok(()) => {
+                    // Room for `per_buffer` pages.
+                    let _ = buffer.push_within_capacity(page);
                 }
+                Err(PushError::Unreachable) => {
+                    // Freed here, never announced.
+                    dev_warn!(
+                        dev.as_ref(),
+                        "page frame {:#x} is beyond 32-bit balloon PFNs, not inflating it\n",
+                        page.pfn()
+                    );
+                }
+                Err(PushError::Full) => break,
             }
-            // One round of the balloon lock for the whole buffer.
-            if self.pages.enqueue_all(self, buffer).is_err() {
-                // `pages` is our own field, so this does not happen; should
-                // it, the pages are freed and not announced.
-                buffer.clear();
-                batch.clear();
-            }
-            if batch.is_empty() {
-                let _ = locked.inflate_pool.push_within_capacity(buf);
-                continue;
-            }
-            locked.num_pages += batch.len() as u32;
-            sent += batch.len() as u32;
-            self.perf.add(Counter::InflatePages, batch.len() as u64);
-            self.perf.add(Counter::InflateBuffers, 1);
-            // We should always be able to add a buffer to a queue with room
-            // for `depth` of them.
-            if let Err(rejected) = pipe.queue(buf, batch.bytes()) {
-                dev_warn!(
-                    dev.as_ref(),
-                    "inflate queue refused PFNs: {:?}\n",
-                    rejected.err
-                );
-                let _ = locked.inflate_pool.push_within_capacity(rejected.buf);
+        }
+        if batch.is_empty() {
+            b.inflate_buffers.put(buf);
+            continue;
+        }
+        // One round of the balloon core's lock for the whole buffer; the
+        // pages are on the list before the host hears of them.
+        list.enqueue(buffer);
+        b.num_pages += batch.len() as u32;
+        if let Err(rejected) = pipe.queue(buf, batch.bytes()) {
+            // The pages stay ballooned (the guest no longer uses them);
+            // the host will hear of them when they are deflated.
+            dev_warn!(
+                dev.as_ref(),
+                "inflate queue refused PFNs: {:?}\n",
+                rejected.err
+            );
+            b.inflate_buffers.put(rejected.buf);
+            round.stop = Some(Stop::Host);
+            break;
+        }
+        round.moved += batch.len() as u32;
+        host.perf().add(Counter::InflatePages, batch.len() as u64);
+        host.perf().add(Counter::InflateBuffers, 1);
+    }
+    pipe.kick();
+    while pipe.in_flight() > 0 {
+        match pipe.complete() {
+            Ok(buf) => b.inflate_buffers.put(buf),
+            Err(e) => {
+                host.unresponsive(dev, "inflate", e);
+                round.stop = Some(Stop::Host);
                 break;
             }
         }
-        pipe.kick(&self.perf);
-        while pipe.in_flight() > 0 {
-            match pipe.complete(&self.perf, Counter::InflateWaitNs) {
-                Ok(buf) => {
-                    let _ = locked.inflate_pool.push_within_capacity(buf);
-                }
-                Err(e) => dev_warn!(dev.as_ref(), "inflate queue lost a buffer: {:?}\n", e),
-            }
-        }
-        sent
     }
+    round.acked = round.moved;
+    round
 }

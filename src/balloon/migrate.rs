@@ -4,74 +4,132 @@
 //! `virtballoon_migratepage()`).
 //!
 //! Ballooned pages stay movable. When compaction wants one of them, the
-//! balloon core isolates it and calls [`MigratePage::migrate_page`] with a
-//! fresh page: inflate the new page, then deflate the old one, each with one
-//! PFN buffer round trip; the core then swaps the pages on the list.
+//! balloon core isolates it and asks for a swap with a fresh page: inflate
+//! the new page, then deflate the old one, each with one PFN buffer round
+//! trip; the core then swaps the pages on the list.
+//!
+//! Once the host has been told that the new page is ballooned, the swap
+//! never fails (as in C): if the old page cannot be deflated, it is kept
+//! out of use for good rather than reused behind the host's back.
 
 use super::{
-    device::{
-        Balloon,
+    buffers::{
+        BufferPool,
         DeflateBuffer,
-        PfnBuffer, //
+        InflateBuffer, //
     },
+    host::Host,
     perf::Counter,
-    queue::Pipeline,
     vq,
 };
 use crate::{
-    kext::balloon::{
+    logic::pfn::PfnBatch,
+    mm::balloon::{
         MigratePage,
+        Migrated,
         PageRef, //
     },
-    logic::pfn::PfnBatch,
+    virtio::{
+        self,
+        Buffer,
+        Virtqueue, //
+    },
 };
-use kernel::prelude::*;
+use kernel::{
+    device::Bound,
+    time::Delta, //
+};
 
-impl MigratePage for Balloon {
-    fn migrate_page(&self, new: PageRef<'_>, old: PageRef<'_>) -> Result {
-        // Do not wait for the balloon lock: the size work holds it while it
-        // allocates, and compaction may be what that allocation runs.
-        // Compaction retries later.
-        let Some(mut locked) = self.locked.try_lock() else {
-            return Err(EAGAIN);
+/// How long migration waits for the balloon lock: the size work holds it
+/// while it waits for the host, and compaction retries later.
+const LOCK_PATIENCE: Delta = Delta::from_millis(0);
+
+impl MigratePage for Host {
+    fn migrate_page(&self, new: PageRef<'_>, old: PageRef<'_>) -> Migrated {
+        let Some(mut b) = self.try_lock_for(LOCK_PATIENCE) else {
+            return Migrated::Retry;
         };
-        let Some(dev) = self.binding.access() else {
-            return Err(EAGAIN);
+        if self.is_marked_unresponsive() {
+            return Migrated::Retry;
+        }
+        let Some(dev) = self.binding().access() else {
+            return Migrated::Retry;
         };
+        let (Ok(iq), Ok(dq)) = (
+            dev.vq::<InflateBuffer>(vq::INFLATE),
+            dev.vq::<DeflateBuffer>(vq::DEFLATE),
+        ) else {
+            return Migrated::Retry;
+        };
+        // Both buffers first: after step 1 there is no turning back.
+        let Some(mut ibuf) = b.inflate_buffers.take() else {
+            return Migrated::Retry;
+        };
+        let Some(mut dbuf) = b.deflate_buffers.take() else {
+            b.inflate_buffers.put(ibuf);
+            return Migrated::Retry;
+        };
+        let props = self.props();
         let shift = kernel::page::PAGE_SHIFT as u32;
-        let perf = &self.perf;
 
         // 1st step: inflate the new page.
-        let mut buf = locked.inflate_pool.pop().ok_or(EAGAIN)?;
-        let mut batch = PfnBatch::new(shift, self.props.endian);
-        if batch.push(&mut buf, new.pfn()).is_err() {
-            let _ = locked.inflate_pool.push_within_capacity(buf);
-            return Err(EAGAIN);
+        let mut batch = PfnBatch::new(shift, props.endian);
+        if batch.push(&mut ibuf, new.pfn()).is_err() {
+            // Beyond 32-bit balloon PFNs: it cannot be ballooned.
+            b.inflate_buffers.put(ibuf);
+            b.deflate_buffers.put(dbuf);
+            return Migrated::Retry;
         }
-        let mut pipe = Pipeline::<PfnBuffer>::new(&dev, vq::INFLATE, 1)?;
-        if let Err(rejected) = pipe.send(buf, batch.bytes(), perf) {
-            let _ = locked.inflate_pool.push_within_capacity(rejected.buf);
-            return Err(EAGAIN);
+        if let Err(rejected) = iq.add_outbuf(ibuf, batch.bytes()) {
+            b.inflate_buffers.put(rejected.buf);
+            b.deflate_buffers.put(dbuf);
+            return Migrated::Retry;
         }
-        let buf = pipe.complete(perf, Counter::InflateWaitNs)?;
-        let _ = locked.inflate_pool.push_within_capacity(buf);
-
-        // 2nd step: deflate the old page (the balloon core frees it).
-        let mut buf = locked.deflate_pool.pop().ok_or(EAGAIN)?;
-        let mut batch = PfnBatch::new(shift, self.props.endian);
-        // The old page was reachable when it was inflated.
-        let _ = batch.push(buf.data(), old.pfn());
-        let mut pipe = Pipeline::<DeflateBuffer>::new(&dev, vq::DEFLATE, 1)?;
-        match pipe.send(buf, batch.bytes(), perf) {
-            Ok(()) => {
-                if let Ok(buf) = pipe.complete(perf, Counter::DeflateWaitNs) {
-                    let _ = locked.deflate_pool.push_within_capacity(buf);
+        let timeout = self.timeout();
+        if round_trip(self, &dev, &iq, timeout, &mut b.inflate_buffers, "inflate") {
+            // 2nd step: deflate the old page (the balloon core frees it).
+            let mut batch = PfnBatch::new(shift, props.endian);
+            // The old page was reachable when it was inflated.
+            let _ = batch.push(dbuf.data(), old.pfn());
+            match dq.add_outbuf(dbuf, batch.bytes()) {
+                Ok(()) => {
+                    if round_trip(self, &dev, &dq, timeout, &mut b.deflate_buffers, "deflate") {
+                        return Migrated::Done;
+                    }
                 }
+                Err(rejected) => b.deflate_buffers.put(rejected.buf),
             }
-            Err(rejected) => {
-                let _ = locked.deflate_pool.push_within_capacity(rejected.buf);
-            }
+        } else {
+            b.deflate_buffers.put(dbuf);
         }
-        Ok(())
+        // The host may hold on to the old page: keep it out of use.
+        old.leak();
+        Migrated::Done
+    }
+}
+
+/// Notifies the host of the one buffer just queued on `q` and takes it back
+/// into `pool`; false (and the host marked unresponsive) if it does not come
+/// back in time.
+fn round_trip<B: Buffer>(
+    host: &Host,
+    dev: &virtio::Device<Bound>,
+    q: &Virtqueue<'_, B>,
+    timeout: Delta,
+    pool: &mut BufferPool<B>,
+    what: &str,
+) -> bool {
+    if q.kick() {
+        host.perf().add(Counter::Notifications, 1);
+    }
+    match q.wait_buf(timeout) {
+        Ok(used) => {
+            pool.put(used.buf);
+            true
+        }
+        Err(e) => {
+            host.unresponsive(dev, what, e);
+            false
+        }
     }
 }

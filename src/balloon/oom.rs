@@ -7,20 +7,30 @@
 //! balloon rather than kill a process: before the OOM killer runs, the
 //! notifier deflates one batch. Ballooned pages then stay counted in
 //! `MemTotal`, as used memory.
+//!
+//! Unlike C, the notifier never waits long: every allocation in the guest
+//! may be waiting for it. It gives up on the balloon lock after
+//! [`LOCK_PATIENCE`] (the size work may hold it while waiting for the
+//! host) and waits at most [`HOST_PATIENCE`] for the host.
 
 use super::device::Balloon;
-use crate::kext::oom::OomHandler;
+use crate::mm::oom::OomHandler;
+use kernel::time::Delta;
 
 /// Balloon pages released per OOM notification (C's `VIRTIO_BALLOON_OOM_NR_PAGES`).
 const OOM_NR_PAGES: u32 = 256;
 
+/// Priority of the OOM notifier (C's `VIRTIO_BALLOON_OOM_NOTIFY_PRIORITY`).
+pub(super) const OOM_NOTIFY_PRIORITY: i32 = 80;
+
+/// How long the notifier waits for the balloon lock.
+const LOCK_PATIENCE: Delta = Delta::from_millis(100);
+
+/// How long the notifier waits for the host to return a buffer.
+const HOST_PATIENCE: Delta = Delta::from_millis(1000);
+
 impl OomHandler for Balloon {
     fn oom_free(&self) -> usize {
-        let Some(dev) = self.binding.access() else {
-            return 0;
-        };
-        let freed = self.leak_balloon(&dev, OOM_NR_PAGES);
-        self.update_balloon_size(&dev);
-        (freed / self.props.per_page.max(1)) as usize
+        self.deflate_for_oom(OOM_NR_PAGES, LOCK_PATIENCE, HOST_PATIENCE)
     }
 }

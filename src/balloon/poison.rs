@@ -8,26 +8,32 @@
 //! cannot (the feature is missing) reporting is turned off, since the host
 //! could hand back pages with other content.
 
-use super::device::{
-    Balloon,
-    CONFIG_POISON_VAL, //
-};
 use crate::{
-    bindings::uapi,
-    kext::mm,
+    bindings::uapi::{
+        self,
+        virtio_balloon_config, //
+    },
+    mm::stat,
     virtio::{
         self,
+        ConfigField,
         Features, //
     },
+    virtio_config_field,
 };
 use kernel::{
     device::Bound,
     prelude::*, //
 };
 
+/// What freed pages contain, for the host.
+const POISON_VAL: ConfigField<virtio_balloon_config, u32> =
+    virtio_config_field!(virtio_balloon_config, poison_val)
+        .requires(uapi::VIRTIO_BALLOON_F_PAGE_POISON);
+
 /// Adjusts the features to the guest's poisoning (during `validate`).
 pub(super) fn validate(features: &mut Features<'_>) {
-    if !mm::want_init_on_free() && !mm::page_poisoning_enabled() {
+    if !stat::want_init_on_free() && !stat::page_poisoning_enabled() {
         features.clear(uapi::VIRTIO_BALLOON_F_PAGE_POISON);
     } else if !features.has(uapi::VIRTIO_BALLOON_F_PAGE_POISON) {
         features.clear(uapi::VIRTIO_BALLOON_F_REPORTING);
@@ -35,19 +41,17 @@ pub(super) fn validate(features: &mut Features<'_>) {
 }
 
 /// The value freed pages hold: zero with `init_on_free`, else the poison byte.
-pub(super) fn poison_val() -> u32 {
-    if mm::want_init_on_free() {
+fn poison_val() -> u32 {
+    if stat::want_init_on_free() {
         0
     } else {
-        u32::from_ne_bytes([mm::PAGE_POISON; 4])
+        u32::from_ne_bytes([stat::PAGE_POISON; 4])
     }
 }
 
-impl Balloon {
-    /// Tells the host what freed pages contain.
-    pub(super) fn write_poison_val(&self, dev: &virtio::Device<Bound>) {
-        if let Err(e) = dev.config_write_le32(CONFIG_POISON_VAL, poison_val()) {
-            dev_warn!(dev.as_ref(), "cannot write poison_val: {:?}\n", e);
-        }
+/// Tells the host what freed pages contain.
+pub(super) fn write_poison_val(dev: &virtio::Device<Bound>) {
+    if let Err(e) = dev.config_write(POISON_VAL, poison_val()) {
+        dev_warn!(dev.as_ref(), "cannot write poison_val: {:?}\n", e);
     }
 }

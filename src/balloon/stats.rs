@@ -1,83 +1,109 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The stats queue (virtio spec 5.5.6.3; C's `stats_request()` and
-//! `stats_handle_request()`).
+//! The stats queue (virtio spec 5.5.6.3; C's `stats_request()`,
+//! `stats_handle_request()` and `update_balloon_stats()`).
 //!
 //! The queue runs backwards: the driver keeps one buffer queued, and the
 //! host "requests" statistics by returning it. The interrupt queues a work
 //! item that refills the buffer with fresh values and queues it again.
 
 use super::{
-    device::{
-        Balloon,
-        StatsBuffer, //
-    },
-    vq,
-    wakeup::WakeupSignal,
+    buffers::StatsBuffer,
+    vq, //
 };
 use crate::{
-    kext,
-    logic::stats::{
-        tag,
-        STAT_BYTES, //
+    logic::{
+        pfn::Endian,
+        stats::{
+            tag,
+            MemStats,
+            VmEvents,
+            STAT_BYTES, //
+        },
     },
+    mm::stat,
     virtio,
 };
 use kernel::{
-    device::{
-        Bound,
-        Core, //
-    },
-    prelude::*,
-    sync::Arc,
-    workqueue, //
+    device::Bound,
+    prelude::*, //
 };
 
-impl Balloon {
-    /// Fills `buf` with current statistics; returns their size in bytes.
-    fn stats_fill(&self, buf: &mut StatsBuffer) -> usize {
-        let stats = kext::mm::mem_stats();
-        let n = stats.encode(kernel::page::PAGE_SHIFT as u32, self.props.endian, buf);
-        n.min(tag::NR) * STAT_BYTES
+/// The statistics C's `update_balloon_stats()` reports, from the same
+/// kernel sources.
+fn mem_stats() -> MemStats {
+    let m = stat::meminfo();
+    MemStats {
+        events: stat::vm_events().map(|e| VmEvents {
+            swap_in: e.swap_in,
+            swap_out: e.swap_out,
+            major_faults: e.major_faults,
+            faults: e.faults,
+            oom_kills: e.oom_kills,
+            alloc_stalls: e.alloc_stalls,
+            async_scan: e.async_scan,
+            direct_scan: e.direct_scan,
+            async_reclaim: e.async_reclaim,
+            direct_reclaim: e.direct_reclaim,
+            hugetlb: e.hugetlb,
+        }),
+        free: m.free,
+        total: m.total,
+        available: m.available,
+        caches: m.file,
     }
+}
 
-    /// Queues the first statistics buffer during probe.
-    pub(super) fn stats_prime(&self, dev: &virtio::Device<Core<'_>>) -> Result {
-        let mut buf = KBox::new([0; tag::NR * STAT_BYTES], GFP_KERNEL)?;
-        let len = self.stats_fill(&mut buf);
-        let vq = dev.vq::<StatsBuffer>(vq::STATS)?;
-        vq.add_outbuf(buf, len)?;
-        vq.kick();
-        Ok(())
+/// Fills `buf` with current statistics; returns their size in bytes.
+fn fill(buf: &mut StatsBuffer, endian: Endian) -> usize {
+    let n = mem_stats().encode(kernel::page::PAGE_SHIFT as u32, endian, buf);
+    n.min(tag::NR) * STAT_BYTES
+}
+
+/// Queues the first statistics buffer (during probe and restore, C's
+/// `init_vqs()`), which the host returns to ask for statistics.
+pub(super) fn prime(dev: &virtio::Device<Bound>, endian: Endian) -> Result {
+    let mut buf = KBox::new([0; tag::NR * STAT_BYTES], GFP_KERNEL)?;
+    let len = fill(&mut buf, endian);
+    let q = dev.vq::<StatsBuffer>(vq::STATS)?;
+    q.add_outbuf(buf, len)?;
+    q.kick();
+    Ok(())
+}
+
+/// Refills the buffer the host returned and gives it back (C's
+/// `stats_handle_request()`).
+pub(super) fn handle_request(dev: &virtio::Device<Bound>, endian: Endian) {
+    let Ok(q) = dev.vq::<StatsBuffer>(vq::STATS) else {
+        return;
+    };
+    // The host may "request" at any time, even with nothing returned.
+    let Some(mut used) = q.get_buf() else {
+        return;
+    };
+    let len = fill(&mut used.buf, endian);
+    if let Err(rejected) = q.add_outbuf(used.buf, len) {
+        dev_warn!(
+            dev.as_ref(),
+            "cannot queue statistics: {:?}\n",
+            rejected.err
+        );
+        return;
     }
+    q.kick();
+}
 
-    /// The host returned the statistics buffer (interrupt context).
-    pub(super) fn stats_request(self: &Arc<Self>, dev: &virtio::Device<Bound>) {
-        let stopped = self.stop_update.lock();
-        if !*stopped {
-            self.wakeup.start(dev, WakeupSignal::Stats);
-            let _ = workqueue::system_freezable().enqueue::<Arc<Balloon>, 1>(self.clone());
-        }
-    }
+#[kunit_tests(virtio_balloon_rs_stats)]
+mod tests {
+    use super::*;
 
-    /// Refills the returned buffer and gives it back to the host.
-    pub(super) fn stats_handle_request(&self, dev: &virtio::Device<Bound>) {
-        let Ok(vq) = dev.vq::<StatsBuffer>(vq::STATS) else {
-            return;
-        };
-        // The host may "request" at any time, even with nothing returned.
-        let Some((mut buf, _)) = vq.get_buf() else {
-            return;
-        };
-        let len = self.stats_fill(&mut buf);
-        if let Err(rejected) = vq.add_outbuf(buf, len) {
-            dev_warn!(
-                dev.as_ref(),
-                "cannot queue statistics: {:?}\n",
-                rejected.err
-            );
-            return;
-        }
-        vq.kick();
+    #[test]
+    fn all_sixteen_statistics_are_encoded() {
+        let mut out = [0u8; tag::NR * STAT_BYTES];
+        let n = mem_stats().encode(kernel::page::PAGE_SHIFT as u32, Endian::Little, &mut out);
+        assert_eq!(n, tag::NR);
+        // The last one is CACHES, as in C.
+        let at = (n - 1) * STAT_BYTES;
+        assert_eq!(u16::from_le_bytes([out[at], out[at + 1]]), tag::CACHES);
     }
 }

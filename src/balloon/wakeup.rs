@@ -74,4 +74,15 @@ impl Wakeup {
             dev.pm_relax();
         }
     }
+
+    /// The work was cancelled before it served its requests: relax anyway
+    /// (C never relaxes then, and the wakeup source stays active).
+    pub(super) fn cancel(&self, dev: &virtio::Device<impl kernel::device::DeviceContext>) {
+        let mut s = self.state.lock();
+        s.mask = 0;
+        if s.processing {
+            s.processing = false;
+            dev.pm_relax();
+        }
+    }
 }

@@ -80,8 +80,9 @@ static inline int rust_vb_next_memory_node(int nid)
 }
 
 /* Constant expressions. */
-const gfp_t RUST_CONST_HELPER_VB_GFP_HINT = __GFP_NORETRY | __GFP_NOWARN |
-					   __GFP_NOMEMALLOC;
+/* Free memory only: no reclaim, retry, warning or reserves. */
+const gfp_t RUST_CONST_HELPER_VB_GFP_FREE_BLOCK = __GFP_NORETRY | __GFP_NOWARN |
+						 __GFP_NOMEMALLOC;
 const unsigned int RUST_CONST_HELPER_VB_MAX_PAGE_ORDER = MAX_PAGE_ORDER;
 const int RUST_CONST_HELPER_VB_MAX_NUMNODES = MAX_NUMNODES;
 const int RUST_CONST_HELPER_VB_NUMA_NO_NODE = NUMA_NO_NODE;

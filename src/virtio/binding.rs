@@ -1,15 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The state of one binding of a virtio device to a driver, and the
-//! [`Binding`] handle deferred work uses to reach the device safely.
+//! [`Binding`] handle through which deferred work reaches the device.
 //!
-//! A work item, notifier or shrinker callback runs outside the bus callbacks,
-//! so it holds no [`Device<Bound>`] reference that proves the device is still
-//! bound. [`Binding::access`] gives it one for as long as the returned guard
-//! lives, or `None` once unbinding has started; the adapter's remove path
-//! waits for outstanding guards before it calls the driver's `unbind`. The
-//! C driver gets the same ordering from hand-written `stop_update` flags and
-//! `cancel_work_sync()` calls; here the type system asks for it.
+//! Work items, notifiers and shrinker callbacks run outside the bus
+//! callbacks and may sleep while they use the device (waiting for the host
+//! to return a buffer), so the binding is revoked the way the kernel
+//! revokes access from sleeping readers: an SRCU read-side section per
+//! access and `synchronize_srcu()` on unbind (`Revocable` and `Devres` do
+//! the same with RCU, whose readers may not sleep). The protocol as a whole
+//! is described in the module documentation of [`crate::virtio`].
 
 use super::{
     device::Device,
@@ -17,48 +17,57 @@ use super::{
         VqInfo,
         VqSlot, //
     },
-    MAX_VQS, //
 };
-use crate::bindings;
+use crate::{
+    bindings,
+    compat::srcu::{
+        new_srcu,
+        Guard as SrcuGuard,
+        Srcu, //
+    },
+};
 use core::{
     ops::Deref,
     ptr, //
 };
 use kernel::{
-    device, new_condvar, new_spinlock,
+    device,
     prelude::*,
     sync::{
         aref::ARef,
+        atomic::{
+            Acquire,
+            Atomic,
+            Release, //
+        },
         Arc,
         ArcBorrow,
-        CondVar,
-        SpinLock, //
+        SetOnce, //
+    },
+    time::{
+        delay::fsleep,
+        Delta,
+        Instant,
+        Monotonic, //
     },
 };
 
-/// Who is using the device outside the bus callbacks.
-struct Users {
-    /// Number of live [`BindingGuard`]s.
-    active: usize,
-    /// Set once unbinding (or a failed probe) has started; never cleared.
-    unbound: bool,
-}
-
-/// Per-binding state, owned by the binding and by every [`Binding`] handle.
+/// Per-binding state, shared by the binding and every [`Binding`] handle.
 ///
 /// # Invariants
 ///
 /// While the device is bound, `virtio_device::priv` holds one reference to
-/// this state obtained from [`Arc::into_raw`]. `slots[i]` describes
-/// virtqueue `i` of the device.
+/// this state obtained from [`Arc::into_raw`]. Once set, `slots[i]`
+/// describes virtqueue `i` of the device for the rest of the binding.
 #[pin_data]
 pub(crate) struct BindState {
+    /// Readers of the binding ([`BindingGuard`]s).
     #[pin]
-    users: SpinLock<Users>,
-    #[pin]
-    idle: CondVar,
-    #[pin]
-    slots: [VqSlot; MAX_VQS],
+    srcu: Srcu,
+    /// Whether [`Binding::access`] may still succeed.
+    bound: Atomic<bool>,
+    /// One slot per virtqueue, created by the first `find_vqs`.
+    slots: SetOnce<Pin<KBox<[VqSlot]>>>,
     /// The adapter's C virtqueue callback for this driver.
     callback: unsafe extern "C" fn(*mut bindings::virtqueue),
 }
@@ -69,12 +78,12 @@ impl BindState {
         callback: unsafe extern "C" fn(*mut bindings::virtqueue),
     ) -> Result<Arc<Self>> {
         Arc::pin_init(
-            pin_init!(Self {
-                users <- new_spinlock!(Users { active: 0, unbound: false }),
-                idle <- new_condvar!("virtio::BindState::idle"),
-                slots <- pin_init::pin_init_array_from_fn(|_| VqSlot::new()),
+            try_pin_init!(Self {
+                srcu <- new_srcu!("virtio::BindState::srcu"),
+                bound: Atomic::new(true),
+                slots: SetOnce::new(),
                 callback,
-            }),
+            }? Error),
             GFP_KERNEL,
         )
     }
@@ -112,51 +121,98 @@ impl BindState {
         borrow.into()
     }
 
-    /// Marks the binding as ending and waits until no [`BindingGuard`] is left.
-    ///
-    /// Afterwards [`Binding::access`] returns `None` for good.
-    pub(super) fn begin_unbind(&self) {
-        let mut users = self.users.lock();
-        users.unbound = true;
-        while users.active > 0 {
-            self.idle.wait(&mut users);
+    /// The virtqueue slots, once created.
+    fn slots(&self) -> &[VqSlot] {
+        self.slots.as_ref().map_or(&[], |s| &s[..])
+    }
+
+    /// Revokes the binding (step 1 of the unbind protocol): no new
+    /// [`BindingGuard`] from now on; transfers the device still holds get
+    /// `timeout` to come back, else the device is broken and reset; then
+    /// waits for every guard taken before.
+    pub(super) fn revoke(&self, dev: &Device<device::Core<'_>>, timeout: Delta) {
+        self.bound.store(false, Release);
+        let start = Instant::<Monotonic>::now();
+        let lent = || self.slots().iter().map(VqSlot::lent).sum::<usize>();
+        while lent() > 0 && start.elapsed() < timeout {
+            fsleep(Delta::from_millis(10));
+        }
+        let stuck = lent();
+        if stuck > 0 {
+            dev_err!(
+                dev.as_ref(),
+                "the device did not return {} lent buffers within {} ms: resetting it\n",
+                stuck,
+                timeout.as_millis()
+            );
+            self.stop_device(dev);
+        }
+        self.srcu.synchronize();
+    }
+
+    /// Breaks and resets the device and tells every queue, so that waiters
+    /// return: the device no longer uses any buffer.
+    pub(super) fn stop_device(&self, dev: &Device<device::Core<'_>>) {
+        dev.break_device();
+        dev.reset();
+        for slot in self.slots() {
+            slot.device_reset();
         }
     }
 
     /// Wakes the waiters of the slot holding `vq` and returns its index.
     pub(super) fn notify_used(&self, vq: *mut bindings::virtqueue) -> Option<usize> {
-        let index = self.slots.iter().position(|slot| slot.holds(vq))?;
-        self.slots[index].notify_used();
+        let index = self.slots().iter().position(|slot| slot.holds(vq))?;
+        self.slots()[index].notify_used();
         Some(index)
     }
 
     /// Returns the slot of virtqueue `index`.
     pub(super) fn slot(&self, index: usize) -> Result<&VqSlot> {
-        self.slots.get(index).ok_or(EINVAL)
+        self.slots().get(index).ok_or(ENODEV)
     }
 
     /// Creates the device's virtqueues (`virtio_find_vqs()`) into the slots.
+    ///
+    /// The first call fixes the number of queues for the binding; later
+    /// calls (after [`BindState::del_vqs`], on resume) must ask for as many.
     pub(super) fn find_vqs(&self, dev: &Device<device::Core<'_>>, infos: &[VqInfo]) -> Result {
-        if infos.is_empty() || infos.len() > MAX_VQS {
+        if infos.is_empty() || infos.len() > u32::MAX as usize {
             return Err(EINVAL);
         }
-        if self.slots.iter().any(VqSlot::is_live) {
+        if self.slots.as_ref().is_none() {
+            let slots = KBox::pin_slice(|_| VqSlot::new(), infos.len(), GFP_KERNEL)?;
+            // Bus callbacks are serialized by the device lock: nobody populates concurrently.
+            self.slots.populate(slots);
+        }
+        let slots = self.slots();
+        if slots.len() != infos.len() {
+            return Err(EINVAL);
+        }
+        if slots.iter().any(VqSlot::is_live) {
             return Err(EBUSY);
         }
 
-        let mut raw_infos = [bindings::virtqueue_info::default(); MAX_VQS];
-        for (raw, info) in raw_infos.iter_mut().zip(infos) {
-            raw.name = info.name.map_or(ptr::null(), |n| n.as_char_ptr());
-            raw.callback = if info.callback {
-                Some(self.callback)
-            } else {
-                None
-            };
+        let mut raw_infos = KVec::with_capacity(infos.len(), GFP_KERNEL)?;
+        let mut vqs = KVec::with_capacity(infos.len(), GFP_KERNEL)?;
+        for info in infos {
+            raw_infos.push(
+                bindings::virtqueue_info {
+                    name: info.name().map_or(ptr::null(), |n| n.as_char_ptr()),
+                    callback: if info.has_callback() {
+                        Some(self.callback)
+                    } else {
+                        None
+                    },
+                    ..Default::default()
+                },
+                GFP_KERNEL,
+            )?;
+            vqs.push(ptr::null_mut::<bindings::virtqueue>(), GFP_KERNEL)?;
         }
-        let mut vqs = [ptr::null_mut::<bindings::virtqueue>(); MAX_VQS];
 
-        // SAFETY: `dev` is valid during the bus callback; both arrays hold at least
-        // `infos.len()` entries and outlive the call; names are `'static`.
+        // SAFETY: `dev` is valid during the bus callback; both arrays hold `infos.len()` entries
+        // and outlive the call; names are `'static`.
         kernel::error::to_result(unsafe {
             bindings::virtio_find_vqs(
                 dev.as_raw(),
@@ -167,20 +223,19 @@ impl BindState {
             )
         })?;
 
-        for (slot, vq) in self.slots.iter().zip(vqs) {
-            // SAFETY: `vq` is null or a virtqueue `virtio_find_vqs` just created for `dev`,
-            // which stays valid until `del_vqs`.
-            unsafe { slot.attach(vq) };
+        for ((slot, vq), info) in slots.iter().zip(vqs.iter()).zip(infos) {
+            // SAFETY: `vq` is null or a virtqueue `virtio_find_vqs` just created for `dev`, which
+            // stays valid until `del_vqs`; it holds no buffer yet.
+            unsafe { slot.attach(*vq, info.kind()) };
         }
         Ok(())
     }
 
-    /// Resets the device and deletes its virtqueues, dropping queued buffers.
+    /// Deletes the virtqueues, dropping buffers still queued. The device
+    /// must be reset.
     pub(super) fn del_vqs(&self, dev: &Device<device::Core<'_>>) {
-        // The device must not touch buffers or raise interrupts while they are dropped.
-        dev.reset();
         let mut any = false;
-        for slot in &self.slots {
+        for slot in self.slots() {
             any |= slot.detach();
         }
         if !any {
@@ -197,7 +252,7 @@ impl BindState {
 /// A handle that lets deferred work reach a bound virtio device.
 ///
 /// Obtained from [`Device::binding`] in a bus callback; cheap to clone.
-/// [`Binding::access`] succeeds only while the device is still bound to the
+/// [`Binding::access`] succeeds only while the device stays bound to the
 /// driver that created the handle.
 #[derive(Clone)]
 pub struct Binding {
@@ -214,16 +269,19 @@ impl Binding {
     }
 
     /// Returns the device while it stays bound, or `None` once unbinding has
-    /// started. The device cannot finish unbinding while the guard lives, so
-    /// hold it only for a bounded time.
+    /// started. Unbinding waits for the guard (an SRCU read-side section),
+    /// so hold it for a bounded time; it may sleep.
     pub fn access(&self) -> Option<BindingGuard<'_>> {
-        let mut users = self.state.users.lock();
-        if users.unbound {
+        let srcu = self.state.srcu.read_lock();
+        if !self.state.bound.load(Acquire) {
             return None;
         }
-        users.active += 1;
-        // INVARIANT: `active` counts this guard; unbinding waits for it.
-        Some(BindingGuard { binding: self })
+        // INVARIANT: The read-side section started before any `revoke` that could see it ended,
+        // so the device stays bound until the guard is dropped.
+        Some(BindingGuard {
+            binding: self,
+            _srcu: srcu,
+        })
     }
 
     /// Returns the device, usable in any context (no configuration space or
@@ -237,10 +295,12 @@ impl Binding {
 ///
 /// # Invariants
 ///
-/// `binding.state.users.active` counts this guard and `unbound` was false
-/// when it was created, so the device remains bound until it is dropped.
+/// `_srcu` is a read-side section of the binding's SRCU that began while
+/// the binding was not revoked, so the device remains bound (and
+/// [`BindState::revoke`] waits) until the guard is dropped.
 pub struct BindingGuard<'a> {
     binding: &'a Binding,
+    _srcu: SrcuGuard<'a>,
 }
 
 impl Deref for BindingGuard<'_> {
@@ -249,18 +309,8 @@ impl Deref for BindingGuard<'_> {
     fn deref(&self) -> &Self::Target {
         let dev: &Device = &self.binding.dev;
         // SAFETY: By the type invariant the device stays bound while `self` lives, and
-        // `Device<Bound>` is a transparent wrapper of the same `struct virtio_device`.
+        // `Device<Bound>` is a transparent wrapper of the same `struct virtio_device`. Guards
+        // are taken in process context (SRCU readers may sleep).
         unsafe { &*ptr::from_ref(dev).cast::<Device<device::Bound>>() }
-    }
-}
-
-impl Drop for BindingGuard<'_> {
-    fn drop(&mut self) {
-        let state = &self.binding.state;
-        let mut users = state.users.lock();
-        users.active -= 1;
-        if users.unbound && users.active == 0 {
-            state.idle.notify_all();
-        }
     }
 }

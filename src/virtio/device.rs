@@ -1,14 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! `struct virtio_device`: feature bits, configuration space, status and
-//! virtqueue set-up, split by device context.
+//! `struct virtio_device`: identity, feature bits, status and virtqueue
+//! set-up, split by device context (see the module documentation of
+//! [`crate::virtio`]):
 //!
-//! - any context: identity and negotiated feature bits (plain memory reads);
-//! - [`Device<Bound>`](Device): configuration space, virtqueues, wakeup
-//!   source, available while the device is bound to our driver;
-//! - [`Device<Core>`](Device): what only bus callbacks may do: create and
-//!   delete the virtqueues, set `DRIVER_OK`, reset the device, hand out a
-//!   [`Binding`] for deferred work.
+//! - any context: identity, negotiated feature bits, wakeup source;
+//! - [`Device<Bound>`](Device) (process context, device bound):
+//!   configuration space ([`config`](super::config)) and virtqueues;
+//! - [`Device<Core>`](Device) (bus callbacks): create and delete the
+//!   virtqueues, set `DRIVER_OK`, reset the device, hand out a [`Binding`].
 
 use super::{
     binding::BindState,
@@ -18,8 +18,7 @@ use super::{
         Virtqueue,
         VqInfo, //
     },
-    Binding,
-    MAX_VQS, //
+    Binding, //
 };
 use crate::bindings;
 use core::{
@@ -44,7 +43,9 @@ use kernel::{
 /// A [`Device`] instance represents a valid `struct virtio_device` registered
 /// with the virtio bus by a transport. While a `Device<Bound>` (or
 /// `Device<Core>`) reference exists, the device is bound to a driver of this
-/// abstraction and `priv` points to that binding's [`BindState`].
+/// abstraction, `priv` points to that binding's [`BindState`], and the
+/// reference is used in process context (this abstraction creates them only
+/// in bus callbacks and under a [`BindingGuard`](super::BindingGuard)).
 #[repr(transparent)]
 pub struct Device<Ctx: device::DeviceContext = device::Normal>(
     Opaque<bindings::virtio_device>,
@@ -67,6 +68,12 @@ impl<Ctx: device::DeviceContext> Device<Ctx> {
         // SAFETY: By the type invariant `self.as_raw()` is valid; `id` is set by the transport
         // before registration and never changes.
         unsafe { (*self.as_raw()).id.device }
+    }
+
+    /// Returns the device's vendor id.
+    pub fn vendor_id(&self) -> u32 {
+        // SAFETY: As for `device_id`.
+        unsafe { (*self.as_raw()).id.vendor }
     }
 
     /// Returns whether feature `bit` was negotiated.
@@ -113,59 +120,19 @@ impl Device<device::Bound> {
         unsafe { &*(*self.as_raw()).priv_.cast::<BindState>() }
     }
 
-    /// Reads a little-endian 32-bit field of the device configuration space.
-    ///
-    /// `offset` must be the offset of a field the device has (for example one
-    /// guarded by a negotiated feature): transports treat reads past the end
-    /// of their configuration space as a bug. May sleep.
-    pub fn config_read_le32(&self, offset: usize) -> u32 {
-        let mut bytes = [0u8; 4];
-        // SAFETY: By the type invariant `self.as_raw()` is a valid device bound to us, so its
-        // transport and config ops are live; `bytes` is valid for 4 bytes of writes.
-        unsafe {
-            bindings::virtio_cread_bytes(
-                self.as_raw(),
-                offset as u32,
-                bytes.as_mut_ptr().cast(),
-                bytes.len(),
-            )
-        };
-        u32::from_le_bytes(bytes)
-    }
-
-    /// Writes a little-endian 32-bit field of the device configuration space.
-    ///
-    /// Returns [`ENODEV`] when the transport offers no configuration access.
-    /// The same rules for `offset` as for [`Self::config_read_le32`] apply.
-    pub fn config_write_le32(&self, offset: usize, value: u32) -> Result {
-        let bytes = value.to_le_bytes();
-        // SAFETY: By the type invariant the transport's `config` ops table is valid.
-        let set = unsafe { (*(*self.as_raw()).config).set }.ok_or(ENODEV)?;
-        // SAFETY: `set` is the transport's config writer for this bound device; `bytes` is valid
-        // for 4 bytes of reads.
-        unsafe {
-            set(
-                self.as_raw(),
-                offset as u32,
-                bytes.as_ptr().cast(),
-                bytes.len() as u32,
-            )
-        };
-        Ok(())
-    }
-
     /// Returns whether the transport offers configuration space access at all.
     pub fn has_config_access(&self) -> bool {
         // SAFETY: By the type invariant the transport's `config` ops table is valid.
         unsafe { (*(*self.as_raw()).config).get.is_some() }
     }
 
-    /// Returns virtqueue `index` for buffers of type `B`.
+    /// Returns virtqueue `index` (its position in [`Device::find_vqs`]) for
+    /// buffers of type `B`.
     ///
-    /// The first access fixes a queue's buffer type; asking for the same
-    /// queue with another type, or for a queue that does not exist (not
-    /// requested in [`Device::find_vqs`], or deleted), fails with [`EINVAL`]
-    /// or [`ENODEV`].
+    /// The first access after the queue was created fixes its buffer type;
+    /// asking for the same queue with another type fails with [`EINVAL`], a
+    /// queue that does not exist (not requested, or deleted) with
+    /// [`ENODEV`].
     pub fn vq<B: Buffer>(&self, index: usize) -> Result<Virtqueue<'_, B>> {
         Virtqueue::new(self.bind_state().slot(index)?)
     }
@@ -184,10 +151,21 @@ impl<'a> Device<device::Core<'a>> {
         self.bind_state().find_vqs(self, vqs)
     }
 
-    /// Deletes the virtqueues, dropping buffers still queued. The device
-    /// must have been reset first (see [`Self::reset`]).
+    /// Resets the device and deletes its virtqueues, dropping the buffers
+    /// still queued (for `freeze`; on unbind the adapter does this).
+    /// Users of a deleted queue get [`ENODEV`].
     pub fn del_vqs(&self) {
-        self.bind_state().del_vqs(self)
+        let state = self.bind_state();
+        self.reset();
+        state.del_vqs(self)
+    }
+
+    /// Marks every virtqueue broken (`virtio_break_device()`): from now on
+    /// adding buffers fails with [`EIO`] and the device's interrupts are
+    /// ignored. For a device that no longer answers.
+    pub fn break_device(&self) {
+        // SAFETY: `self.as_raw()` is a valid device in a bus callback.
+        unsafe { bindings::virtio_break_device(self.as_raw()) };
     }
 
     /// Sets `DRIVER_OK`: the device may now use the virtqueues.
@@ -298,5 +276,3 @@ unsafe impl Sync for Device {}
 // SAFETY: `Bound` is a zero-sized type-state marker over the same `struct virtio_device`; the
 // bound-only methods synchronize internally (virtqueue locks) or are thread safe in C.
 unsafe impl Sync for Device<device::Bound> {}
-
-const _: () = assert!(MAX_VQS <= u32::MAX as usize);

@@ -22,26 +22,37 @@ use kernel::{
     },
     ffi::c_int,
     prelude::*,
-    types::Opaque,
+    time::Delta,
+    types::{
+        ForeignOwnable,
+        Opaque, //
+    },
     ThisModule, //
 };
 
 /// A virtio driver.
 ///
-/// Callbacks that run in bus context get a [`Device<Core>`](Device); the
-/// others get a [`Device<Bound>`](Device). `Self::Data` is the per-device
-/// state `probe` creates; it is dropped after `unbind` once the device is
-/// reset and its virtqueues are deleted.
+/// Bus callbacks (`probe`, `ready`, `unbind`, `freeze`, `restore`,
+/// `shutdown`) run in process context with a [`Device<Core>`](Device);
+/// interrupt callbacks (`config_changed`, `vq_callback`) get a plain
+/// [`Device`]. `Self::Data` is the per-device data `probe` creates; the
+/// driver core drops it after `unbind`, once the device is reset and its
+/// virtqueues deleted (see "Unbinding" in [`crate::virtio`]).
 #[vtable]
 pub trait Driver {
-    /// Per-device driver data.
-    type Data: Send + Sync + 'static;
+    /// The data attached to each id of [`Driver::ID_TABLE`].
+    type IdInfo: 'static;
 
-    /// The devices this driver handles (see [`virtio_device_table!`](crate::virtio_device_table)).
-    const ID_TABLE: IdTable;
+    /// Per-device driver data, which may borrow what lives while the
+    /// device is bound.
+    type Data<'bound>: Send + Sync + 'bound;
 
-    /// Every feature bit the driver understands (the feature table offered to
-    /// the device).
+    /// The devices this driver handles (see
+    /// [`virtio_device_table!`](crate::virtio_device_table)).
+    const ID_TABLE: IdTable<Self::IdInfo>;
+
+    /// Every feature bit the driver understands (the feature table offered
+    /// to the device).
     const FEATURES: &'static [u32];
 
     /// Checks and adjusts the offered features before they are finalized.
@@ -50,49 +61,62 @@ pub trait Driver {
         Ok(())
     }
 
-    /// Creates the per-device data for a new device. The core sets
-    /// `DRIVER_OK` after probe, then calls [`Driver::ready`].
-    fn probe(dev: &Device<device::Core<'_>>) -> impl PinInit<Self::Data, Error>;
+    /// Creates the per-device data for a new device, given the data of the
+    /// id it matched. The core sets `DRIVER_OK` after probe, then calls
+    /// [`Driver::ready`].
+    fn probe<'bound>(
+        dev: &'bound Device<device::Core<'_>>,
+        id_info: Option<&'bound Self::IdInfo>,
+    ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound;
 
-    /// Runs once the device is live (`DRIVER_OK` set), after a successful probe.
-    fn ready(dev: &Device<device::Core<'_>>, data: Pin<&Self::Data>) {
+    /// The device is live (`DRIVER_OK` set) after a successful probe.
+    fn ready(dev: &Device<device::Core<'_>>, data: Pin<&Self::Data<'_>>) {
         let _ = (dev, data);
     }
 
-    /// The device configuration changed. Runs in interrupt context under a
+    /// The device configuration changed. Interrupt context, under a
     /// spinlock: defer anything that sleeps, configuration reads included.
-    fn config_changed(dev: &Device<device::Bound>, data: Pin<&Self::Data>) {
+    fn config_changed(dev: &Device, data: Pin<&Self::Data<'_>>) {
         let _ = (dev, data);
     }
 
     /// The device used buffers of virtqueue `index` (interrupt context).
-    fn vq_callback(dev: &Device<device::Bound>, data: Pin<&Self::Data>, index: usize) {
+    fn vq_callback(dev: &Device, data: Pin<&Self::Data<'_>>, index: usize) {
         let _ = (dev, data, index);
     }
 
-    /// The device is being unbound. Every [`Binding`](super::Binding) guard
-    /// is gone and no new one can be taken; the device is still live.
-    /// Afterwards the adapter resets the device and deletes the virtqueues.
-    fn unbind(dev: &Device<device::Core<'_>>, data: Pin<&Self::Data>) {
+    /// The device is being unbound (step 2 of the unbind protocol): no
+    /// [`Binding`](super::Binding) guard is left and none can be taken; the
+    /// device is live unless it kept lent memory past
+    /// [`Driver::host_timeout`]. Afterwards the adapter resets it and
+    /// deletes the virtqueues.
+    fn unbind(dev: &Device<device::Core<'_>>, data: Pin<&Self::Data<'_>>) {
         let _ = (dev, data);
     }
 
-    /// System suspend: quiesce, reset the device and delete the virtqueues.
-    fn freeze(dev: &Device<device::Core<'_>>, data: Pin<&Self::Data>) -> Result {
+    /// System suspend: quiesce, then reset the device and delete the
+    /// virtqueues ([`Device::del_vqs`]).
+    fn freeze(dev: &Device<device::Core<'_>>, data: Pin<&Self::Data<'_>>) -> Result {
         let _ = (dev, data);
         build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
     }
 
     /// System resume: the device was reset; create the virtqueues again.
-    fn restore(dev: &Device<device::Core<'_>>, data: Pin<&Self::Data>) -> Result {
+    fn restore(dev: &Device<device::Core<'_>>, data: Pin<&Self::Data<'_>>) -> Result {
         let _ = (dev, data);
         build_error!(kernel::error::VTABLE_DEFAULT_ERROR)
     }
 
-    /// System shutdown: quiesce. The adapter then breaks and resets the
-    /// device (`virtio_device_shutdown()`).
-    fn shutdown(dev: &Device<device::Core<'_>>, data: Pin<&Self::Data>) {
+    /// System shutdown, after the binding was revoked: quiesce. The adapter
+    /// then breaks and resets the device (`virtio_device_shutdown()`).
+    fn shutdown(dev: &Device<device::Core<'_>>, data: Pin<&Self::Data<'_>>) {
         let _ = (dev, data);
+    }
+
+    /// How long the device may keep memory it was lent before unbinding
+    /// breaks and resets it.
+    fn host_timeout() -> Delta {
+        Delta::from_secs(10)
     }
 }
 
@@ -101,11 +125,11 @@ pub struct Adapter<T: Driver>(T);
 
 // SAFETY:
 // - `bindings::virtio_driver` is a C type declared as `repr(C)`.
-// - `T::Data` is the type of the driver's device private data.
+// - `T::Data` is the type of the driver's device private data (`probe_callback` stores it).
 // - `struct virtio_driver` embeds a `struct device_driver` at `DEVICE_DRIVER_OFFSET`.
 unsafe impl<T: Driver + 'static> driver::DriverLayout for Adapter<T> {
     type DriverType = bindings::virtio_driver;
-    type DriverData<'bound> = T::Data;
+    type DriverData<'bound> = T::Data<'bound>;
     const DEVICE_DRIVER_OFFSET: usize = core::mem::offset_of!(Self::DriverType, driver);
 }
 
@@ -150,24 +174,31 @@ unsafe impl<T: Driver + 'static> driver::RegistrationOps for Adapter<T> {
 impl<T: Driver + 'static> Adapter<T> {
     /// # Safety
     ///
-    /// `vdev` must be a device handed to a bus callback of this driver.
+    /// `vdev` must be a device handed to a bus callback of this driver, used
+    /// only for the duration of the callback.
     unsafe fn core<'a>(vdev: *mut bindings::virtio_device) -> &'a Device<device::CoreInternal<'a>> {
         // SAFETY: By the safety requirements `vdev` is valid for the duration of the callback.
         unsafe { &*vdev.cast::<Device<device::CoreInternal<'a>>>() }
     }
 
     /// Returns the driver data of `dev`, if probe has stored it.
-    fn data<'a>(dev: &'a Device<device::Bound>) -> Option<Pin<&'a T::Data>> {
-        let raw = dev.as_raw_device();
-        // SAFETY: `raw` is a valid `struct device`.
-        if unsafe { kernel::bindings::dev_get_drvdata(raw) }.is_null() {
+    ///
+    /// # Safety
+    ///
+    /// `dev` must be bound to this driver (or probing), and the returned
+    /// reference used only while it stays so.
+    unsafe fn data<'a, Ctx: device::DeviceContext>(
+        dev: &'a Device<Ctx>,
+    ) -> Option<Pin<&'a T::Data<'a>>> {
+        // SAFETY: `dev` is a valid device, so is its `struct device`.
+        let ptr = unsafe { kernel::bindings::dev_get_drvdata(dev.as_raw_device()) };
+        if ptr.is_null() {
             return None;
         }
-        // SAFETY: `dev` is bound, so `raw` is valid and stays bound for `'a`.
-        let internal = unsafe { device::Device::<device::BoundInternal>::from_raw(raw) };
-        // SAFETY: The drvdata is non-null, so `set_drvdata` stored a `T::Data` for this binding
-        // and it is not dropped before the device is unbound.
-        Some(unsafe { internal.drvdata_borrow::<T::Data>() })
+        // SAFETY: A non-null drvdata of a device bound to this driver is the `Pin<KBox<T::Data>>`
+        // that `probe_callback` stored with `set_drvdata` (`into_foreign`); it is dropped only
+        // after the device is unbound, which by the safety requirements outlives `'a`.
+        Some(unsafe { Pin::<KBox<T::Data<'a>>>::borrow(ptr.cast()) })
     }
 
     extern "C" fn validate_callback(vdev: *mut bindings::virtio_device) -> c_int {
@@ -187,7 +218,8 @@ impl<T: Driver + 'static> Adapter<T> {
         from_result(|| {
             let state = BindState::new(Self::vq_callback)?;
             BindState::attach(state, dev);
-            let data = T::probe(dev);
+            let info = T::ID_TABLE.info(dev.device_id(), dev.vendor_id());
+            let data = T::probe(dev, info);
             if let Err(e) = dev.as_ref().set_drvdata(data) {
                 Self::teardown(dev);
                 return Err(e);
@@ -196,10 +228,11 @@ impl<T: Driver + 'static> Adapter<T> {
         })
     }
 
-    /// Ends the binding: no more guards, device reset, queues deleted.
+    /// Ends a binding whose probe failed: revoke, reset, delete the queues.
     fn teardown(dev: &Device<device::CoreInternal<'_>>) {
         let state = dev.bind_state();
-        state.begin_unbind();
+        state.revoke(dev, T::host_timeout());
+        dev.reset();
         state.del_vqs(dev);
         BindState::detach(dev);
     }
@@ -207,7 +240,8 @@ impl<T: Driver + 'static> Adapter<T> {
     extern "C" fn scan_callback(vdev: *mut bindings::virtio_device) {
         // SAFETY: The virtio core calls `scan` with a valid device after a successful probe.
         let dev = unsafe { Self::core(vdev) };
-        if let Some(data) = Self::data(dev) {
+        // SAFETY: The device is bound to this driver during the callback.
+        if let Some(data) = unsafe { Self::data(dev) } {
             T::ready(dev, data);
         }
     }
@@ -215,37 +249,46 @@ impl<T: Driver + 'static> Adapter<T> {
     extern "C" fn remove_callback(vdev: *mut bindings::virtio_device) {
         // SAFETY: The virtio core calls `remove` with a valid, bound device.
         let dev = unsafe { Self::core(vdev) };
-        // Wait for deferred users before the driver tears down what they use.
-        dev.bind_state().begin_unbind();
-        if let Some(data) = Self::data(dev) {
+        let state = dev.bind_state();
+        // 1. No deferred user left, and none to come.
+        state.revoke(dev, T::host_timeout());
+        // 2. The driver lets go of the device.
+        // SAFETY: The device is bound to this driver until `remove` returns.
+        if let Some(data) = unsafe { Self::data(dev) } {
             T::unbind(dev, data);
         }
-        // The virtio core requires a reset device after `remove`.
+        // 3. The virtio core requires a reset device after `remove`.
         dev.reset();
-        Self::teardown(dev);
+        state.del_vqs(dev);
+        BindState::detach(dev);
     }
 
     extern "C" fn config_changed_callback(vdev: *mut bindings::virtio_device) {
-        // SAFETY: The virtio core only reports configuration changes for bound devices.
-        let dev = unsafe { &*vdev.cast::<Device<device::Bound>>() };
-        if let Some(data) = Self::data(dev) {
+        // SAFETY: The virtio core reports configuration changes only for a valid device that is
+        // bound (configuration changes are disabled before `remove`).
+        let dev = unsafe { &*vdev.cast::<Device>() };
+        // SAFETY: The device is bound to this driver during the callback.
+        if let Some(data) = unsafe { Self::data(dev) } {
             T::config_changed(dev, data);
         }
     }
 
-    /// C callback of every virtqueue created with [`VqInfo::callback`](super::VqInfo) set.
+    /// C callback of every virtqueue created with a callback ([`VqInfo::new`](super::VqInfo::new)).
     extern "C" fn vq_callback(vq: *mut bindings::virtqueue) {
-        // SAFETY: The transport calls queue callbacks with a valid queue of a bound device,
-        // between `virtio_find_vqs` and the device reset preceding `del_vqs`.
-        let vdev = unsafe { (*vq).vdev };
-        // SAFETY: As above, the device is bound while its queue callbacks run.
-        let dev = unsafe { &*vdev.cast::<Device<device::Bound>>() };
+        // SAFETY: The transport calls queue callbacks with a valid queue of a device bound to
+        // this driver, between `virtio_find_vqs` and the device reset before `del_vqs`, while
+        // `priv` holds the binding's state.
+        let (dev, state) = unsafe {
+            let vdev = (*vq).vdev;
+            (&*vdev.cast::<Device>(), &*(*vdev).priv_.cast::<BindState>())
+        };
         // The queue's slot in the driver's `find_vqs` list; the device's own
         // queue numbering skips unused entries.
-        let Some(index) = dev.bind_state().notify_used(vq) else {
+        let Some(index) = state.notify_used(vq) else {
             return;
         };
-        if let Some(data) = Self::data(dev) {
+        // SAFETY: As above, the device is bound.
+        if let Some(data) = unsafe { Self::data(dev) } {
             T::vq_callback(dev, data, index);
         }
     }
@@ -254,7 +297,8 @@ impl<T: Driver + 'static> Adapter<T> {
         // SAFETY: The virtio core calls `freeze` with a valid, bound device.
         let dev = unsafe { Self::core(vdev) };
         from_result(|| {
-            let data = Self::data(dev).ok_or(ENODEV)?;
+            // SAFETY: The device is bound to this driver during the callback.
+            let data = unsafe { Self::data(dev) }.ok_or(ENODEV)?;
             T::freeze(dev, data)?;
             Ok(0)
         })
@@ -264,7 +308,8 @@ impl<T: Driver + 'static> Adapter<T> {
         // SAFETY: The virtio core calls `restore` with a valid, bound device.
         let dev = unsafe { Self::core(vdev) };
         from_result(|| {
-            let data = Self::data(dev).ok_or(ENODEV)?;
+            // SAFETY: The device is bound to this driver during the callback.
+            let data = unsafe { Self::data(dev) }.ok_or(ENODEV)?;
             T::restore(dev, data)?;
             Ok(0)
         })
@@ -273,8 +318,9 @@ impl<T: Driver + 'static> Adapter<T> {
     extern "C" fn shutdown_callback(vdev: *mut bindings::virtio_device) {
         // SAFETY: The virtio core calls `shutdown` with a valid, bound device.
         let dev = unsafe { Self::core(vdev) };
-        dev.bind_state().begin_unbind();
-        if let Some(data) = Self::data(dev) {
+        dev.bind_state().revoke(dev, T::host_timeout());
+        // SAFETY: The device is bound to this driver during the callback.
+        if let Some(data) = unsafe { Self::data(dev) } {
             T::shutdown(dev, data);
         }
         // SAFETY: `vdev` is valid; breaking and resetting the device is what the core does for

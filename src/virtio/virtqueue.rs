@@ -6,14 +6,39 @@
 //! [`Virtqueue::add_inbuf`]) moves into the queue and comes back from
 //! [`Virtqueue::get_buf`] / [`Virtqueue::wait_buf`], so the memory the device
 //! reads or writes cannot be freed or reused while the device owns it.
-//! Buffers still queued when the queues are deleted are dropped then.
+//! Buffers still queued when the queue is deleted are dropped then, after
+//! the device was reset, outside any lock.
 //!
-//! Each queue is protected by its own IRQ-safe lock, so it can be used from
-//! any context; [`Virtqueue::wait_buf`] sleeps until the device returns a
-//! buffer, woken by the queue's interrupt (the Rust form of C's
-//! `wait_event(wq, virtqueue_get_buf(vq, &len))`).
+//! Each queue has its own IRQ-safe lock, so it can be used from any context
+//! and deleted (on unbind or suspend) while another thread holds a handle:
+//! operations on a deleted queue fail with [`ENODEV`]. A handle belongs to
+//! one incarnation of a queue: after the queues are deleted and created
+//! again (resume), an old handle stays dead. Waiting is bounded: a wait ends
+//! with [`ETIMEDOUT`], or [`EIO`] as soon as the virtio core marks the queue
+//! broken (a device that returned a bogus buffer, or was surprise-removed).
+//!
+//! Buffer kinds: [`buffer`] (owned, typed), [`sg`] (borrowed scatterlists,
+//! one transfer at a time) and [`hint`] (free page hints, not lent).
+
+mod buffer;
+mod hint;
+mod sg;
+
+pub use buffer::{
+    Buffer,
+    DataBuffer,
+    Rejected,
+    Tagged,
+    Used, //
+};
+pub use hint::PageHint;
+pub use sg::{
+    SgList,
+    SgQueue, //
+};
 
 use crate::bindings;
+use buffer::drop_token;
 use core::{
     any::TypeId,
     marker::PhantomData,
@@ -24,39 +49,51 @@ use core::{
     },
 };
 use kernel::{
-    alloc::{
-        Allocator,
-        Box, //
-    },
     ffi::c_void,
-    new_condvar, new_spinlock_irq,
+    new_condvar, new_mutex, new_spinlock_irq,
     prelude::*,
     sync::{
         CondVar,
-        SpinLockIrq, //
+        CondVarTimeoutResult,
+        Mutex,
+        SpinLockIrq,
+        SpinLockIrqGuard, //
     },
-    transmute::{
-        AsBytes,
-        FromBytes, //
+    time::{
+        delay::fsleep,
+        msecs_to_jiffies,
+        Delta,
+        Instant,
+        Monotonic, //
     },
 };
+
+/// What a queue carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// Buffers, owned or lent.
+    Buffers,
+    /// The free page hint queue of a balloon device: buffers and
+    /// [`PageHint`]s.
+    FreePageHints,
+}
 
 /// Description of one virtqueue for [`Device::find_vqs`](super::Device::find_vqs).
 #[derive(Clone, Copy)]
 pub struct VqInfo {
-    /// Queue name, or `None` for a queue the driver does not use.
-    pub name: Option<&'static CStr>,
-    /// Whether the driver wants [`Driver::vq_callback`](super::Driver::vq_callback)
-    /// (and [`Virtqueue::wait_buf`] wake-ups) for this queue.
-    pub callback: bool,
+    name: Option<&'static CStr>,
+    callback: bool,
+    kind: Kind,
 }
 
 impl VqInfo {
-    /// A used queue with callbacks.
+    /// A used queue with callbacks ([`Driver::vq_callback`](super::Driver::vq_callback)
+    /// and [`Virtqueue::wait_buf`] wake-ups).
     pub const fn new(name: &'static CStr) -> Self {
         Self {
             name: Some(name),
             callback: true,
+            kind: Kind::Buffers,
         }
     }
 
@@ -65,6 +102,19 @@ impl VqInfo {
         Self {
             name: Some(name),
             callback: false,
+            kind: Kind::Buffers,
+        }
+    }
+
+    /// The free page hint queue of a balloon device (virtio spec 5.5.6.8),
+    /// polled, which also takes [`PageHint`]s. Creating it fails with
+    /// [`EINVAL`] unless the device is a balloon that negotiated
+    /// `VIRTIO_BALLOON_F_FREE_PAGE_HINT`.
+    pub const fn free_page_hints(name: &'static CStr) -> Self {
+        Self {
+            name: Some(name),
+            callback: false,
+            kind: Kind::FreePageHints,
         }
     }
 
@@ -72,201 +122,121 @@ impl VqInfo {
     pub const UNUSED: Self = Self {
         name: None,
         callback: false,
+        kind: Kind::Buffers,
     };
-}
 
-/// Memory a driver hands to a virtqueue.
-///
-/// # Safety
-///
-/// - [`Buffer::region`] must describe memory owned by `self`, valid for
-///   reads and writes by the device, in the kernel's linear mapping, that
-///   stays valid and unused by anyone else from [`Buffer::into_token`] until
-///   [`Buffer::from_token`].
-/// - [`Buffer::from_token`] must return the buffer [`Buffer::into_token`]
-///   gave the token for.
-pub unsafe trait Buffer: Send + 'static {
-    /// Start and length in bytes of the memory the device may access.
-    fn region(&self) -> (NonNull<u8>, usize);
-
-    /// Gives up ownership; the token identifies the buffer to the queue.
-    fn into_token(self) -> NonNull<c_void>;
-
-    /// Takes ownership back.
-    ///
-    /// # Safety
-    ///
-    /// `token` must come from [`Buffer::into_token`] of the same type and be
-    /// used only once.
-    unsafe fn from_token(token: NonNull<c_void>) -> Self;
-}
-
-/// Plain data buffers (arrays of little-endian integers, packed structures)
-/// that virtqueues carry, boxed so the device sees stable memory.
-pub trait DataBuffer: AsBytes + FromBytes + Send + 'static {}
-
-impl<T: AsBytes + FromBytes + Send + 'static> DataBuffer for T {}
-
-// SAFETY:
-// - A `KBox<T>` owns a kmalloc'ed `T` in the linear mapping; `region` covers exactly that `T`,
-//   which any byte pattern written by the device leaves valid (`FromBytes`) and which has no
-//   padding the device could read uninitialized (`AsBytes`).
-// - `into_token`/`from_token` are `KBox::into_raw`/`KBox::from_raw` of the same allocation.
-unsafe impl<T: DataBuffer, A: Allocator + 'static> Buffer for Box<T, A>
-where
-    Box<T, A>: Send,
-{
-    fn region(&self) -> (NonNull<u8>, usize) {
-        (NonNull::from(&**self).cast(), size_of::<T>())
+    pub(super) fn name(&self) -> Option<&'static CStr> {
+        self.name
     }
 
-    fn into_token(self) -> NonNull<c_void> {
-        // SAFETY: `Box::into_raw` never returns null.
-        unsafe { NonNull::new_unchecked(Box::into_raw(self).cast()) }
+    pub(super) fn has_callback(&self) -> bool {
+        self.callback
     }
 
-    unsafe fn from_token(token: NonNull<c_void>) -> Self {
-        // SAFETY: By the safety requirements `token` came from `into_raw` of a `Box<T, A>`.
-        unsafe { Box::from_raw(token.as_ptr().cast()) }
+    pub(super) fn kind(&self) -> Kind {
+        self.kind
     }
 }
 
-/// A [`DataBuffer`] the device sees, plus driver context that travels with
-/// it through the queue and comes back with it (for example the pages whose
-/// frame numbers the buffer carries, to free once the device has read them).
-pub struct Tagged<D: DataBuffer, C: Send + 'static>(KBox<TaggedInner<D, C>>);
+/// Bit 0 of a token marks a [`PageHint`]: owned buffers' tokens keep it clear.
+const HINT_TAG: usize = 1;
 
-struct TaggedInner<D, C> {
-    data: D,
-    ctx: C,
-}
-
-impl<D: DataBuffer, C: Send + 'static> Tagged<D, C> {
-    /// Boxes `data` and `ctx` together.
-    pub fn new(data: D, ctx: C, flags: kernel::alloc::Flags) -> Result<Self> {
-        Ok(Self(KBox::new(TaggedInner { data, ctx }, flags)?))
-    }
-
-    /// The part the device sees.
-    pub fn data(&mut self) -> &mut D {
-        &mut self.0.data
-    }
-
-    /// The driver's context.
-    pub fn ctx(&mut self) -> &mut C {
-        &mut self.0.ctx
-    }
-
-    /// Both at once.
-    pub fn parts(&mut self) -> (&mut D, &mut C) {
-        let inner = &mut *self.0;
-        (&mut inner.data, &mut inner.ctx)
-    }
-}
-
-// SAFETY:
-// - `region` covers `data`, owned by the box: any byte pattern the device writes leaves it valid
-//   (`FromBytes`) and it has no padding (`AsBytes`); `ctx` is never exposed to the device.
-// - `into_token`/`from_token` are `KBox::into_raw`/`KBox::from_raw` of the same allocation.
-unsafe impl<D: DataBuffer, C: Send + 'static> Buffer for Tagged<D, C> {
-    fn region(&self) -> (NonNull<u8>, usize) {
-        (NonNull::from(&self.0.data).cast(), size_of::<D>())
-    }
-
-    fn into_token(self) -> NonNull<c_void> {
-        // SAFETY: `KBox::into_raw` never returns null.
-        unsafe { NonNull::new_unchecked(KBox::into_raw(self.0).cast()) }
-    }
-
-    unsafe fn from_token(token: NonNull<c_void>) -> Self {
-        // SAFETY: By the safety requirements `token` came from `into_raw` of this box type.
-        Self(unsafe { KBox::from_raw(token.as_ptr().cast()) })
-    }
-}
-
-/// A buffer the queue did not accept, returned with the reason.
-pub struct Rejected<B> {
-    /// Why: [`ENOSPC`] when the ring is full, [`ENODEV`] when the queue is
-    /// gone, [`EINVAL`] for a bad length.
-    pub err: Error,
-    /// The buffer, still owned by the caller.
-    pub buf: B,
-}
-
-impl<B> From<Rejected<B>> for Error {
-    fn from(r: Rejected<B>) -> Self {
-        r.err
-    }
-}
-
-/// Drops the buffer behind a token of type `B`.
-///
-/// # Safety
-///
-/// `token` must come from `B::into_token` and be used only once.
-unsafe fn drop_token<B: Buffer>(token: NonNull<c_void>) {
-    // SAFETY: Guaranteed by the safety requirements.
-    drop(unsafe { B::from_token(token) });
-}
+/// How often a waiter looks again whether its queue broke.
+const WAIT_SLICE_MS: u32 = 100;
 
 /// The state of one virtqueue slot, under its lock.
 ///
 /// # Invariants
 ///
-/// `vq` is null or a live virtqueue of the bound device. Every token queued
-/// in `vq` came from `Buffer::into_token` of the type `ty` names, and `drop`
-/// drops such a token.
+/// `vq` is null or a live virtqueue of the bound device, created for this
+/// slot. Every untagged token queued in `vq` came from `Buffer::into_token`
+/// of the type `ty` names, and `drop` drops such a token; tagged tokens are
+/// [`PageHint`]s, which own nothing. `generation` changes whenever `vq`
+/// does.
 struct SlotState {
     vq: *mut bindings::virtqueue,
+    generation: u64,
+    kind: Kind,
     ty: Option<TypeId>,
     drop: Option<unsafe fn(NonNull<c_void>)>,
+    /// Owned buffers queued.
     in_flight: usize,
+    /// Borrowed memory the device holds ([`SgQueue`] transfers).
+    lent: usize,
+    /// The device was reset: it uses no buffer any more.
+    reset: bool,
+    /// A used length beyond a buffer was already reported.
+    bad_len_reported: bool,
 }
 
 // SAFETY: The virtqueue pointer may be used from any thread; all uses are serialized by the
 // slot's lock.
 unsafe impl Send for SlotState {}
 
-/// One virtqueue of a bound device: its lock and its used-buffer wait queue.
+/// One virtqueue of a bound device: its lock, its used-buffer wait queue,
+/// and the lock that lets one borrowed transfer at a time use it.
 #[pin_data]
 pub(crate) struct VqSlot {
     #[pin]
     state: SpinLockIrq<SlotState>,
     #[pin]
     used: CondVar,
+    #[pin]
+    transfer: Mutex<()>,
 }
 
 impl VqSlot {
-    pub(super) fn new() -> impl PinInit<Self> {
-        pin_init!(Self {
+    pub(super) fn new() -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
             state <- new_spinlock_irq!(SlotState {
                 vq: ptr::null_mut(),
+                generation: 0,
+                kind: Kind::Buffers,
                 ty: None,
                 drop: None,
                 in_flight: 0,
+                lent: 0,
+                reset: false,
+                bad_len_reported: false,
             }),
             used <- new_condvar!("virtio::VqSlot::used"),
-        })
+            transfer <- new_mutex!((), "virtio::VqSlot::transfer"),
+        }? Error)
     }
 
-    /// Fixes the queue's token type on first use: [`ENODEV`] if there is no
-    /// queue, [`EINVAL`] if it already carries another type.
-    fn claim(&self, ty: TypeId, drop: Option<unsafe fn(NonNull<c_void>)>) -> Result {
+    /// Fixes the queue's token type on first use and returns the queue's
+    /// generation: [`ENODEV`] if there is no queue, [`EINVAL`] if it carries
+    /// another type.
+    fn claim(&self, ty: TypeId, drop: Option<unsafe fn(NonNull<c_void>)>) -> Result<u64> {
         let mut s = self.state.lock();
         if s.vq.is_null() {
             return Err(ENODEV);
         }
         match s.ty {
             None => {
-                // INVARIANT: No token is queued yet; from now on only tokens of type `ty` are,
-                // and `drop` (or nothing, for borrowed tokens) releases them.
+                // INVARIANT: No owned token is queued yet; from now on only tokens of type `ty`
+                // are, and `drop` (or nothing, for borrowed tokens) releases them.
                 s.ty = Some(ty);
                 s.drop = drop;
-                Ok(())
+                Ok(s.generation)
             }
-            Some(have) if have == ty => Ok(()),
+            Some(have) if have == ty => Ok(s.generation),
             Some(_) => Err(EINVAL),
         }
+    }
+
+    /// Locks the slot for a handle of `generation` and type `ty`: the
+    /// queue must still be that incarnation ([`ENODEV`] otherwise).
+    fn lock_for(&self, generation: u64, ty: TypeId) -> Result<SpinLockIrqGuard<'_, SlotState>> {
+        let s = self.state.lock();
+        if s.vq.is_null() || s.generation != generation {
+            return Err(ENODEV);
+        }
+        // Claimed for this type in this generation (`claim`); checked again, cheaply.
+        if s.ty != Some(ty) {
+            return Err(EINVAL);
+        }
+        Ok(s)
     }
 
     pub(super) fn holds(&self, vq: *mut bindings::virtqueue) -> bool {
@@ -277,46 +247,79 @@ impl VqSlot {
         !self.state.lock().vq.is_null()
     }
 
+    /// Borrowed transfers the device holds.
+    pub(super) fn lent(&self) -> usize {
+        self.state.lock().lent
+    }
+
     /// Installs a virtqueue created by `virtio_find_vqs`.
     ///
     /// # Safety
     ///
-    /// `vq` must be null or a virtqueue of the bound device that stays valid
-    /// until [`VqSlot::detach`].
-    pub(super) unsafe fn attach(&self, vq: *mut bindings::virtqueue) {
+    /// `vq` must be null or a virtqueue of the bound device that holds no
+    /// buffer and stays valid until [`VqSlot::detach`].
+    pub(super) unsafe fn attach(&self, vq: *mut bindings::virtqueue, kind: Kind) {
         let mut s = self.state.lock();
-        // INVARIANT: `vq` is null or live by the safety requirements; it holds no tokens yet.
+        // INVARIANT: `vq` is null or live by the safety requirements; it holds no tokens yet, and
+        // the generation changes with it.
         *s = SlotState {
             vq,
+            generation: s.generation.wrapping_add(1),
+            kind,
             ty: None,
             drop: None,
             in_flight: 0,
+            lent: 0,
+            reset: false,
+            bad_len_reported: false,
         };
     }
 
-    /// Drops every buffer still queued and forgets the virtqueue, waking
-    /// waiters. The device must be reset. Returns whether there was a queue.
-    pub(super) fn detach(&self) -> bool {
+    /// The device was reset: wake everyone waiting for it.
+    pub(super) fn device_reset(&self) {
         let mut s = self.state.lock();
-        if s.vq.is_null() {
-            return false;
-        }
+        s.reset = true;
+        self.used.notify_all();
+    }
+
+    /// Forgets the virtqueue, wakes waiters, then drops every buffer still
+    /// queued (outside the lock). The device must be reset. Returns whether
+    /// there was a queue.
+    pub(super) fn detach(&self) -> bool {
+        let (vq, drop) = {
+            let mut s = self.state.lock();
+            if s.vq.is_null() {
+                return false;
+            }
+            let taken = (s.vq, s.drop);
+            // INVARIANT: The queue leaves the slot and a new generation begins.
+            s.vq = ptr::null_mut();
+            s.generation = s.generation.wrapping_add(1);
+            s.ty = None;
+            s.drop = None;
+            s.in_flight = 0;
+            s.lent = 0;
+            s.reset = true;
+            self.used.notify_all();
+            taken
+        };
         loop {
-            // SAFETY: `s.vq` is live (type invariant) and the device is reset, so no buffer is
-            // in use by it.
-            let token = unsafe { bindings::virtqueue_detach_unused_buf(s.vq) };
+            // SAFETY: `vq` is live until the transport's `del_vqs`, which our caller runs after
+            // this; the device is reset, and no other thread uses `vq` since it left the slot
+            // under the lock (every use checks the slot first).
+            let token = unsafe { bindings::virtqueue_detach_unused_buf(vq) };
             let Some(token) = NonNull::new(token) else {
                 break;
             };
-            if let Some(drop) = s.drop {
-                // SAFETY: By the type invariant queued tokens are of the type `drop` handles,
+            if token.addr().get() & HINT_TAG != 0 {
+                continue;
+            }
+            if let Some(drop) = drop {
+                // SAFETY: By the type invariant untagged tokens are of the type `drop` handles,
                 // and the queue gave this one back exactly once.
                 unsafe { drop(token) };
             }
         }
-        s.vq = ptr::null_mut();
-        s.in_flight = 0;
-        self.used.notify_all();
         true
     }
 
@@ -330,26 +333,50 @@ impl VqSlot {
         unsafe { bindings::virtqueue_get_vring_size(s.vq) }
     }
 
-    /// Wakes [`Virtqueue::wait_buf`] callers; called from the queue's interrupt.
+    /// Wakes [`Virtqueue::wait_buf`] callers; called from the queue's
+    /// interrupt. Taking the lock orders the wake-up after a waiter's check.
     pub(super) fn notify_used(&self) {
         let _s = self.state.lock();
         self.used.notify_all();
     }
+
+    /// Sleeps on the slot's wait queue for at most `slice`; on a pending
+    /// signal (the caller is a process that was signalled) sleeps instead,
+    /// so that waits stay bounded and do not spin.
+    fn wait_slice(&self, s: &mut SpinLockIrqGuard<'_, SlotState>, slice: Delta) -> bool {
+        let ms = u32::try_from(slice.as_millis().max(1)).unwrap_or(WAIT_SLICE_MS);
+        matches!(
+            self.used
+                .wait_interruptible_timeout(s, msecs_to_jiffies(ms)),
+            CondVarTimeoutResult::Signal { .. }
+        )
+    }
 }
 
 /// A virtqueue of a bound device that carries buffers of type `B`.
+///
+/// # Invariants
+///
+/// The slot was claimed for `B` in generation `generation`.
 pub struct Virtqueue<'a, B: Buffer> {
     slot: &'a VqSlot,
+    generation: u64,
     _buffers: PhantomData<B>,
 }
 
 impl<'a, B: Buffer> Virtqueue<'a, B> {
     pub(super) fn new(slot: &'a VqSlot) -> Result<Self> {
-        slot.claim(TypeId::of::<B>(), Some(drop_token::<B>))?;
+        let generation = slot.claim(TypeId::of::<B>(), Some(drop_token::<B>))?;
+        // INVARIANT: Claimed just above.
         Ok(Self {
             slot,
+            generation,
             _buffers: PhantomData,
         })
+    }
+
+    fn lock(&self) -> Result<SpinLockIrqGuard<'a, SlotState>> {
+        self.slot.lock_for(self.generation, TypeId::of::<B>())
     }
 
     fn add(&self, buf: B, len: usize, device_writes: bool) -> Result<(), Rejected<B>> {
@@ -357,10 +384,10 @@ impl<'a, B: Buffer> Virtqueue<'a, B> {
         if len == 0 || len > size || len > u32::MAX as usize {
             return Err(Rejected { err: EINVAL, buf });
         }
-        let mut s = self.slot.state.lock();
-        if s.vq.is_null() {
-            return Err(Rejected { err: ENODEV, buf });
-        }
+        let mut s = match self.lock() {
+            Ok(s) => s,
+            Err(err) => return Err(Rejected { err, buf }),
+        };
         let mut sg = MaybeUninit::<kernel::bindings::scatterlist>::zeroed();
         // SAFETY: `sg` is writable; `start..start + len` lies within the buffer's memory in the
         // linear mapping (safety requirements of `Buffer`).
@@ -370,7 +397,7 @@ impl<'a, B: Buffer> Virtqueue<'a, B> {
         let token = buf.into_token();
         // SAFETY: `s.vq` is live (type invariant); `sg` was initialized above and describes one
         // entry; `token` keeps the buffer alive until the queue returns it. `GFP_ATOMIC`: we hold
-        // a spinlock.
+        // a spinlock (and without indirect descriptors nothing is allocated anyway).
         let ret = unsafe {
             if device_writes {
                 bindings::virtqueue_add_inbuf(
@@ -413,70 +440,141 @@ impl<'a, B: Buffer> Virtqueue<'a, B> {
         self.add(buf, len, true)
     }
 
+    /// Names `hint`'s memory to the device, which may record it (free page
+    /// hinting); the memory stays the caller's. Only on a queue created
+    /// with [`VqInfo::free_page_hints`] ([`EINVAL`] otherwise).
+    pub fn add_hint(&self, hint: PageHint) -> Result {
+        let s = self.lock()?;
+        if s.kind != Kind::FreePageHints {
+            return Err(EINVAL);
+        }
+        let mut sg = MaybeUninit::<kernel::bindings::scatterlist>::zeroed();
+        let (start, len) = hint.region();
+        // SAFETY: `sg` is writable; `start..start + len` is memory in the linear mapping
+        // (invariant of `PageHint`).
+        unsafe {
+            kernel::bindings::sg_init_one(sg.as_mut_ptr(), start.as_ptr().cast(), len as u32)
+        };
+        let token = start.as_ptr().map_addr(|a| a | HINT_TAG);
+        // SAFETY: `s.vq` is live (type invariant); `sg` describes one entry. The token is tagged,
+        // so the queue never drops or returns it as a buffer. The device may only record the
+        // pages and, as the balloon's free page hinting allows (virtio spec 5.5.6.8), discard the
+        // content of pages the guest has not written since the hint: memory the guest reuses
+        // holds whatever the guest writes, so the memory is not lent.
+        kernel::error::to_result(unsafe {
+            bindings::virtqueue_add_inbuf(
+                s.vq,
+                sg.as_mut_ptr(),
+                1,
+                token.cast(),
+                kernel::bindings::GFP_ATOMIC,
+            )
+        })
+    }
+
     /// Notifies the device of new buffers, if it wants to be notified
     /// (`virtqueue_kick_prepare()` + `virtqueue_notify()`). Returns whether
     /// a notification was sent.
     pub fn kick(&self) -> bool {
-        let s = self.slot.state.lock();
-        if s.vq.is_null() {
+        let Ok(s) = self.lock() else {
             return false;
-        }
+        };
         // SAFETY: `s.vq` is live (type invariant); kick_prepare and notify are serialized by our
         // lock as the virtio core requires.
         unsafe { bindings::virtqueue_kick_prepare(s.vq) && bindings::virtqueue_notify(s.vq) }
     }
 
-    fn get_buf_locked(s: &mut SlotState) -> Option<(B, u32)> {
-        if s.vq.is_null() {
-            return None;
+    fn get_buf_locked(&self, s: &mut SlotState) -> Option<Used<B>> {
+        loop {
+            let mut len = 0u32;
+            // SAFETY: `s.vq` is live (type invariant, checked by `lock`); `len` is writable.
+            let token = unsafe { bindings::virtqueue_get_buf(s.vq, &mut len) };
+            let token = NonNull::new(token)?;
+            if token.addr().get() & HINT_TAG != 0 {
+                // A hint the device is done with: nothing to give back.
+                continue;
+            }
+            s.in_flight = s.in_flight.saturating_sub(1);
+            // SAFETY: By the type invariant of `SlotState` untagged tokens are `B` tokens, and
+            // the queue returns each once.
+            let buf = unsafe { B::from_token(token) };
+            let size = buf.region().1;
+            if len as usize > size {
+                if !s.bad_len_reported {
+                    s.bad_len_reported = true;
+                    pr_warn!(
+                        "virtio: device reports {} bytes used in a {}-byte buffer; ignoring the excess\n",
+                        len,
+                        size
+                    );
+                }
+                len = size as u32;
+            }
+            return Some(Used { buf, len });
         }
-        let mut len = 0u32;
-        // SAFETY: `s.vq` is live (type invariant); `len` is writable.
-        let token = unsafe { bindings::virtqueue_get_buf(s.vq, &mut len) };
-        let token = NonNull::new(token)?;
-        s.in_flight = s.in_flight.saturating_sub(1);
-        // SAFETY: By the type invariant of `SlotState` queued tokens are `B` tokens, and the
-        // queue returns each once.
-        Some((unsafe { B::from_token(token) }, len))
     }
 
-    /// Takes back a buffer the device has used, with the number of bytes it
-    /// reports having written (device-controlled: validate before use).
-    pub fn get_buf(&self) -> Option<(B, u32)> {
-        Self::get_buf_locked(&mut self.slot.state.lock())
+    /// Takes back a buffer the device has used, if any.
+    pub fn get_buf(&self) -> Option<Used<B>> {
+        let mut s = self.lock().ok()?;
+        self.get_buf_locked(&mut s)
     }
 
     /// Sleeps until the device returns a buffer and takes it back.
     ///
-    /// Fails with [`ENOENT`] if no buffer is queued and with [`ENODEV`] if
-    /// the queue is deleted meanwhile.
-    pub fn wait_buf(&self) -> Result<(B, u32)> {
-        let mut s = self.slot.state.lock();
+    /// Fails with [`ENOENT`] if no buffer is queued, [`EIO`] if the queue
+    /// is (or becomes) broken, [`ENODEV`] if it is deleted or the device
+    /// reset, and [`ETIMEDOUT`] after `timeout`. The buffers stay queued in
+    /// every case but the first two: a later call may still get them.
+    pub fn wait_buf(&self, timeout: Delta) -> Result<Used<B>> {
+        let start = Instant::<Monotonic>::now();
         loop {
-            if let Some(used) = Self::get_buf_locked(&mut s) {
-                return Ok(used);
+            let mut s = self.lock()?;
+            loop {
+                if let Some(used) = self.get_buf_locked(&mut s) {
+                    return Ok(used);
+                }
+                if s.reset {
+                    return Err(ENODEV);
+                }
+                // SAFETY: `s.vq` is live (type invariant, checked by `lock`).
+                if unsafe { bindings::virtqueue_is_broken(s.vq) } {
+                    return Err(EIO);
+                }
+                if s.in_flight == 0 {
+                    return Err(ENOENT);
+                }
+                let left = timeout
+                    .as_nanos()
+                    .saturating_sub(start.elapsed().as_nanos());
+                if left <= 0 {
+                    return Err(ETIMEDOUT);
+                }
+                let slice =
+                    Delta::from_nanos(left).min(Delta::from_millis(i64::from(WAIT_SLICE_MS)));
+                if self.slot.wait_slice(&mut s, slice) {
+                    break;
+                }
+                if s.vq.is_null() || s.generation != self.generation {
+                    return Err(ENODEV);
+                }
             }
-            if s.vq.is_null() {
-                return Err(ENODEV);
-            }
-            if s.in_flight == 0 {
-                return Err(ENOENT);
-            }
-            self.slot.used.wait(&mut s);
+            drop(s);
+            // Signalled: sleep a little instead of waiting interruptibly.
+            fsleep(Delta::from_millis(10));
         }
     }
 
-    /// Number of buffers queued and not yet taken back.
+    /// Number of owned buffers queued and not yet taken back.
     pub fn in_flight(&self) -> usize {
-        self.slot.state.lock().in_flight
+        self.lock().map_or(0, |s| s.in_flight)
     }
 
     /// Number of free descriptors.
     pub fn num_free(&self) -> u32 {
-        let s = self.slot.state.lock();
-        if s.vq.is_null() {
+        let Ok(s) = self.lock() else {
             return 0;
-        }
+        };
         // SAFETY: `s.vq` is live (type invariant); `num_free` is maintained under our lock.
         unsafe { (*s.vq).num_free }
     }
@@ -485,89 +583,13 @@ impl<'a, B: Buffer> Virtqueue<'a, B> {
     pub fn size(&self) -> u32 {
         self.slot.ring_size()
     }
-}
 
-/// A scatterlist of memory borrowed for one device-writable transfer.
-///
-/// # Safety
-///
-/// [`SgList::as_raw`] must return a valid array of that many initialized
-/// scatterlist entries, describing memory in the linear mapping that the
-/// device may write and nobody else uses while `self` is borrowed.
-pub unsafe trait SgList {
-    /// The entries and their number.
-    fn as_raw(&self) -> (*mut kernel::bindings::scatterlist, usize);
-}
-
-/// Type marker of queues used through [`SgQueue`].
-struct SgMarker;
-
-/// A virtqueue that carries borrowed scatterlists, one transfer at a time
-/// (for example free page reporting).
-pub struct SgQueue<'a> {
-    slot: &'a VqSlot,
-}
-
-impl<'a> SgQueue<'a> {
-    pub(super) fn new(slot: &'a VqSlot) -> Result<Self> {
-        // Tokens of this queue are borrowed scatterlists: nothing to drop.
-        slot.claim(TypeId::of::<SgMarker>(), None)?;
-        Ok(Self { slot })
-    }
-
-    /// Ring size, the most entries one transfer can have.
-    pub fn size(&self) -> u32 {
-        self.slot.ring_size()
-    }
-
-    /// Hands `sg` to the device as device-writable buffers, notifies it and
-    /// sleeps until the device has returned them.
-    ///
-    /// Fails with [`ENOSPC`] if the ring has fewer free descriptors than
-    /// entries, and with [`ENODEV`] if the queue is deleted meanwhile.
-    pub fn transfer_inbuf<S: SgList>(&self, sg: &S) -> Result {
-        let (list, n) = sg.as_raw();
-        if n == 0 || n > u32::MAX as usize {
-            return Err(EINVAL);
-        }
-        let token = NonNull::new(list.cast::<c_void>()).ok_or(EINVAL)?;
-        let mut s = self.slot.state.lock();
-        if s.vq.is_null() {
-            return Err(ENODEV);
-        }
-        // SAFETY: `s.vq` is live (type invariant); `list` holds `n` valid entries whose memory the
-        // device may write until we take the token back below (safety requirements of `SgList`);
-        // `token` is unique while queued because this call does not return before it comes back.
-        kernel::error::to_result(unsafe {
-            bindings::virtqueue_add_inbuf(
-                s.vq,
-                list,
-                n as u32,
-                token.as_ptr(),
-                kernel::bindings::GFP_ATOMIC,
-            )
-        })?;
-        s.in_flight += 1;
-        // SAFETY: `s.vq` is live.
-        unsafe { bindings::virtqueue_kick(s.vq) };
-        loop {
-            if s.vq.is_null() {
-                // The queue was deleted after a device reset: the device no longer uses `sg`.
-                return Err(ENODEV);
-            }
-            let mut len = 0u32;
-            // SAFETY: `s.vq` is live; `len` is writable.
-            let used = unsafe { bindings::virtqueue_get_buf(s.vq, &mut len) };
-            if !used.is_null() {
-                s.in_flight = s.in_flight.saturating_sub(1);
-                if used == token.as_ptr() {
-                    return Ok(());
-                }
-                // Another transfer's token (not possible with one caller at a time); it
-                // carries nothing to release.
-                continue;
-            }
-            self.slot.used.wait(&mut s);
+    /// Whether the virtio core marked the queue broken.
+    pub fn is_broken(&self) -> bool {
+        match self.lock() {
+            // SAFETY: `s.vq` is live (type invariant, checked by `lock`).
+            Ok(s) => unsafe { bindings::virtqueue_is_broken(s.vq) },
+            Err(_) => true,
         }
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Generated at build time by bindgen from `bindings_helper.h` (see `Kbuild`);
 //! the types they refer to come from `kernel::bindings`. Only the safe
-//! abstractions in `crate::virtio` and `crate::kext` use this module.
+//! abstractions in `crate::virtio`, `crate::mm` and `crate::workqueue` use
+//! this module.
 
 #![allow(
     clippy::all,
@@ -27,7 +28,7 @@ use pin_init::MaybeZeroable;
 #[allow(unused_imports)]
 use kernel::bindings::*;
 
-include!("bindings_generated.rs");
+include!("bindings/bindings_generated.rs");
 
 /// The virtio balloon device ABI (`include/uapi/linux/virtio_balloon.h` and
 /// the generic virtio feature bits it relies on): constants and the

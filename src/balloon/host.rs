@@ -1,0 +1,425 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The host side of the balloon: the device's configuration (target and
+//! `actual`), its inflate and deflate queues, and the balloon lock (C's
+//! `balloon_lock`) that serializes telling the host about pages.
+//!
+//! Every wait for the host is bounded by `host_timeout_ms`: a device that
+//! does not return a PFN buffer in time, or whose queue breaks, is marked
+//! unresponsive, and the balloon stops asking it anything until its
+//! buffers come back. Buffers it keeps stay on their queue, with the pages
+//! they name: pages the host was told about are never reused before it
+//! acknowledges them (`MUST_TELL_HOST`).
+
+use super::{
+    buffers::{
+        deflate_buffer,
+        inflate_buffer,
+        BufferPool,
+        DeflateBuffer,
+        InflateBuffer, //
+    },
+    perf::{
+        Counter,
+        Counters,
+        Stopwatch, //
+    },
+    vq,
+};
+use crate::{
+    bindings::uapi::{
+        self,
+        virtio_balloon_config, //
+    },
+    logic::{
+        pfn::{
+            pages_per_page,
+            Endian, //
+        },
+        target::{
+            Step,
+            Target, //
+        },
+    },
+    mm::stat,
+    virtio::{
+        self,
+        Buffer,
+        ConfigField,
+        Rejected,
+        Virtqueue, //
+    },
+    virtio_config_field,
+};
+use kernel::{
+    debugfs,
+    device::{
+        Bound,
+        Core, //
+    },
+    new_mutex,
+    prelude::*,
+    sync::{
+        atomic::{
+            Atomic,
+            Relaxed, //
+        },
+        Mutex,
+        MutexGuard, //
+    },
+    time::{
+        delay::fsleep,
+        Delta,
+        Instant,
+        Monotonic, //
+    },
+};
+
+/// The host's target balloon size, in 4 KiB balloon pages.
+const NUM_PAGES: ConfigField<virtio_balloon_config, u32> =
+    virtio_config_field!(virtio_balloon_config, num_pages);
+/// The balloon's size as the driver reports it, in 4 KiB balloon pages.
+const ACTUAL: ConfigField<virtio_balloon_config, u32> =
+    virtio_config_field!(virtio_balloon_config, actual);
+
+/// Negotiated features and fixed properties of the device.
+#[derive(Clone, Copy)]
+pub(super) struct Props {
+    /// `VIRTIO_BALLOON_F_STATS_VQ`.
+    pub(super) stats: bool,
+    /// `VIRTIO_BALLOON_F_DEFLATE_ON_OOM`.
+    pub(super) deflate_on_oom: bool,
+    /// `VIRTIO_BALLOON_F_FREE_PAGE_HINT`.
+    pub(super) free_page_hint: bool,
+    /// `VIRTIO_BALLOON_F_PAGE_POISON`.
+    pub(super) page_poison: bool,
+    /// `VIRTIO_BALLOON_F_REPORTING`.
+    pub(super) reporting: bool,
+    /// Balloon pages (4 KiB) per guest page.
+    pub(super) per_page: u32,
+    /// Byte order of the queues' PFNs and statistics.
+    pub(super) endian: Endian,
+    /// PFN buffers that may be on the inflate queue at once.
+    pub(super) inflate_depth: usize,
+    /// PFN buffers that may be on the deflate queue at once.
+    pub(super) deflate_depth: usize,
+}
+
+impl Props {
+    /// The negotiated features of `dev`; queue depths come later
+    /// ([`Props::with_depths`]), once the queues exist.
+    pub(super) fn of(dev: &virtio::Device<Core<'_>>) -> Self {
+        Self {
+            stats: dev.has_feature(uapi::VIRTIO_BALLOON_F_STATS_VQ),
+            deflate_on_oom: dev.has_feature(uapi::VIRTIO_BALLOON_F_DEFLATE_ON_OOM),
+            free_page_hint: dev.has_feature(uapi::VIRTIO_BALLOON_F_FREE_PAGE_HINT),
+            page_poison: dev.has_feature(uapi::VIRTIO_BALLOON_F_PAGE_POISON),
+            reporting: dev.has_feature(uapi::VIRTIO_BALLOON_F_REPORTING),
+            per_page: pages_per_page(kernel::page::PAGE_SHIFT as u32),
+            endian: if dev.is_little_endian() {
+                Endian::Little
+            } else {
+                Endian::Native
+            },
+            inflate_depth: 1,
+            deflate_depth: 1,
+        }
+    }
+
+    /// With the PFN buffers in flight per queue: the `buffers` module
+    /// parameter (0: [`DEFAULT_BUFFERS_IN_FLIGHT`]), at most each ring's size.
+    pub(super) fn with_depths(self, dev: &virtio::Device<Bound>) -> Result<Self> {
+        let want = match crate::module_parameters::buffers.value() {
+            0 => DEFAULT_BUFFERS_IN_FLIGHT,
+            n => n as usize,
+        };
+        let inflate_ring = dev.vq::<InflateBuffer>(vq::INFLATE)?.size() as usize;
+        let deflate_ring = dev.vq::<DeflateBuffer>(vq::DEFLATE)?.size() as usize;
+        Ok(Self {
+            inflate_depth: want.clamp(1, inflate_ring.max(1)),
+            deflate_depth: want.clamp(1, deflate_ring.max(1)),
+            ..self
+        })
+    }
+}
+
+/// Buffers in flight by default: enough to keep the host busy while the
+/// guest prepares the next ones.
+const DEFAULT_BUFFERS_IN_FLIGHT: usize = 32;
+
+/// What the balloon lock protects (C's `balloon_lock`).
+pub(super) struct Ballooned {
+    /// Balloon pages (4 KiB) the host was told about (C's `num_pages`).
+    pub(super) num_pages: u32,
+    /// Inflate buffers not on the queue.
+    pub(super) inflate_buffers: BufferPool<InflateBuffer>,
+    /// Deflate buffers not on the queue, each with room for one buffer's
+    /// pages.
+    pub(super) deflate_buffers: BufferPool<DeflateBuffer>,
+}
+
+/// The device as the balloon talks to it.
+#[pin_data]
+pub(crate) struct Host {
+    binding: virtio::Binding,
+    props: Props,
+    /// The balloon lock.
+    #[pin]
+    ballooned: Mutex<Ballooned>,
+    /// How long the host may take to return a buffer.
+    timeout: Delta,
+    /// The host stopped answering: ask it nothing more until it does.
+    unresponsive: Atomic<bool>,
+    /// Whether an excessive target was already reported.
+    clamp_reported: Atomic<bool>,
+    /// Performance counters, in debugfs.
+    #[pin]
+    perf: debugfs::File<Counters>,
+}
+
+impl Host {
+    /// The host side of `dev`, whose queues exist, with `props`; its
+    /// counters go in `debugfs`.
+    pub(super) fn new<'a>(
+        dev: &virtio::Device<Core<'_>>,
+        props: Props,
+        timeout: Delta,
+        debugfs: &'a debugfs::Dir,
+    ) -> impl PinInit<Self, Error> + 'a {
+        let binding = dev.binding();
+        try_pin_init!(Self {
+            binding,
+            props,
+            ballooned <- new_mutex!(Ballooned {
+                num_pages: 0,
+                inflate_buffers: BufferPool::new(props.inflate_depth, inflate_buffer)?,
+                deflate_buffers: BufferPool::new(props.deflate_depth, deflate_buffer)?,
+            }),
+            timeout,
+            unresponsive: Atomic::new(false),
+            clamp_reported: Atomic::new(false),
+            perf <- debugfs.read_only_file(c"stats", Counters::new()),
+        }? Error)
+    }
+
+    /// The device, for deferred work.
+    pub(super) fn binding(&self) -> &virtio::Binding {
+        &self.binding
+    }
+
+    /// Negotiated features and queue depths.
+    pub(super) fn props(&self) -> &Props {
+        &self.props
+    }
+
+    /// The performance counters.
+    pub(super) fn perf(&self) -> &Counters {
+        &self.perf
+    }
+
+    /// How long the host may take to return a buffer.
+    pub(super) fn timeout(&self) -> Delta {
+        self.timeout
+    }
+
+    /// Takes the balloon lock.
+    pub(super) fn lock(&self) -> MutexGuard<'_, Ballooned> {
+        self.ballooned.lock()
+    }
+
+    /// Takes the balloon lock if it is free within `patience`: for the OOM
+    /// notifier and page migration, which must not wait behind a round that
+    /// waits for the host.
+    pub(super) fn try_lock_for(&self, patience: Delta) -> Option<MutexGuard<'_, Ballooned>> {
+        let start = Instant::<Monotonic>::now();
+        loop {
+            if let Some(guard) = self.ballooned.try_lock() {
+                return Some(guard);
+            }
+            if start.elapsed() >= patience {
+                return None;
+            }
+            fsleep(Delta::from_millis(1));
+        }
+    }
+
+    /// Makes the PFN buffers a deleted queue took with it (after resume).
+    /// Allocates, so it runs without the balloon lock.
+    pub(super) fn refill_buffers(&self) -> Result {
+        let (inflate, deflate) = {
+            let b = self.lock();
+            (b.inflate_buffers.missing(), b.deflate_buffers.missing())
+        };
+        let mut new_inflate = KVec::with_capacity(inflate, GFP_KERNEL)?;
+        for _ in 0..inflate {
+            new_inflate.push(inflate_buffer()?, GFP_KERNEL)?;
+        }
+        let mut new_deflate = KVec::with_capacity(deflate, GFP_KERNEL)?;
+        for _ in 0..deflate {
+            new_deflate.push(deflate_buffer()?, GFP_KERNEL)?;
+        }
+        let mut b = self.lock();
+        for buf in new_inflate.drain_all() {
+            b.inflate_buffers.put(buf);
+        }
+        for buf in new_deflate.drain_all() {
+            b.deflate_buffers.put(buf);
+        }
+        Ok(())
+    }
+
+    /// The guest's memory in guest pages with `ballooned` balloon pages
+    /// inflated: the managed pages, plus what the balloon took out of them
+    /// (without deflate-on-OOM ballooned pages leave the managed count).
+    pub(super) fn guest_pages(&self, ballooned: u32) -> u64 {
+        let managed = stat::totalram_pages();
+        if self.props.deflate_on_oom {
+            managed
+        } else {
+            managed + u64::from(ballooned / self.props.per_page.max(1))
+        }
+    }
+
+    /// Reads the host's target and decides the next step, from `current`
+    /// balloon pages (C's `towards_target()`). A target beyond the guest's
+    /// memory is clamped and logged once.
+    pub(super) fn towards_target(&self, dev: &virtio::Device<Bound>, current: u32) -> Result<Step> {
+        let sw = Stopwatch::start();
+        let num_pages = dev.config_read(NUM_PAGES);
+        sw.stop(&self.perf, Counter::ConfigNs);
+        let num_pages = num_pages?;
+        let guest = self.guest_pages(current) * u64::from(self.props.per_page);
+        let target = Target::from_host(num_pages, self.props.per_page, guest);
+        if target.clamped && !self.clamp_reported.xchg(true, Relaxed) {
+            dev_warn!(
+                dev.as_ref(),
+                "host asks for {} balloon pages, the guest has {}: limiting the balloon to {}\n",
+                num_pages,
+                guest,
+                target.pages
+            );
+        }
+        Ok(target.step_from(current))
+    }
+
+    /// Writes the balloon size to `actual` (C's `update_balloon_size()`).
+    pub(super) fn update_balloon_size(&self, dev: &virtio::Device<Bound>) {
+        let actual = self.lock().num_pages;
+        let sw = Stopwatch::start();
+        if let Err(e) = dev.config_write(ACTUAL, actual) {
+            dev_warn!(dev.as_ref(), "cannot write actual: {:?}\n", e);
+        }
+        sw.stop(&self.perf, Counter::ConfigNs);
+    }
+
+    /// Whether the host answers. A host marked unresponsive answers again
+    /// once it has returned every buffer it kept; that takes them back.
+    pub(super) fn is_responsive(&self, dev: &virtio::Device<Bound>) -> bool {
+        if !self.unresponsive.load(Relaxed) {
+            return true;
+        }
+        let mut b = self.lock();
+        let (Ok(iq), Ok(dq)) = (
+            dev.vq::<InflateBuffer>(vq::INFLATE),
+            dev.vq::<DeflateBuffer>(vq::DEFLATE),
+        ) else {
+            return false;
+        };
+        while let Some(used) = iq.get_buf() {
+            b.inflate_buffers.put(used.buf);
+        }
+        while let Some(mut used) = dq.get_buf() {
+            used.buf.ctx().release();
+            b.deflate_buffers.put(used.buf);
+        }
+        if iq.is_broken() || dq.is_broken() || iq.in_flight() + dq.in_flight() > 0 {
+            return false;
+        }
+        self.unresponsive.store(false, Relaxed);
+        dev_info!(dev.as_ref(), "the device answers again\n");
+        true
+    }
+
+    /// The host did not return a buffer (`err`: timed out, or the queue
+    /// broke): stop asking it.
+    pub(super) fn unresponsive(&self, dev: &virtio::Device<Bound>, what: &str, err: Error) {
+        if !self.unresponsive.xchg(true, Relaxed) {
+            dev_err!(
+                dev.as_ref(),
+                "the device did not return a {} buffer ({:?}) within {} ms: stopping; pages it \
+                 holds are kept until it returns them (MUST_TELL_HOST)\n",
+                what,
+                err,
+                self.timeout.as_millis()
+            );
+        }
+    }
+
+    /// Whether the host was marked unresponsive.
+    pub(super) fn is_marked_unresponsive(&self) -> bool {
+        self.unresponsive.load(Relaxed)
+    }
+}
+
+/// Buffers in flight on one queue (C's `tell_host()`, with up to `depth`
+/// buffers on the queue instead of one: virtio allows any number before a
+/// notification).
+pub(super) struct Pipeline<'a, B: Buffer> {
+    vq: Virtqueue<'a, B>,
+    depth: usize,
+    timeout: Delta,
+    perf: &'a Counters,
+    wait: Counter,
+}
+
+impl<'a, B: Buffer> Pipeline<'a, B> {
+    /// A pipeline on queue `index` of `dev` with up to `depth` buffers,
+    /// each of which the host must return within `timeout`; time spent
+    /// waiting counts in `wait`.
+    pub(super) fn new(
+        dev: &'a virtio::Device<Bound>,
+        index: usize,
+        depth: usize,
+        timeout: Delta,
+        perf: &'a Counters,
+        wait: Counter,
+    ) -> Result<Self> {
+        Ok(Self {
+            vq: dev.vq::<B>(index)?,
+            depth: depth.max(1),
+            timeout,
+            perf,
+            wait,
+        })
+    }
+
+    /// Whether another buffer may be sent now.
+    pub(super) fn has_room(&self) -> bool {
+        self.vq.in_flight() < self.depth
+    }
+
+    /// Buffers sent and not yet returned.
+    pub(super) fn in_flight(&self) -> usize {
+        self.vq.in_flight()
+    }
+
+    /// Queues the first `bytes` of `buf` without notifying the host.
+    pub(super) fn queue(&mut self, buf: B, bytes: usize) -> Result<(), Rejected<B>> {
+        self.vq.add_outbuf(buf, bytes)
+    }
+
+    /// Notifies the host of queued buffers, if it wants to be notified.
+    pub(super) fn kick(&mut self) {
+        if self.vq.kick() {
+            self.perf.add(Counter::Notifications, 1);
+        }
+    }
+
+    /// Sleeps until the host returns a buffer, for at most the timeout.
+    pub(super) fn complete(&mut self) -> Result<B> {
+        let sw = Stopwatch::start();
+        let done = self.vq.wait_buf(self.timeout);
+        sw.stop(self.perf, self.wait);
+        done.map(|used| used.buf)
+    }
+}
