@@ -22,7 +22,7 @@ export PATH := $(BALLOON_CACHE)/tools/bin:$(PATH)
 # (An empty KDIR inherited from a parent make, before setup built the
 # kernel, counts as unset.)
 ifeq ($(strip $(KDIR)),)
-KDIR := $(shell scripts/paths.sh kdir 2>/dev/null)
+KDIR := $(shell KVER=$(KVER) BALLOON_CACHE=$(BALLOON_CACHE) scripts/paths.sh kdir 2>/dev/null)
 endif
 export KDIR
 

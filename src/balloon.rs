@@ -45,6 +45,7 @@ mod wakeup;
 
 use crate::{
     bindings::uapi,
+    compat::Param,
     mm::{
         balloon::BalloonDevInfo,
         oom as oom_notifier,
@@ -218,7 +219,7 @@ impl virtio::Driver for VirtioBalloon {
     fn host_timeout() -> Delta {
         Delta::from_millis(
             crate::module_parameters::host_timeout_ms
-                .value()
+                .get()
                 .max(1)
                 .into(),
         )

@@ -31,6 +31,10 @@ use super::{
     BalloonList, //
 };
 use crate::{
+    compat::{
+        new_spinlock_irq,
+        SpinLockIrq, //
+    },
     logic::target::Step,
     mm::balloon::BalloonDevInfo,
     virtio::{
@@ -47,12 +51,8 @@ use kernel::{
         Bound,
         Core, //
     },
-    new_spinlock_irq,
     prelude::*,
-    sync::{
-        Arc,
-        SpinLockIrq, //
-    },
+    sync::Arc,
     time::{
         delay::fsleep,
         msecs_to_jiffies,

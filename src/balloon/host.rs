@@ -31,6 +31,7 @@ use crate::{
         self,
         virtio_balloon_config, //
     },
+    compat::Param,
     logic::{
         pfn::{
             pages_per_page,
@@ -129,7 +130,7 @@ impl Props {
     /// With the PFN buffers in flight per queue: the `buffers` module
     /// parameter (0: [`DEFAULT_BUFFERS_IN_FLIGHT`]), at most each ring's size.
     pub(super) fn with_depths(self, dev: &virtio::Device<Bound>) -> Result<Self> {
-        let want = match crate::module_parameters::buffers.value() {
+        let want = match crate::module_parameters::buffers.get() {
             0 => DEFAULT_BUFFERS_IN_FLIGHT,
             n => n as usize,
         };

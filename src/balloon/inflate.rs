@@ -23,6 +23,7 @@ use super::{
     BalloonList, //
 };
 use crate::{
+    compat::Param,
     logic::{
         pfn::{
             PfnBatch,
@@ -168,7 +169,7 @@ impl Inflater {
         let reserve = reserve_pages(
             guest_pages,
             shift,
-            crate::module_parameters::min_available_mib.value(),
+            crate::module_parameters::min_available_mib.get(),
         );
         let allowance =
             inflate_allowance(stat::available_pages(), stat::swappable_pages(), reserve);

@@ -9,12 +9,14 @@
 //! request sets a signal bit, and the device's wakeup source stays active
 //! until the work that serves the last one has finished.
 
-use crate::virtio;
-use kernel::{
-    new_spinlock_irq,
-    prelude::*,
-    sync::SpinLockIrq, //
+use crate::{
+    compat::{
+        new_spinlock_irq,
+        SpinLockIrq, //
+    },
+    virtio,
 };
+use kernel::prelude::*;
 
 /// A reason to stay awake.
 #[derive(Clone, Copy)]

@@ -17,6 +17,8 @@
 #include <linux/poison.h>
 #include <linux/scatterlist.h>
 #include <linux/shrinker.h>
+#include <linux/spinlock.h>
+#include <linux/srcu.h>
 #include <linux/swap.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
@@ -77,6 +79,38 @@ static inline int rust_vb_numa_mem_id(void)
 static inline int rust_vb_next_memory_node(int nid)
 {
 	return nid < 0 ? first_memory_node : next_memory_node(nid);
+}
+
+/*
+ * For src/compat.rs on kernels whose Rust API lacks SpinLockIrq and Srcu
+ * (7.2): macros around spin locks and SRCU.
+ */
+static inline unsigned long rust_vb_spin_lock_irqsave(spinlock_t *lock)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(lock, flags);
+	return flags;
+}
+
+static inline void rust_vb_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags)
+{
+	spin_unlock_irqrestore(lock, flags);
+}
+
+static inline int rust_vb_spin_trylock_irqsave(spinlock_t *lock, unsigned long *flags)
+{
+	return spin_trylock_irqsave(lock, *flags);
+}
+
+static inline int rust_vb_init_srcu_struct(struct srcu_struct *ssp, const char *name,
+					   struct lock_class_key *key)
+{
+#ifdef CONFIG_DEBUG_LOCK_ALLOC
+	return __init_srcu_struct(ssp, name, key);
+#else
+	return init_srcu_struct(ssp);
+#endif
 }
 
 /* Constant expressions. */

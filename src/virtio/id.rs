@@ -91,12 +91,11 @@ impl<U: 'static> IdTable<U> {
 macro_rules! virtio_device_table {
     ($table_name:ident, $id_info_type:ty, [$(($id:expr, $info:expr $(,)?)),* $(,)?]) => {
         const $table_name: $crate::virtio::IdTable<$id_info_type> = {
-            // The raw ids, exported for modpost under the table's name.
-            ::kernel::module_device_table!(
+            // The raw ids, exported for modpost.
+            $crate::__compat_raw_device_table!(
                 "virtio",
                 $crate::virtio::DeviceId,
                 $table_name,
-                @none,
                 [$($id),*]
             );
             $crate::virtio::IdTable::new(&$table_name, &[$(($id, $info)),*])

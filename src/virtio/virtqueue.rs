@@ -37,7 +37,14 @@ pub use sg::{
     SgQueue, //
 };
 
-use crate::bindings;
+use crate::{
+    bindings,
+    compat::{
+        new_spinlock_irq,
+        SpinLockIrq,
+        SpinLockIrqGuard, //
+    },
+};
 use buffer::drop_token;
 use core::{
     any::TypeId,
@@ -50,14 +57,12 @@ use core::{
 };
 use kernel::{
     ffi::c_void,
-    new_condvar, new_mutex, new_spinlock_irq,
+    new_condvar, new_mutex,
     prelude::*,
     sync::{
         CondVar,
         CondVarTimeoutResult,
-        Mutex,
-        SpinLockIrq,
-        SpinLockIrqGuard, //
+        Mutex, //
     },
     time::{
         delay::fsleep,
