@@ -36,6 +36,8 @@ export BALLOON_QEMU_DATA := $(QEMU_DATA)
 BUILD_DIR := $(CURDIR)/build
 INITRAMFS := $(BUILD_DIR)/initramfs-$(KVER).cpio
 MODULE    := virtio_balloon_rs.ko
+# The test device (qemu-test/fake-device), in the test initramfs only.
+FAKE_MODULE := virtio_balloon_fake.ko
 C_MODULE  := $(KDIR)/drivers/virtio/virtio_balloon.ko
 
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=-$(LLVM_VERSION)
@@ -58,15 +60,19 @@ modules: check-kdir
 	$(KMAKE) modules
 
 
+# Rust sources built by Kbuild: the driver and the test device.
+RUST_MODULE_SOURCES = $(shell find src qemu-test/fake-device -name '*.rs' ! -name '*generated*')
+
 # Kernel rustfmt settings (the kernel tree's .rustfmt.toml) on every Rust
 # source of the module and the host crates.
 fmt: check-kdir
 	rustfmt --config-path $(KDIR)/source/.rustfmt.toml --edition 2021 \
-		$(shell find src -name '*.rs' ! -name '*generated*')
+		$(RUST_MODULE_SOURCES)
 	cargo fmt --all
 
 initramfs: modules
-	scripts/mkinitramfs.sh "$(KDIR)" "$(INITRAMFS)" "$(CURDIR)/$(MODULE)"
+	scripts/mkinitramfs.sh "$(KDIR)" "$(INITRAMFS)" "$(CURDIR)/$(MODULE)" \
+		"$(CURDIR)/$(FAKE_MODULE)"
 
 unit-test:
 	cargo test --locked -p virtio-balloon-logic
@@ -92,7 +98,7 @@ test:
 # Kernel rustfmt and clippy on the module, clippy on the host crates.
 lint: check-kdir
 	rustfmt --check --config-path $(KDIR)/source/.rustfmt.toml --edition 2021 \
-		$(shell find src -name '*.rs' ! -name '*generated*')
+		$(RUST_MODULE_SOURCES)
 	@mkdir -p $(BUILD_DIR)
 	$(KMAKE) CLIPPY=1 modules >$(BUILD_DIR)/clippy.log 2>&1 || { cat $(BUILD_DIR)/clippy.log; exit 1; }
 	@if grep -qE '(^|: )(warning|error)' $(BUILD_DIR)/clippy.log; then \

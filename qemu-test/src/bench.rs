@@ -192,7 +192,7 @@ fn counters(vm: &mut Vm, driver: Driver) -> Result<BTreeMap<String, u64>> {
     if driver != Driver::Rust {
         return Ok(BTreeMap::new());
     }
-    let out = vm.run_ok("cat /sys/kernel/debug/virtio_balloon_rs/*/stats")?;
+    let out = vm.run_ok("cat /sys/kernel/debug/virtio_balloon_rs-*/stats")?;
     Ok(out
         .lines()
         .filter_map(|l| {

@@ -33,6 +33,7 @@ pub mod console;
 pub mod cpio;
 pub mod features;
 pub mod ktap;
+pub mod misbehaving;
 pub mod qemu;
 pub mod qmp;
 pub mod realistic;

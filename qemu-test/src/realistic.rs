@@ -552,7 +552,7 @@ pub fn long_running() -> Result<()> {
         let ballooned = vm.meminfo_field("Balloon")?;
         let killed = vmstat(&mut vm, "oom_kill")? - kills;
         let counters = if driver == Driver::Rust {
-            let c = vm.run_ok("cat /sys/kernel/debug/virtio_balloon_rs/*/stats")?;
+            let c = vm.run_ok("cat /sys/kernel/debug/virtio_balloon_rs-*/stats")?;
             let get = |k: &str| -> Result<u64> {
                 c.lines()
                     .find_map(|l| l.strip_prefix(k)?.strip_prefix(": ")?.trim().parse().ok())

@@ -344,14 +344,25 @@ impl Host {
     /// The host did not return a buffer (`err`: timed out, or the queue
     /// broke): stop asking it.
     pub(super) fn unresponsive(&self, dev: &virtio::Device<Bound>, what: &str, err: Error) {
-        if !self.unresponsive.xchg(true, Relaxed) {
+        if self.unresponsive.xchg(true, Relaxed) {
+            return;
+        }
+        let timeout = self.timeout.as_millis();
+        if err == ETIMEDOUT {
             dev_err!(
                 dev.as_ref(),
-                "the device did not return a {} buffer ({:?}) within {} ms: stopping; pages it \
-                 holds are kept until it returns them (MUST_TELL_HOST)\n",
+                "the device did not return an {} buffer within {} ms: stopping; pages it holds \
+                 are kept until it returns them (MUST_TELL_HOST)\n",
                 what,
-                err,
-                self.timeout.as_millis()
+                timeout
+            );
+        } else {
+            dev_err!(
+                dev.as_ref(),
+                "the {} queue broke (error {}) before the device returned a buffer: stopping; \
+                 pages it holds are kept until it returns them (MUST_TELL_HOST)\n",
+                what,
+                err.to_errno()
             );
         }
     }

@@ -2,7 +2,7 @@
 
 //! Where the balloon's time goes: counters in debugfs.
 //!
-//! `/sys/kernel/debug/virtio_balloon_rs/<device>/stats` lists, since the
+//! `/sys/kernel/debug/virtio_balloon_rs-<device>/stats` lists, since the
 //! device was probed, the pages moved, the PFN buffers sent and
 //! notifications made, and the time spent allocating pages, waiting for the
 //! host and freeing pages. Counting is a few relaxed atomic additions per
@@ -100,7 +100,14 @@ impl fmt::Debug for Counters {
     }
 }
 
-/// The debugfs directory of a device: `virtio_balloon_rs/<device>`.
+/// The debugfs directory of a device: `virtio_balloon_rs-<device>` (one
+/// per device, so that several devices do not compete for a shared one).
 pub(super) fn debugfs_dir(device: &kernel::str::CStr) -> debugfs::Dir {
-    debugfs::Dir::new(c"virtio_balloon_rs").subdir(device)
+    match kernel::str::CString::try_from_fmt(kernel::prelude::fmt!(
+        "virtio_balloon_rs-{}",
+        device.to_str().unwrap_or("?")
+    )) {
+        Ok(name) => debugfs::Dir::new(&name),
+        Err(_) => debugfs::Dir::new(c"virtio_balloon_rs"),
+    }
 }

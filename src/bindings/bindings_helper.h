@@ -22,6 +22,7 @@
 #include <linux/swap.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
+#include <linux/virtio_ring.h>
 #include <linux/vmstat.h>
 #include <uapi/linux/virtio_balloon.h>
 #include <uapi/linux/virtio_config.h>
@@ -111,6 +112,25 @@ static inline int rust_vb_init_srcu_struct(struct srcu_struct *ssp, const char *
 #else
 	return init_srcu_struct(ssp);
 #endif
+}
+
+/* For the test device (qemu-test/fake-device): macros. */
+static inline void *rust_vb_phys_to_virt(phys_addr_t addr)
+{
+	return phys_to_virt(addr);
+}
+
+static inline unsigned long rust_vb_local_irq_save(void)
+{
+	unsigned long flags;
+
+	local_irq_save(flags);
+	return flags;
+}
+
+static inline void rust_vb_local_irq_restore(unsigned long flags)
+{
+	local_irq_restore(flags);
 }
 
 /* Constant expressions. */

@@ -1,0 +1,54 @@
+//! A device that misbehaves ([`qemu_test::misbehaving`]): the in-guest test
+//! device `virtio_balloon_fake.ko` keeps, fakes, duplicates or oversizes
+//! buffers, or breaks. Ours must stay bounded and never reuse pages the
+//! host holds; the C driver is run where it can be, and what it does is
+//! recorded.
+
+use anyhow::Result;
+use qemu_test::{misbehaving, Driver};
+
+#[test]
+fn fake_device_normal_c() -> Result<()> {
+    misbehaving::fake_device_normal(Driver::C)
+}
+
+#[test]
+fn fake_device_normal_rs() -> Result<()> {
+    misbehaving::fake_device_normal(Driver::Rust)
+}
+
+/// Recorded, not asserted: C waits for the host forever.
+#[test]
+fn silent_device_c() -> Result<()> {
+    misbehaving::silent_device(Driver::C)
+}
+
+#[test]
+fn silent_device_rs() -> Result<()> {
+    misbehaving::silent_device(Driver::Rust)
+}
+
+#[test]
+fn bogus_buffer_id() -> Result<()> {
+    misbehaving::misbehaving_device("bogus-id")
+}
+
+#[test]
+fn buffer_returned_twice() -> Result<()> {
+    misbehaving::misbehaving_device("twice")
+}
+
+#[test]
+fn used_length_beyond_the_buffer() -> Result<()> {
+    misbehaving::misbehaving_device("oversize")
+}
+
+#[test]
+fn broken_queue() -> Result<()> {
+    misbehaving::misbehaving_device("broken")
+}
+
+#[test]
+fn device_recovers() -> Result<()> {
+    misbehaving::device_recovers()
+}
