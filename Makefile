@@ -84,7 +84,7 @@ QEMU_TEST_ENV = BALLOON_KDIR="$(KDIR)" BALLOON_INITRAMFS="$(INITRAMFS)" \
 # timed comparisons (tests/timed.rs) then run alone, one VM at a time.
 qemu-test: initramfs
 	$(QEMU_TEST_ENV) cargo test --locked --release --no-fail-fast -p qemu-test --lib --bins \
-		--test c_driver --test rust_driver --test realistic \
+		--test c_driver --test rust_driver --test misbehaving --test realistic \
 		-- --test-threads=$${QEMU_TEST_THREADS:-2} $(TESTS)
 	$(QEMU_TEST_ENV) cargo test --locked --release -p qemu-test --test timed \
 		-- --test-threads=1 $(TESTS)
@@ -100,6 +100,8 @@ lint: check-kdir
 	rustfmt --check --config-path $(KDIR)/source/.rustfmt.toml --edition 2021 \
 		$(RUST_MODULE_SOURCES)
 	@mkdir -p $(BUILD_DIR)
+	@# Recompile the Rust crates so that clippy speaks even when they are up to date.
+	rm -f src/virtio_balloon_rs.o qemu-test/fake-device/virtio_balloon_fake.o
 	$(KMAKE) CLIPPY=1 modules >$(BUILD_DIR)/clippy.log 2>&1 || { cat $(BUILD_DIR)/clippy.log; exit 1; }
 	@if grep -qE '(^|: )(warning|error)' $(BUILD_DIR)/clippy.log; then \
 		cat $(BUILD_DIR)/clippy.log; \
