@@ -32,6 +32,7 @@ pub mod config;
 pub mod console;
 pub mod cpio;
 pub mod features;
+pub mod hotplug;
 pub mod ktap;
 pub mod misbehaving;
 pub mod qemu;
@@ -95,6 +96,21 @@ macro_rules! driver_tests {
         #[test]
         fn page_poison_init_on_free() -> anyhow::Result<()> {
             $crate::features::page_poison($driver, $crate::features::Poisoning::InitOnFree)
+        }
+
+        #[test]
+        fn unplug_while_inflating() -> anyhow::Result<()> {
+            $crate::hotplug::unplug_while($driver, $crate::hotplug::Busy::Inflating)
+        }
+
+        #[test]
+        fn unplug_while_deflating() -> anyhow::Result<()> {
+            $crate::hotplug::unplug_while($driver, $crate::hotplug::Busy::Deflating)
+        }
+
+        #[test]
+        fn unplug_during_stats() -> anyhow::Result<()> {
+            $crate::hotplug::unplug_while($driver, $crate::hotplug::Busy::Stats)
         }
     };
     (@tests $driver:expr; $($module:ident :: $test:ident),* $(,)?) => {

@@ -34,3 +34,9 @@ fn same_targets_as_c() -> Result<()> {
 fn stats_match_c() -> Result<()> {
     suite::stats_match_c()
 }
+
+/// Hot-unplug right after a cancelled migration, while hinting; C beside.
+#[test]
+fn unplug_during_hinting() -> Result<()> {
+    qemu_test::hotplug::unplug_during_hinting_beside_c()
+}

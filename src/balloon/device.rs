@@ -166,7 +166,7 @@ impl Balloon {
             if dev.vq::<KBox<u32>>(vq::FREE_PAGE).map_or(0, |q| q.size()) < 2 {
                 return Err(ENOSPC);
             }
-            Some(FreePageHints::new(dev.binding(), props.endian)?)
+            Some(FreePageHints::new(dev.binding(), props.endian, timeout)?)
         } else {
             None
         };

@@ -47,6 +47,12 @@ use kernel::{
         Arc,
         Mutex, //
     },
+    time::{
+        delay::fsleep,
+        Delta,
+        Instant,
+        Monotonic, //
+    },
     workqueue::{
         impl_has_work,
         new_work,
@@ -74,6 +80,8 @@ type CmdIdBuffer = KBox<u32>;
 pub(crate) struct FreePageHints {
     binding: virtio::Binding,
     endian: Endian,
+    /// How long the host may take to take hints.
+    timeout: Delta,
     /// The host wrote a new command id that has not been read yet.
     config_read_pending: Atomic<bool>,
     /// The last command id read from the host.
@@ -97,7 +105,11 @@ impl_has_work! {
 
 impl FreePageHints {
     /// Hinting for the device behind `binding`.
-    pub(super) fn new(binding: virtio::Binding, endian: Endian) -> Result<Arc<Self>> {
+    pub(super) fn new(
+        binding: virtio::Binding,
+        endian: Endian,
+        timeout: Delta,
+    ) -> Result<Arc<Self>> {
         let queue = OwnedQueue::new(
             c"balloon-wq",
             kb::wq_flags_WQ_FREEZABLE | kb::wq_flags_WQ_CPU_INTENSIVE | kb::wq_flags_WQ_PERCPU,
@@ -106,6 +118,7 @@ impl FreePageHints {
             pin_init!(Self {
                 binding,
                 endian,
+                timeout,
                 config_read_pending: Atomic::new(false),
                 cmd_id_received: Atomic::new(VIRTIO_BALLOON_CMD_ID_STOP),
                 cmd_id_active: Atomic::new(VIRTIO_BALLOON_CMD_ID_STOP),
@@ -194,29 +207,51 @@ impl FreePageHints {
 
     /// Hints free blocks until none is left or the host moves on
     /// (C's `send_free_pages()` and `get_free_page_and_send()`).
+    ///
+    /// Unlike C, a full queue is not a reason to allocate and free blocks
+    /// in a loop: the round waits for the host to take hints, and ends if
+    /// it takes none for the host timeout, or if the device is going away.
+    /// (C loops until the host writes a new command id; once `remove` has
+    /// started the driver no longer sees configuration changes, so a host
+    /// that stopped taking hints keeps C's `remove` waiting forever.)
     fn send_free_pages(&self, dev: &virtio::Device<Bound>) -> Result {
+        let mut full_since: Option<Instant<Monotonic>> = None;
         loop {
-            // A STOP or a new command id from the host ends this round.
-            if self.cmd_id_active.load(Relaxed) != self.cmd_id_received(dev) {
+            // A STOP or a new command id from the host ends this round, and
+            // so does unbinding, which waits for this work.
+            if self.binding.is_revoked()
+                || self.cmd_id_active.load(Relaxed) != self.cmd_id_received(dev)
+            {
                 return Ok(());
             }
             self.detach_used(dev)?;
+            let q = dev.vq::<CmdIdBuffer>(vq::FREE_PAGE)?;
+            // One entry is always kept for the command id.
+            if q.num_free() <= 1 {
+                let since = *full_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > self.timeout {
+                    dev_warn!(
+                        dev.as_ref(),
+                        "the host took no free page hint for {} ms: ending the round\n",
+                        self.timeout.as_millis()
+                    );
+                    return Ok(());
+                }
+                fsleep(Delta::from_millis(1));
+                continue;
+            }
+            full_since = None;
             // No block left: every free page that could be hinted was.
             let Some(block) = PageBlock::alloc_free(HINT_BLOCK_ORDER) else {
                 return Ok(());
             };
-            let q = dev.vq::<CmdIdBuffer>(vq::FREE_PAGE)?;
-            // One entry is always kept for the command id; without room the
-            // block just goes back.
-            if q.num_free() > 1 {
-                q.add_hint(PageHint::of(&block))?;
-                q.kick();
-                let mut blocks = self.blocks.lock();
-                // Without room to keep it, the block goes back at once (the
-                // spec allows reusing a hinted block).
-                if blocks.push(block, GFP_KERNEL | __GFP_NOWARN).is_ok() {
-                    self.num_blocks.store(blocks.len(), Relaxed);
-                }
+            q.add_hint(PageHint::of(&block))?;
+            q.kick();
+            let mut blocks = self.blocks.lock();
+            // Without room to keep it, the block goes back at once (the spec
+            // allows reusing a hinted block).
+            if blocks.push(block, GFP_KERNEL | __GFP_NOWARN).is_ok() {
+                self.num_blocks.store(blocks.len(), Relaxed);
             }
         }
     }

@@ -284,6 +284,13 @@ impl Binding {
         })
     }
 
+    /// Whether unbinding has started: a guard holder that loops (for
+    /// example over free memory) checks this to end early, since unbinding
+    /// waits for it.
+    pub fn is_revoked(&self) -> bool {
+        !self.state.bound.load(Acquire)
+    }
+
     /// Returns the device, usable in any context (no configuration space or
     /// virtqueue access).
     pub fn device(&self) -> &Device {
