@@ -35,6 +35,7 @@ mod device;
 mod hinting;
 mod host;
 mod inflate;
+mod lists;
 mod migrate;
 mod oom;
 mod perf;

@@ -42,6 +42,12 @@ module_virtio_driver! {
             description: "Memory (MiB) the balloon always leaves available to the guest, \
                 however much the host asks for; 0: 2% of guest memory, 16 to 512 MiB",
         },
+        blocks: u32 {
+            default: 1,
+            description: "Inflate in whole 2 MiB blocks while free memory has them, and report \
+                them on the free page reporting queue when it is negotiated (1); 0: one page \
+                at a time, as the C driver",
+        },
         host_timeout_ms: u32 {
             default: 10000,
             description: "How long (ms) the device may take to return a buffer before the \

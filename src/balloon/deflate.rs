@@ -23,8 +23,11 @@ use super::{
         Counter,
         Stopwatch, //
     },
-    vq,
-    BalloonList, //
+    lists::{
+        Kind,
+        Lists, //
+    },
+    vq, //
 };
 use crate::{
     logic::{
@@ -64,7 +67,7 @@ fn release(host: &Host, b: &mut Ballooned, mut buf: DeflateBuffer) -> u32 {
 pub(super) fn leak_balloon(
     host: &Host,
     b: &mut Ballooned,
-    list: &BalloonList,
+    lists: &Lists,
     dev: &virtio::Device<Bound>,
     num: u32,
     wait: Delta,
@@ -109,7 +112,7 @@ pub(super) fn leak_balloon(
             // One round of the balloon core's lock for the whole buffer. The
             // balloon holds `num_pages`, so fewer pages than asked means the
             // rest is isolated for migration right now.
-            list.dequeue(pages.pages(), want);
+            lists.dequeue(pages.pages(), want);
             for page in pages.pages().iter() {
                 // Every ballooned page was reachable when inflated.
                 let _ = batch.push(pfns, page.pfn());
@@ -128,7 +131,7 @@ pub(super) fn leak_balloon(
                 }
                 Err(mut rejected) => {
                     // The host was not told: the pages stay ballooned.
-                    list.enqueue(rejected.buf.ctx().pages());
+                    lists.enqueue(Kind::Singles, rejected.buf.ctx().pages());
                     b.num_pages += n;
                     b.deflate_buffers.put(rejected.buf);
                     if rejected.err == ENOSPC && pipe.in_flight() > 0 {

@@ -21,6 +21,7 @@ use super::{
         self,
         Counter, //
     },
+    lists::Lists,
     poison,
     stats,
     vq,
@@ -28,7 +29,6 @@ use super::{
         Wakeup,
         WakeupSignal, //
     },
-    BalloonList, //
 };
 use crate::{
     compat::{
@@ -36,7 +36,6 @@ use crate::{
         SpinLockIrq, //
     },
     logic::target::Step,
-    mm::balloon::BalloonDevInfo,
     virtio::{
         self,
         VqInfo, //
@@ -100,7 +99,7 @@ enum Next {
 pub(crate) struct Balloon {
     /// The pages taken from the guest (C's `vb_dev_info`).
     #[pin]
-    pages: BalloonList,
+    lists: Lists,
     /// The device: target, PFN queues, the balloon lock.
     host: Arc<Host>,
     /// Allocating pages to inflate.
@@ -175,7 +174,7 @@ impl Balloon {
         let this = Arc::pin_init(
             try_pin_init!(Self {
                 // Without deflate-on-OOM, ballooned pages leave MemTotal.
-                pages <- BalloonDevInfo::new(!props.deflate_on_oom, host.clone()),
+                lists <- Lists::new(!props.deflate_on_oom, host.clone()),
                 host,
                 inflater <- Inflater::new(props.inflate_depth),
                 stop_update <- new_spinlock_irq!(false),
@@ -258,10 +257,10 @@ impl Balloon {
         };
         let round = match step {
             Step::Idle => return Next::Idle,
-            Step::Inflate(n) => self.inflater.fill_balloon(&self.host, &self.pages, dev, n),
+            Step::Inflate(n) => self.inflater.fill_balloon(&self.host, &self.lists, dev, n),
             Step::Deflate(n) => {
                 let mut b = self.host.lock();
-                leak_balloon(&self.host, &mut b, &self.pages, dev, n, self.host.timeout())
+                leak_balloon(&self.host, &mut b, &self.lists, dev, n, self.host.timeout())
             }
         };
         self.host.perf().add(Counter::Rounds, 1);
@@ -298,7 +297,7 @@ impl Balloon {
         let Some(mut b) = self.host.try_lock_for(lock_patience) else {
             return 0;
         };
-        let round: Round = leak_balloon(&self.host, &mut b, &self.pages, &dev, num, host_patience);
+        let round: Round = leak_balloon(&self.host, &mut b, &self.lists, &dev, num, host_patience);
         drop(b);
         self.host.update_balloon_size(&dev);
         (round.acked / self.host.props().per_page.max(1)) as usize
@@ -337,7 +336,7 @@ impl Balloon {
             let round = leak_balloon(
                 &self.host,
                 &mut b,
-                &self.pages,
+                &self.lists,
                 dev,
                 num,
                 self.host.timeout(),

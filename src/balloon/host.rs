@@ -104,6 +104,11 @@ pub(super) struct Props {
     pub(super) inflate_depth: usize,
     /// PFN buffers that may be on the deflate queue at once.
     pub(super) deflate_depth: usize,
+    /// Inflate whole blocks when free memory has them (module parameter
+    /// `blocks`, and two buffers in flight at least).
+    pub(super) blocks: bool,
+    /// Report the blocks inflated on the free page reporting queue.
+    pub(super) report_blocks: bool,
 }
 
 impl Props {
@@ -124,6 +129,8 @@ impl Props {
             },
             inflate_depth: 1,
             deflate_depth: 1,
+            blocks: false,
+            report_blocks: false,
         }
     }
 
@@ -136,9 +143,13 @@ impl Props {
         };
         let inflate_ring = dev.vq::<InflateBuffer>(vq::INFLATE)?.size() as usize;
         let deflate_ring = dev.vq::<DeflateBuffer>(vq::DEFLATE)?.size() as usize;
+        let inflate_depth = want.clamp(1, inflate_ring.max(1));
+        let blocks = crate::module_parameters::blocks.get() != 0 && inflate_depth >= 2;
         Ok(Self {
-            inflate_depth: want.clamp(1, inflate_ring.max(1)),
+            inflate_depth,
             deflate_depth: want.clamp(1, deflate_ring.max(1)),
+            blocks,
+            report_blocks: blocks && self.reporting,
             ..self
         })
     }

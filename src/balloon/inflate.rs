@@ -3,11 +3,29 @@
 //! Inflating: taking pages from the guest (C's `fill_balloon()`).
 //!
 //! One round allocates the pages of up to `inflate_depth` PFN buffers of
-//! 256 pages, then puts them on the balloon list and hands the buffers to
+//! 256 pages, then puts them on the balloon lists and hands the buffers to
 //! the host at once. As in C, pages are allocated without the balloon lock
 //! held: the allocation may reclaim, and reclaim may call the OOM
-//! notifier, which takes that lock. Each page goes on the balloon list
-//! before the host hears of it, as in C.
+//! notifier, which takes that lock. Each page goes on a balloon list before
+//! the host hears of it, as in C.
+//!
+//! A round takes whole 2 MiB blocks first ([`super::lists::BLOCK_ORDER`])
+//! while free memory has them at hand (no reclaim, no compaction: a block
+//! never makes inflating slower), then single pages as C does. A block's
+//! pages go to the host in ascending order, half a block per buffer, so
+//! that hosts backed by huge pages can free whole ones:
+//!
+//! - THP-backed hosts free the block's huge page and split none of the
+//!   huge pages backing the memory the guest keeps;
+//! - hugetlbfs-backed hosts only free a huge page whose 512 PFNs arrive in
+//!   one element (QEMU) or never (Cloud Hypervisor), so when free page
+//!   reporting is negotiated each block is also reported, whole, on the
+//!   reporting queue before it is ballooned: QEMU, Cloud Hypervisor and
+//!   Firecracker discard an aligned 2 MiB report as one huge page;
+//! - Firecracker merges the contiguous PFNs of a buffer into one range.
+//!
+//! Every element stays a single descriptor of at most 256 PFNs, which all
+//! three accept.
 
 use super::{
     buffers::InflateBuffer,
@@ -15,12 +33,17 @@ use super::{
         Host,
         Pipeline, //
     },
+    lists::{
+        Kind,
+        Lists,
+        BLOCK_ORDER,
+        BLOCK_PAGES, //
+    },
     perf::{
         Counter,
         Stopwatch, //
     },
-    vq,
-    BalloonList, //
+    vq, //
 };
 use crate::{
     compat::Param,
@@ -37,7 +60,12 @@ use crate::{
         },
     },
     mm::{
-        balloon::BalloonPage,
+        balloon::{
+            BalloonBlock,
+            BalloonPage,
+            BlockSg,
+            SgTable, //
+        },
         stat,
         Node, //
     },
@@ -89,10 +117,17 @@ impl Round {
 
 /// Pages allocated for one inflate round, before the host hears of them.
 struct Staging {
-    /// Allocated, not yet on the balloon list: room for `depth` buffers.
+    /// Whole blocks, until they are reported and split into `block_pages`.
+    blocks: KVec<BalloonBlock>,
+    /// The pages of the round's blocks, block after block, in ascending
+    /// order within each.
+    block_pages: KVec<BalloonPage>,
+    /// Pages allocated one at a time (in bulk or singly).
     pages: KVec<BalloonPage>,
     /// The pages of the buffer being filled.
     buffer: KVec<BalloonPage>,
+    /// Scatterlist entries for reporting blocks.
+    sg: SgTable,
 }
 
 /// The inflating side of a balloon.
@@ -146,13 +181,28 @@ fn alloc_pages(into: &mut KVec<BalloonPage>, n: usize) -> usize {
     into.len() - start
 }
 
+/// Allocates a whole block on the local NUMA node, else on another, if
+/// one is at hand.
+fn alloc_block() -> Option<BalloonBlock> {
+    let local = Node::local();
+    BalloonBlock::alloc(local, BLOCK_ORDER).or_else(|| {
+        Node::with_memory()
+            .filter(|n| *n != local)
+            .find_map(|n| BalloonBlock::alloc(n, BLOCK_ORDER))
+    })
+}
+
 impl Inflater {
     /// Room for `depth` buffers of pages.
     pub(super) fn new(depth: usize) -> impl PinInit<Self, Error> {
+        let pages = depth * PFNS_PER_BUFFER;
         try_pin_init!(Self {
             staging <- new_mutex!(Staging {
-                pages: KVec::with_capacity(depth * PFNS_PER_BUFFER, GFP_KERNEL)?,
+                blocks: KVec::with_capacity(pages / BLOCK_PAGES + 1, GFP_KERNEL)?,
+                block_pages: KVec::with_capacity(pages, GFP_KERNEL)?,
+                pages: KVec::with_capacity(pages, GFP_KERNEL)?,
                 buffer: KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?,
+                sg: SgTable::new(REPORT_BLOCKS_MAX)?,
             }),
             out_of_puff: Atomic::new(0),
             holding: Atomic::new(false),
@@ -204,21 +254,42 @@ impl Inflater {
     }
 
     /// Allocates the guest pages of up to `depth` buffers for `num` balloon
-    /// pages into `pages`, without the balloon lock. Returns why it stopped
-    /// short, if it did.
+    /// pages into `staging`, without the balloon lock: whole blocks while
+    /// they are at hand (two buffers each), then single pages. Returns why
+    /// it stopped short, if it did.
     fn alloc_round(
         &self,
         host: &Host,
         dev: &virtio::Device<Bound>,
-        pages: &mut KVec<BalloonPage>,
+        staging: &mut Staging,
         num: u32,
     ) -> Option<Stop> {
-        let per = host.props().per_page.max(1);
+        let props = host.props();
+        let per = props.per_page.max(1);
         let ballooned = host.lock().num_pages;
         let sw = Stopwatch::start();
         let mut left = num;
+        let mut buffers = props.inflate_depth;
         let mut stop = None;
-        for _ in 0..host.props().inflate_depth {
+        if props.blocks {
+            let block = BLOCK_PAGES as u32 * per;
+            let buffers_per_block = (BLOCK_PAGES * per as usize).div_ceil(PFNS_PER_BUFFER);
+            while left >= block && buffers >= buffers_per_block {
+                if self.allowance(host, dev, ballooned) < BLOCK_PAGES {
+                    break;
+                }
+                let Some(b) = alloc_block() else {
+                    break;
+                };
+                if let Err(e) = staging.blocks.push_within_capacity(b) {
+                    drop(e);
+                    break;
+                }
+                left -= block;
+                buffers -= buffers_per_block;
+            }
+        }
+        for _ in 0..buffers {
             if left == 0 {
                 break;
             }
@@ -228,7 +299,7 @@ impl Inflater {
                 stop = Some(Stop::Hold);
                 break;
             }
-            let got = alloc_pages(pages, want);
+            let got = alloc_pages(&mut staging.pages, want);
             left = left.saturating_sub(got as u32 * per);
             if got < want {
                 stop = Some(Stop::OutOfPuff);
@@ -255,31 +326,95 @@ impl Inflater {
     pub(super) fn fill_balloon(
         &self,
         host: &Host,
-        list: &BalloonList,
+        lists: &Lists,
         dev: &virtio::Device<Bound>,
         num: u32,
     ) -> Round {
         let mut staging = self.staging.lock();
-        let Staging { pages, buffer } = &mut *staging;
-        let short = self.alloc_round(host, dev, pages, num);
-        let mut round = tell_host(host, list, dev, pages, buffer);
+        let short = self.alloc_round(host, dev, &mut staging, num);
+        let Staging {
+            blocks,
+            block_pages,
+            pages,
+            buffer,
+            sg,
+        } = &mut *staging;
+        if !blocks.is_empty() {
+            host.perf().add(Counter::InflateBlocks, blocks.len() as u64);
+            if host.props().report_blocks {
+                report_blocks(host, dev, blocks, sg);
+            }
+            for block in blocks.drain_all() {
+                // There is room: the round's pages fit in `block_pages`.
+                if let Err(block) = block.split_into(block_pages) {
+                    drop(block);
+                }
+            }
+            // `tell_host()` takes pages from the end: ascending order.
+            block_pages.reverse();
+        }
+        let mut round = tell_host(
+            host,
+            lists,
+            dev,
+            [(Kind::Blocks, &mut *block_pages), (Kind::Singles, &mut *pages)],
+            buffer,
+        );
         // Pages the queue did not take were never announced: free them.
+        block_pages.clear();
         pages.clear();
         round.stop = round.stop.or(short);
         round
     }
 }
 
-/// Puts `pages` on the balloon list, one buffer at a time through
-/// `buffer`, and tells the host (C's `tell_host()` on the inflate queue).
+/// Most blocks reported at once (`PAGE_REPORTING_CAPACITY`, what the page
+/// allocator's own reports use).
+const REPORT_BLOCKS_MAX: usize = 32;
+
+/// Reports `blocks`, whole, on the free page reporting queue, so that a
+/// host backed by huge pages can discard them as such. The blocks are
+/// ours alone until they are ballooned, and the host may discard balloon
+/// pages anyway; a failure only costs the host those huge pages.
+fn report_blocks(
+    host: &Host,
+    dev: &virtio::Device<Bound>,
+    blocks: &mut KVec<BalloonBlock>,
+    sg: &mut SgTable,
+) {
+    let Ok(q) = dev.sg_vq(vq::REPORTING) else {
+        return;
+    };
+    let per_report = (q.size() as usize).min(REPORT_BLOCKS_MAX);
+    for chunk in blocks.chunks_mut(per_report) {
+        let list = BlockSg::new(sg, chunk);
+        let n = list.len();
+        match q.transfer_inbuf(&list) {
+            Ok(()) => host.perf().add(Counter::ReportedBlocks, n as u64),
+            Err(e) => {
+                dev_warn!(
+                    dev.as_ref(),
+                    "reporting {} ballooned blocks failed: {:?}\n",
+                    n,
+                    e
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Puts the pages of `sources` on their balloon lists, one buffer at a
+/// time through `buffer` (each vector from its end), and tells the host
+/// (C's `tell_host()` on the inflate queue).
 fn tell_host(
     host: &Host,
-    list: &BalloonList,
+    lists: &Lists,
     dev: &virtio::Device<Bound>,
-    pages: &mut KVec<BalloonPage>,
+    sources: [(Kind, &mut KVec<BalloonPage>); 2],
     buffer: &mut KVec<BalloonPage>,
 ) -> Round {
-    if pages.is_empty() {
+    if sources.iter().all(|(_, pages)| pages.is_empty()) {
         return Round::NOTHING;
     }
     let props = host.props();
@@ -304,54 +439,56 @@ fn tell_host(
         }
     };
     let mut round = Round::NOTHING;
-    while pipe.has_room() && !pages.is_empty() {
-        let Some(mut buf) = b.inflate_buffers.take() else {
-            break;
-        };
-        let mut batch = PfnBatch::new(shift, props.endian);
-        while buffer.len() < per_buffer {
-            let Some(page) = pages.pop() else {
-                break;
+    'sources: for (kind, pages) in sources {
+        while pipe.has_room() && !pages.is_empty() {
+            let Some(mut buf) = b.inflate_buffers.take() else {
+                break 'sources;
             };
-            match batch.push(&mut buf, page.pfn()) {
-                Ok(()) => {
-                    // Room for `per_buffer` pages.
-                    let _ = buffer.push_within_capacity(page);
+            let mut batch = PfnBatch::new(shift, props.endian);
+            while buffer.len() < per_buffer {
+                let Some(page) = pages.pop() else {
+                    break;
+                };
+                match batch.push(&mut buf, page.pfn()) {
+                    Ok(()) => {
+                        // Room for `per_buffer` pages.
+                        let _ = buffer.push_within_capacity(page);
+                    }
+                    Err(PushError::Unreachable) => {
+                        // Freed here, never announced.
+                        dev_warn!(
+                            dev.as_ref(),
+                            "page frame {:#x} is beyond 32-bit balloon PFNs, not inflating it\n",
+                            page.pfn()
+                        );
+                    }
+                    Err(PushError::Full) => break,
                 }
-                Err(PushError::Unreachable) => {
-                    // Freed here, never announced.
-                    dev_warn!(
-                        dev.as_ref(),
-                        "page frame {:#x} is beyond 32-bit balloon PFNs, not inflating it\n",
-                        page.pfn()
-                    );
-                }
-                Err(PushError::Full) => break,
             }
+            if batch.is_empty() {
+                b.inflate_buffers.put(buf);
+                continue;
+            }
+            // One round of the balloon core's lock for the whole buffer; the
+            // pages are on the list before the host hears of them.
+            lists.enqueue(kind, buffer);
+            b.num_pages += batch.len() as u32;
+            if let Err(rejected) = pipe.queue(buf, batch.bytes()) {
+                // The pages stay ballooned (the guest no longer uses them);
+                // the host will hear of them when they are deflated.
+                dev_warn!(
+                    dev.as_ref(),
+                    "inflate queue refused PFNs: {:?}\n",
+                    rejected.err
+                );
+                b.inflate_buffers.put(rejected.buf);
+                round.stop = Some(Stop::Host);
+                break 'sources;
+            }
+            round.moved += batch.len() as u32;
+            host.perf().add(Counter::InflatePages, batch.len() as u64);
+            host.perf().add(Counter::InflateBuffers, 1);
         }
-        if batch.is_empty() {
-            b.inflate_buffers.put(buf);
-            continue;
-        }
-        // One round of the balloon core's lock for the whole buffer; the
-        // pages are on the list before the host hears of them.
-        list.enqueue(buffer);
-        b.num_pages += batch.len() as u32;
-        if let Err(rejected) = pipe.queue(buf, batch.bytes()) {
-            // The pages stay ballooned (the guest no longer uses them);
-            // the host will hear of them when they are deflated.
-            dev_warn!(
-                dev.as_ref(),
-                "inflate queue refused PFNs: {:?}\n",
-                rejected.err
-            );
-            b.inflate_buffers.put(rejected.buf);
-            round.stop = Some(Stop::Host);
-            break;
-        }
-        round.moved += batch.len() as u32;
-        host.perf().add(Counter::InflatePages, batch.len() as u64);
-        host.perf().add(Counter::InflateBuffers, 1);
     }
     pipe.kick();
     while pipe.in_flight() > 0 {

@@ -46,9 +46,13 @@ pub(super) enum Counter {
     Rounds,
     /// Time in configuration space reads and writes.
     ConfigNs,
+    /// Whole blocks inflated.
+    InflateBlocks,
+    /// Ballooned blocks reported on the free page reporting queue.
+    ReportedBlocks,
 }
 
-const NAMES: [&str; 11] = [
+const NAMES: [&str; 13] = [
     "inflate_pages",
     "inflate_buffers",
     "inflate_alloc_ns",
@@ -60,6 +64,8 @@ const NAMES: [&str; 11] = [
     "notifications",
     "rounds",
     "config_ns",
+    "inflate_blocks",
+    "reported_blocks",
 ];
 
 /// The counters of one device.

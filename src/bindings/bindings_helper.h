@@ -71,6 +71,22 @@ static inline unsigned long rust_vb_balloon_pages_bulk(int nid, unsigned long nr
 				     nr, array);
 }
 
+/*
+ * alloc_pages_node() is a macro. A whole block of 2^order pages on node nid
+ * only, with balloon_page_alloc()'s mobility but never high memory, and
+ * only if free memory has one at hand: no reclaim, no compaction, no
+ * kswapd wakeup (a block not at hand is not worth any work: the caller
+ * falls back to single pages). Not compound: split_page() takes it apart.
+ */
+static inline struct page *rust_vb_balloon_block_alloc(int nid, unsigned int order)
+{
+	gfp_t gfp = IS_ENABLED(CONFIG_BALLOON_MIGRATION) ? GFP_HIGHUSER_MOVABLE : GFP_HIGHUSER;
+
+	gfp &= ~(__GFP_RECLAIM | __GFP_HIGHMEM);
+	gfp |= __GFP_THISNODE | __GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC;
+	return alloc_pages_node(nid, gfp, order);
+}
+
 static inline int rust_vb_numa_mem_id(void)
 {
 	return numa_mem_id();

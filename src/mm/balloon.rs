@@ -146,6 +146,137 @@ impl Drop for BalloonPage {
     }
 }
 
+/// A block of `2^order` contiguous pages allocated for a balloon in one
+/// piece, not yet split into [`BalloonPage`]s. Dropping it frees it whole.
+///
+/// A balloon that takes whole host-huge-page-sized blocks lets the host free
+/// whole huge pages, and keeps the host's huge pages whole for the memory the
+/// guest keeps (the Hyper-V balloon takes 2 MiB blocks the same way).
+///
+/// # Invariants
+///
+/// `page` is the first page of a non-compound allocation of order `order`
+/// that we own, not in high memory.
+pub(crate) struct BalloonBlock {
+    page: NonNull<kb::page>,
+    order: u32,
+}
+
+// SAFETY: Pages we own can be handed to any thread.
+unsafe impl Send for BalloonBlock {}
+
+impl BalloonBlock {
+    /// Allocates a block of `2^order` movable pages on `node` if its free
+    /// memory has one at hand: no reclaim, no compaction, no kswapd wakeup,
+    /// no emergency reserves, no other node. `None` otherwise.
+    pub(crate) fn alloc(node: Node, order: u32) -> Option<Self> {
+        if order > bindings::VB_MAX_PAGE_ORDER {
+            return None;
+        }
+        // SAFETY: Always safe to call; `node` has memory (type invariant of `Node`).
+        let page = unsafe { bindings::rust_vb_balloon_block_alloc(node.id(), order) };
+        // INVARIANT: A fresh non-compound allocation of that order (no `__GFP_COMP`), without
+        // `__GFP_HIGHMEM`.
+        NonNull::new(page).map(|page| Self { page, order })
+    }
+
+    /// The frame number of its first page.
+    pub(crate) fn pfn(&self) -> u64 {
+        page_pfn(self.page)
+    }
+
+    /// Its number of pages.
+    pub(crate) fn pages(&self) -> usize {
+        1 << self.order
+    }
+
+    /// Splits the block into its pages, appended to `into` in ascending
+    /// frame order (`split_page()`); gives it back if `into` lacks room.
+    pub(crate) fn split_into(self, into: &mut KVec<BalloonPage>) -> Result<(), Self> {
+        let n = self.pages();
+        if into.capacity() - into.len() < n {
+            return Err(self);
+        }
+        let (head, order) = (self.page, self.order);
+        core::mem::forget(self);
+        // SAFETY: `head` is the first page of a non-compound allocation of order `order` that we
+        // own (type invariant); afterwards each of its pages carries one reference, ours.
+        unsafe { bindings::split_page(head.as_ptr(), order) };
+        for i in 0..n {
+            // SAFETY: The block's `struct page`s are contiguous, as `split_page()` relies on.
+            let page = unsafe { head.add(i) };
+            // INVARIANT: One page of the split block: ours, on no list. There is room (checked).
+            if let Err(e) = into.push_within_capacity(BalloonPage(page)) {
+                drop(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BalloonBlock {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant we own this allocation of this order.
+        unsafe { kb::__free_pages(self.page.as_ptr(), self.order) };
+    }
+}
+
+/// Room for the scatterlist entries of [`BlockSg`]s.
+pub(crate) struct SgTable(KVec<kb::scatterlist>);
+
+impl SgTable {
+    /// Room for `n` entries.
+    pub(crate) fn new(n: usize) -> Result<Self> {
+        let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
+        while v.len() < n {
+            v.push(pin_init::zeroed(), GFP_KERNEL)?;
+        }
+        Ok(Self(v))
+    }
+}
+
+/// Scatterlist entries describing whole [`BalloonBlock`]s, one entry per
+/// block, for a device that may overwrite or discard them (free page
+/// reporting of ballooned blocks).
+pub(crate) struct BlockSg<'a> {
+    table: &'a mut [kb::scatterlist],
+    n: usize,
+    _blocks: PhantomData<&'a mut [BalloonBlock]>,
+}
+
+impl<'a> BlockSg<'a> {
+    /// Describes as many of `blocks` as `table` has room for. The blocks
+    /// stay borrowed, so nobody else can use or free them meanwhile.
+    pub(crate) fn new(table: &'a mut SgTable, blocks: &'a mut [BalloonBlock]) -> Self {
+        let table = &mut table.0[..];
+        let n = blocks.len().min(table.len());
+        if n > 0 {
+            // SAFETY: `table` has at least `n` entries.
+            unsafe { bindings::sg_init_table(table.as_mut_ptr(), n as u32) };
+        }
+        for (sg, block) in table.iter_mut().zip(blocks.iter()) {
+            let len = (kernel::page::PAGE_SIZE << block.order) as u32;
+            // SAFETY: `sg` is an initialized entry; the block is `len` bytes of pages we own.
+            unsafe { bindings::sg_set_page(sg, block.page.as_ptr(), len, 0) };
+        }
+        Self {
+            table,
+            n,
+            _blocks: PhantomData,
+        }
+    }
+
+    /// The entries and their number.
+    pub(crate) fn raw(&self) -> (*mut kb::scatterlist, usize) {
+        (self.table.as_ptr().cast_mut(), self.n)
+    }
+
+    /// Number of blocks described.
+    pub(crate) fn len(&self) -> usize {
+        self.n
+    }
+}
+
 fn page_pfn(page: NonNull<kb::page>) -> u64 {
     // SAFETY: `page` is a valid `struct page`.
     unsafe { bindings::rust_vb_page_to_pfn(page.as_ptr()) as u64 }
@@ -458,6 +589,36 @@ mod tests {
         assert_eq!(l.len(), 3);
         BalloonPage::release_all(&mut small);
         assert_eq!(l.dequeue(&mut v, 4), 3);
+        BalloonPage::release_all(&mut v);
+        Ok(())
+    }
+
+    #[test]
+    fn a_block_splits_into_its_pages_in_order() -> Result {
+        const ORDER: u32 = 9;
+        // A freshly loaded module in a test guest: free memory has blocks.
+        let block = Node::with_memory()
+            .find_map(|n| BalloonBlock::alloc(n, ORDER))
+            .ok_or(ENOMEM)?;
+        let first = block.pfn();
+        assert_eq!(first % (1 << ORDER), 0);
+        assert_eq!(block.pages(), 1 << ORDER);
+        let mut small = KVec::with_capacity(1, GFP_KERNEL)?;
+        let block = match block.split_into(&mut small) {
+            Err(block) => block,
+            Ok(()) => return Err(EINVAL),
+        };
+        let mut v = KVec::with_capacity(1 << ORDER, GFP_KERNEL)?;
+        assert!(block.split_into(&mut v).is_ok());
+        assert_eq!(v.len(), 1 << ORDER);
+        for (i, page) in v.iter().enumerate() {
+            assert_eq!(page.pfn(), first + i as u64);
+        }
+        // Each page is on its own now: put them on a list and take them back.
+        let l = list(true)?;
+        l.enqueue(&mut v);
+        assert_eq!(l.len(), 1 << ORDER);
+        assert_eq!(l.dequeue(&mut v, 1 << ORDER), 1 << ORDER);
         BalloonPage::release_all(&mut v);
         Ok(())
     }

@@ -38,6 +38,15 @@ unsafe impl SgList for crate::mm::page_reporting::ReportedPages<'_> {
     }
 }
 
+// SAFETY: `BlockSg` describes `len()` initialized entries, each a whole block of pages the
+// balloon owns (not high memory, so in the linear mapping) and keeps mutably borrowed, so unused
+// by anyone else, for as long as the `BlockSg` lives.
+unsafe impl SgList for crate::mm::balloon::BlockSg<'_> {
+    fn as_raw(&self) -> (*mut kernel::bindings::scatterlist, usize) {
+        self.raw()
+    }
+}
+
 /// Type marker of queues used through [`SgQueue`].
 struct SgMarker;
 
