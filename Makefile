@@ -7,22 +7,28 @@
 #   make test       host unit tests + QEMU tests (C baseline and ours)
 #   make run        boot a guest with the driver and a serial shell
 #   make bench      C vs Rust inflate/deflate benchmark
+#   make test-debug the QEMU suites and fault injection on the debug-tier
+#                   kernel (KASAN, lockdep, kmemleak, ...), both drivers
+#   make test-debug-quick  the part of test-debug that CI runs
 #
-# Parameters: KVER (default 7.3), KDIR (default: the kernel `make setup`
-# built for KVER), LLVM_VERSION (default 19), ACCEL=tcg|kvm|auto,
-# TESTS=<filter> (only the QEMU tests whose name contains it).
+# Parameters: KVER (default 7.3), TIER=base|debug (guest kernel tier,
+# default base), KDIR (default: the kernel `make setup` built for KVER and
+# TIER), LLVM_VERSION (default 19), ACCEL=tcg|kvm|auto, TESTS=<filter>
+# (only the QEMU tests whose name contains it).
 
 KVER ?= 7.3
+TIER ?= base
 LLVM_VERSION ?= 19
 BALLOON_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/virtio-balloon-rs
-export KVER LLVM_VERSION BALLOON_CACHE
+export KVER TIER LLVM_VERSION BALLOON_CACHE
 # bindgen installed by `make setup` lives in the cache.
 export PATH := $(BALLOON_CACHE)/tools/bin:$(PATH)
 
 # (An empty KDIR inherited from a parent make, before setup built the
 # kernel, counts as unset.)
 ifeq ($(strip $(KDIR)),)
-KDIR := $(shell KVER=$(KVER) BALLOON_CACHE=$(BALLOON_CACHE) scripts/paths.sh kdir 2>/dev/null)
+override KDIR := $(shell KVER=$(KVER) TIER=$(TIER) BALLOON_CACHE=$(BALLOON_CACHE) \
+	scripts/paths.sh kdir 2>/dev/null)
 endif
 export KDIR
 
@@ -34,7 +40,7 @@ export BALLOON_QEMU_DATA := $(QEMU_DATA)
 
 # Per-checkout build products (initramfs, logs); gitignored.
 BUILD_DIR := $(CURDIR)/build
-INITRAMFS := $(BUILD_DIR)/initramfs-$(KVER).cpio
+INITRAMFS := $(BUILD_DIR)/initramfs-$(KVER)$(if $(filter-out base,$(TIER)),-$(TIER)).cpio
 MODULE    := virtio_balloon_rs.ko
 # The test device (qemu-test/fake-device), in the test initramfs only.
 FAKE_MODULE := virtio_balloon_fake.ko
@@ -43,7 +49,7 @@ C_MODULE  := $(KDIR)/drivers/virtio/virtio_balloon.ko
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=-$(LLVM_VERSION)
 
 .PHONY: all modules setup check-kdir clean initramfs test unit-test qemu-test \
-	run bench fmt lint
+	run bench fmt lint test-debug test-debug-quick qemu-test-debug qemu-test-debug-quick
 
 all: modules
 
@@ -78,7 +84,8 @@ unit-test:
 	cargo test --locked -p virtio-balloon-logic
 
 QEMU_TEST_ENV = BALLOON_KDIR="$(KDIR)" BALLOON_INITRAMFS="$(INITRAMFS)" \
-	BALLOON_LOG_DIR="$(BUILD_DIR)/logs"
+	BALLOON_LOG_DIR="$(BUILD_DIR)/logs$(if $(filter-out base,$(TIER)),-$(TIER))" \
+	BALLOON_TIER="$(TIER)"
 
 # The driver suites and the realistic scenarios run two VMs at a time; the
 # timed comparisons (tests/timed.rs) then run alone, one VM at a time.
@@ -94,6 +101,33 @@ qemu-test: initramfs
 test:
 	scripts/setup.sh
 	$(MAKE) lint unit-test qemu-test
+
+# The debug tier: a second guest kernel (scripts/kconfig/tier-debug.config),
+# cached like the first. test-debug runs every QEMU suite but the timed
+# comparisons (KASAN and lockdep make timings meaningless) and the fault
+# injection scenarios; the C driver's kernel reports are recorded in
+# build/logs-debug/c-driver-reports.txt, ours fail the test.
+test-debug:
+	TIER=debug scripts/setup.sh
+	$(MAKE) TIER=debug KDIR= qemu-test-debug
+
+qemu-test-debug: initramfs
+	$(QEMU_TEST_ENV) cargo test --locked --release --no-fail-fast -p qemu-test --lib --bins \
+		--test c_driver --test rust_driver --test misbehaving --test realistic --test faults \
+		-- --test-threads=$${QEMU_TEST_THREADS:-2} $(TESTS)
+
+# What CI runs of the debug tier: fault injection into our driver, probe and
+# rmmod, a small balloon, hot-unplug; both drivers for the last three.
+DEBUG_QUICK_TESTS = _rs inflate_deflate_actual rmmod_while_inflated unplug_while_inflating
+
+test-debug-quick:
+	TIER=debug scripts/setup.sh
+	$(MAKE) TIER=debug KDIR= qemu-test-debug-quick
+
+qemu-test-debug-quick: initramfs
+	$(QEMU_TEST_ENV) cargo test --locked --release --no-fail-fast -p qemu-test \
+		--test faults --test c_driver --test rust_driver \
+		-- --test-threads=$${QEMU_TEST_THREADS:-2} $(DEBUG_QUICK_TESTS)
 
 # Kernel rustfmt and clippy on the module, clippy on the host crates.
 lint: check-kdir

@@ -15,6 +15,10 @@
 #   DEBIAN_SUITES   suites searched for linux-source/rust-src
 #                   (default "trixie trixie-backports").
 #   JOBS            parallel make jobs (default: nproc).
+#   TIER            guest kernel tier: base (default; scripts/kconfig/common.config)
+#                   or debug (adds scripts/kconfig/tier-debug.config: KASAN,
+#                   lockdep, kmemleak, fault injection, ...). Each tier is its
+#                   own cached build.
 
 set -euo pipefail
 
@@ -25,6 +29,7 @@ LLVM_SUFFIX=-$LLVM_VERSION
 BALLOON_CACHE=${BALLOON_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/virtio-balloon-rs}
 DEBIAN_SUITES=${DEBIAN_SUITES:-trixie trixie-backports}
 JOBS=${JOBS:-$(nproc)}
+TIER=${TIER:-base}
 # Tools installed by setup (bindgen) live here, not in ~/.cargo.
 TOOLS_DIR=$BALLOON_CACHE/tools
 export PATH="$TOOLS_DIR/bin:$PATH"
@@ -71,14 +76,20 @@ sha12() { sha256sum | cut -c1-12; }
 
 rustc_version() { rustc --version | awk '{print $2}'; }
 
-# Kconfig fragments that apply to $KVER: the common one and the one for its
-# major version (Kconfig names differ between 6.x and 7.x).
+# Kconfig fragments that apply to $KVER and $TIER: the common one, the one
+# for its major version (Kconfig names differ between 6.x and 7.x) and the
+# tier's.
 config_fragments() {
 	local major=${KVER%%.*}
 	echo "$PROJECT_DIR/scripts/kconfig/common.config"
 	if [[ -f "$PROJECT_DIR/scripts/kconfig/linux-$major.config" ]]; then
 		echo "$PROJECT_DIR/scripts/kconfig/linux-$major.config"
 	fi
+	case "$TIER" in
+	base) ;;
+	debug) echo "$PROJECT_DIR/scripts/kconfig/tier-debug.config" ;;
+	*) die "unknown TIER '$TIER'" "TIER=base (the default) or TIER=debug" ;;
+	esac
 }
 
 # Directory the kernel source package for $KVER is unpacked to; its
@@ -105,7 +116,9 @@ kernel_build_dir() {
 	local key
 	key=$(build_key)
 	[[ -n "$key" ]] || return 0
-	echo "$BALLOON_CACHE/build/linux-$KVER-$key"
+	local tier=""
+	[[ "$TIER" == base ]] || tier=-$TIER
+	echo "$BALLOON_CACHE/build/linux-$KVER$tier-$key"
 }
 
 # Make arguments shared by every kernel-tree make invocation.

@@ -3,7 +3,7 @@
 
 use crate::accel::Accel;
 use crate::units::MIB;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -53,6 +53,44 @@ impl fmt::Display for Driver {
     }
 }
 
+/// The guest kernel tier the tests run on (`BALLOON_TIER`, set by the
+/// Makefile from `TIER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// The realistic guest kernel (`scripts/kconfig/common.config`).
+    Base,
+    /// The realistic guest plus the kernel's checkers: KASAN, lockdep,
+    /// kmemleak, fault injection (`scripts/kconfig/tier-debug.config`).
+    Debug,
+}
+
+impl Tier {
+    /// The tier of this run: `BALLOON_TIER` (`base`, the default, or
+    /// `debug`).
+    pub fn current() -> Result<Tier> {
+        match std::env::var("BALLOON_TIER").as_deref() {
+            Err(_) | Ok("") | Ok("base") => Ok(Tier::Base),
+            Ok("debug") => Ok(Tier::Debug),
+            Ok(other) => bail!("BALLOON_TIER={other:?}: use base or debug"),
+        }
+    }
+
+    /// How much longer than on the base tier the guest takes for the same
+    /// work (KASAN, lockdep and page-allocator debugging under TCG): the
+    /// factor timeouts are scaled by.
+    pub fn slowdown(self) -> u32 {
+        match self {
+            Tier::Base => 1,
+            Tier::Debug => 6,
+        }
+    }
+}
+
+/// Scales a timeout for the current tier ([`Tier::slowdown`]).
+pub fn scaled(d: Duration) -> Duration {
+    d * Tier::current().map_or(1, Tier::slowdown)
+}
+
 /// Options of the `virtio-balloon-pci` device (all off by default, as in
 /// QEMU).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,37 +126,154 @@ impl ThpMode {
     }
 }
 
-/// How the guest's RAM is backed on the host.
+/// How the guest's RAM is backed on the host (`make bench --backing`).
+///
+/// QEMU discards what the balloon inflates per 4 KiB PFN for anonymous
+/// memory (`madvise(MADV_DONTNEED)`, splitting a transparent huge page it
+/// falls in), but only whole host pages of hugetlb memory (see
+/// [`Backing::Hugetlb2M`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backing {
-    /// Anonymous memory in 4 KiB host pages (QEMU's default;
-    /// `memory-backend-ram`).
+    /// Anonymous memory (`memory-backend-ram` per NUMA node), with the
+    /// host's transparent huge pages as the host configures them: QEMU
+    /// madvises all guest RAM `MADV_HUGEPAGE` (`ram_block_add()` in
+    /// `system/physmem.c`), so with THP `always` or `madvise` (the
+    /// development machine's `madvise`) the host backs each 2 MiB of guest
+    /// RAM the guest touches with a huge page when it can; with `never`,
+    /// 4 KiB pages. QEMU's default and the tests'; `--backing thp`.
     #[default]
     Anonymous,
+    /// Anonymous memory in 4 KiB host pages only: THP disabled for the QEMU
+    /// process (`prctl(PR_SET_THP_DISABLE)` before `exec`, which keeps it),
+    /// whatever the host's THP mode. `--backing 4k`.
+    Anonymous4k,
+    /// 2 MiB hugetlb pages: `memory-backend-memfd,hugetlb=on,
+    /// hugetlbsize=2M,share=on` per NUMA node (also without NUMA), reserved
+    /// from the host's pool when QEMU starts (someone must have grown
+    /// `nr_hugepages`; the benchmark does). QEMU frees a huge page only
+    /// when a single inflate buffer carries all 512 of its 4 KiB PFNs
+    /// (`balloon_inflate_page()` in `hw/virtio/virtio-balloon.c`), then
+    /// with `fallocate(PUNCH_HOLE)`. `--backing hugetlb`.
+    Hugetlb2M,
+}
+
+impl Backing {
+    /// All backings.
+    pub const ALL: [Backing; 3] = [Backing::Anonymous4k, Backing::Anonymous, Backing::Hugetlb2M];
+
+    /// Parses `4k`, `thp` (also `anonymous`) or `hugetlb`.
+    pub fn parse(s: &str) -> Result<Backing> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "thp" | "anonymous" => Ok(Backing::Anonymous),
+            "4k" => Ok(Backing::Anonymous4k),
+            "hugetlb" | "hugetlb2m" => Ok(Backing::Hugetlb2M),
+            other => bail!("unknown backing {other:?} (4k, thp or hugetlb)"),
+        }
+    }
+
+    /// The name [`Backing::parse`] takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backing::Anonymous => "thp",
+            Backing::Anonymous4k => "4k",
+            Backing::Hugetlb2M => "hugetlb",
+        }
+    }
+
+    /// The host page size QEMU sees for guest RAM (the smallest unit it
+    /// can give back): 4 KiB for anonymous memory, THP or not.
+    pub fn host_page_size(self) -> u64 {
+        match self {
+            Backing::Anonymous | Backing::Anonymous4k => 4096,
+            Backing::Hugetlb2M => 2 * MIB,
+        }
+    }
+}
+
+/// How the `-kernel` image boots. QEMU tells the two apart by itself; the
+/// harness knows which it is for its logs and error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// An ELF `vmlinux` with a PVH entry point: the project's kernel
+    /// build, booted directly (no decompression, fastest under TCG).
+    PvhElf,
+    /// A `bzImage` (a distribution's `vmlinuz`), booted through the Linux
+    /// x86 boot protocol: it decompresses itself first.
+    BzImage,
+}
+
+impl KernelFormat {
+    /// The format of the image at `path`: ELF magic, or the x86 boot
+    /// protocol's `HdrS` signature at offset 0x202.
+    pub fn detect(path: &Path) -> Result<KernelFormat> {
+        use std::io::Read;
+        let mut head = Vec::with_capacity(0x206);
+        std::fs::File::open(path)
+            .and_then(|f| f.take(0x206).read_to_end(&mut head))
+            .with_context(|| format!("reading the kernel image {}", path.display()))?;
+        if head.starts_with(b"\x7fELF") {
+            Ok(KernelFormat::PvhElf)
+        } else if head.get(0x202..0x206) == Some(b"HdrS".as_slice()) {
+            Ok(KernelFormat::BzImage)
+        } else {
+            bail!("{} is neither an ELF vmlinux nor a bzImage", path.display())
+        }
+    }
+
+    /// A short name for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelFormat::PvhElf => "vmlinux (PVH)",
+            KernelFormat::BzImage => "bzImage",
+        }
+    }
+
+    /// How much longer than the project's kernel the guest takes to boot,
+    /// the factor the boot timeout is scaled by: a bzImage decompresses
+    /// itself, and a distribution's kernel runs far more initcalls and
+    /// loads its disk driver from the initramfs (Debian's cloud kernel
+    /// reaches the agent in about four times the time under TCG).
+    pub fn boot_slowdown(self) -> u32 {
+        match self {
+            KernelFormat::PvhElf => 1,
+            KernelFormat::BzImage => 3,
+        }
+    }
 }
 
 /// Kernel and initramfs the guest boots.
 #[derive(Debug, Clone)]
 pub struct GuestImage {
-    /// `-kernel` image (`vmlinux`, booted through PVH).
+    /// `-kernel` image: `$BALLOON_KDIR/vmlinux` (booted through PVH), or
+    /// `$BALLOON_KERNEL` (e.g. a distribution's bzImage).
     pub kernel: PathBuf,
+    /// How [`GuestImage::kernel`] boots.
+    pub format: KernelFormat,
     /// `-initrd` image (uncompressed cpio).
     pub initramfs: PathBuf,
 }
 
 impl GuestImage {
-    /// Reads `BALLOON_KDIR` and `BALLOON_INITRAMFS`; missing or unset is an
-    /// error telling to run `make test` (tests fail, they never skip).
+    /// Reads `BALLOON_KDIR` and `BALLOON_INITRAMFS`, and `BALLOON_KERNEL`,
+    /// which, when set, is the kernel image instead of
+    /// `$BALLOON_KDIR/vmlinux` (`make test-distro` boots Debian's
+    /// `vmlinuz` so); missing or unset is an error telling to run `make
+    /// test` (tests fail, they never skip).
     pub fn from_env() -> Result<GuestImage> {
         let hint = "run the QEMU tests with `make test` (or `make qemu-test`), which builds \
                     the initramfs and sets BALLOON_KDIR and BALLOON_INITRAMFS";
-        let kdir = match std::env::var_os("BALLOON_KDIR") {
-            Some(k) if !k.is_empty() => PathBuf::from(k),
-            _ => bail!("BALLOON_KDIR is not set: {hint}"),
-        };
-        let initramfs = match std::env::var_os("BALLOON_INITRAMFS") {
-            Some(i) if !i.is_empty() => PathBuf::from(i),
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let initramfs = match var("BALLOON_INITRAMFS") {
+            Some(i) => PathBuf::from(i),
             _ => bail!("BALLOON_INITRAMFS is not set: {hint}"),
+        };
+        if let Some(kernel) = var("BALLOON_KERNEL") {
+            return Self::with_kernel(Path::new(&kernel), &initramfs)
+                .with_context(|| format!("BALLOON_KERNEL={}", kernel.to_string_lossy()));
+        }
+        let kdir = match var("BALLOON_KDIR") {
+            Some(k) => PathBuf::from(k),
+            _ => bail!("BALLOON_KDIR is not set: {hint}"),
         };
         Self::new(&kdir, &initramfs).map_err(|e| e.context(hint))
     }
@@ -134,6 +289,16 @@ impl GuestImage {
                 kdir.display()
             );
         }
+        Self::with_kernel(&kernel, initramfs)
+    }
+
+    /// The image of kernel image `kernel` (a `vmlinux` or a `bzImage`) and
+    /// initramfs `initramfs`; both files must exist.
+    pub fn with_kernel(kernel: &Path, initramfs: &Path) -> Result<GuestImage> {
+        if !kernel.is_file() {
+            bail!("no kernel image at {}", kernel.display());
+        }
+        let format = KernelFormat::detect(kernel)?;
         if !initramfs.is_file() {
             bail!(
                 "no initramfs at {} (`make initramfs` builds it)",
@@ -141,7 +306,8 @@ impl GuestImage {
             );
         }
         Ok(GuestImage {
-            kernel,
+            kernel: kernel.to_path_buf(),
+            format,
             initramfs: initramfs.to_path_buf(),
         })
     }
@@ -163,6 +329,11 @@ pub struct VmConfig {
     pub smp: u32,
     /// Driver the guest loads at boot (`balloon.load=`), if any.
     pub driver: Option<Driver>,
+    /// The driver under test (default: [`VmConfig::driver`]; tests that
+    /// load a driver themselves say which). On the debug tier, kernel
+    /// problems in a VM testing the C driver are recorded, not failed on
+    /// ([`crate::Vm::shutdown`]).
+    pub subject: Option<Driver>,
     /// Balloon device options.
     pub balloon: BalloonOptions,
     /// Extra kernel command line arguments.
@@ -207,6 +378,7 @@ impl VmConfig {
             memory_mib: 1024,
             smp: 2,
             driver: None,
+            subject: None,
             balloon: BalloonOptions::default(),
             extra_cmdline: Vec::new(),
             extra_qemu_args: Vec::new(),
@@ -274,12 +446,20 @@ impl VmConfig {
     /// Load `driver` at boot.
     pub fn driver(mut self, driver: Driver) -> Self {
         self.driver = Some(driver);
+        self.subject = Some(driver);
         self
     }
 
     /// Load `driver` at boot, or none.
     pub fn driver_opt(mut self, driver: Option<Driver>) -> Self {
         self.driver = driver;
+        self.subject = driver.or(self.subject);
+        self
+    }
+
+    /// The driver under test, when the test loads it itself.
+    pub fn subject(mut self, driver: Driver) -> Self {
+        self.subject = Some(driver);
         self
     }
 

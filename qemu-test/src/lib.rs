@@ -1,8 +1,10 @@
 //! QEMU test harness for the virtio memory balloon drivers.
 //!
 //! A [`Vm`] is one QEMU guest booted from the project's kernel
-//! (`$BALLOON_KDIR/vmlinux`) and initramfs (`$BALLOON_INITRAMFS`, built by
-//! `scripts/mkinitramfs.sh`), configured with a [`VmConfig`]. The harness
+//! (`$BALLOON_KDIR/vmlinux`, or the image `$BALLOON_KERNEL`, such as the
+//! distribution kernel of `make test-distro`) and initramfs
+//! (`$BALLOON_INITRAMFS`, built by `scripts/mkinitramfs.sh`), configured
+//! with a [`VmConfig`]. The harness
 //! talks to it three ways:
 //!
 //! - QMP (through the `qapi` crate) on a unix socket: balloon target, balloon
@@ -18,7 +20,7 @@
 //! the C driver's results are the baseline the Rust driver is held to.
 //!
 //! Environment: `BALLOON_KDIR`, `BALLOON_INITRAMFS` (required, `make test`
-//! sets them), `ACCEL=tcg|kvm|auto` (see [`accel`]), `BALLOON_QEMU` (binary,
+//! sets them; `BALLOON_KERNEL` instead of the first), `ACCEL=tcg|kvm|auto` (see [`accel`]), `BALLOON_QEMU` (binary,
 //! else `QEMU`, else `qemu-system-x86_64`), `BALLOON_QEMU_DATA` (`-L`
 //! directories), `BALLOON_LOG_DIR` (default `target/qemu-logs`),
 //! `BALLOON_CACHE`.
@@ -31,7 +33,9 @@ pub mod bench;
 pub mod config;
 pub mod console;
 pub mod cpio;
+pub mod faults;
 pub mod features;
+pub mod hostmem;
 pub mod hotplug;
 pub mod ktap;
 pub mod misbehaving;
@@ -45,7 +49,10 @@ pub mod vm;
 
 pub use accel::Accel;
 pub use agent::CmdOutput;
-pub use config::{Backing, BalloonOptions, Driver, GuestImage, ThpMode, VmConfig, DATA_MOUNT};
+pub use config::{
+    scaled, Backing, BalloonOptions, Driver, GuestImage, KernelFormat, ThpMode, Tier, VmConfig,
+    DATA_MOUNT,
+};
 pub use qmp::{QmpClient, QmpEvent};
 pub use stats::GuestStats;
 pub use units::{format_bytes, parse_size, GIB, KIB, MIB, PAGE_SIZE};

@@ -185,7 +185,14 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     push("none");
     push("-no-reboot");
     push("-machine");
-    push("pc");
+    // Without NUMA, RAM that is not plain anonymous memory needs a backend
+    // of its own too (see `ram_backends`).
+    let backends = ram_backends(cfg);
+    if cfg.numa_nodes.max(1) == 1 && !backends.is_empty() {
+        push("pc,memory-backend=ram-node0");
+    } else {
+        push("pc");
+    }
     push("-accel");
     push(spec.accel.qemu_name());
     push("-m");
@@ -205,19 +212,13 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     } else {
         push(&cfg.smp.to_string());
     }
+    for b in &backends {
+        push("-object");
+        push(b);
+    }
     if nodes > 1 {
         let cores = (u64::from(cfg.smp) / nodes).max(1);
-        let per = cfg.memory_mib / nodes;
         for n in 0..nodes {
-            let size = if n + 1 == nodes {
-                cfg.memory_mib - per * (nodes - 1)
-            } else {
-                per
-            };
-            push("-object");
-            push(&match cfg.backing {
-                Backing::Anonymous => format!("memory-backend-ram,id=ram-node{n},size={size}M"),
-            });
             let cpus: Vec<String> = (n * cores..(n + 1) * cores)
                 .map(|c| format!("cpus={c}"))
                 .collect();
@@ -300,10 +301,59 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     a
 }
 
-/// A ready-to-spawn (or exec) QEMU command for `spec`.
+/// The sizes of the guest's RAM blocks in MiB: one per NUMA node, RAM
+/// shared equally (the last node takes what does not divide), or all of
+/// RAM without NUMA.
+pub fn ram_block_mib(cfg: &VmConfig) -> Vec<u64> {
+    let nodes = u64::from(cfg.numa_nodes.max(1));
+    let per = cfg.memory_mib / nodes;
+    (0..nodes)
+        .map(|n| {
+            if n + 1 == nodes {
+                cfg.memory_mib - per * (nodes - 1)
+            } else {
+                per
+            }
+        })
+        .collect()
+}
+
+/// The `-object` memory backends of the guest RAM, `ram-node<N>` (one per
+/// NUMA node, see [`ram_block_mib`]), of the configured [`Backing`]. None
+/// without NUMA for anonymous memory: QEMU's own `-m` RAM is the same.
+pub fn ram_backends(cfg: &VmConfig) -> Vec<String> {
+    if cfg.numa_nodes.max(1) == 1 && cfg.backing != Backing::Hugetlb2M {
+        return Vec::new();
+    }
+    ram_block_mib(cfg)
+        .iter()
+        .enumerate()
+        .map(|(n, size)| match cfg.backing {
+            // THP or not is the QEMU process's setting (see `command`).
+            Backing::Anonymous | Backing::Anonymous4k => {
+                format!("memory-backend-ram,id=ram-node{n},size={size}M")
+            }
+            Backing::Hugetlb2M => format!(
+                "memory-backend-memfd,id=ram-node{n},size={size}M,hugetlb=on,hugetlbsize=2M,share=on"
+            ),
+        })
+        .collect()
+}
+
+/// A ready-to-spawn (or exec) QEMU command for `spec`. For
+/// [`Backing::Anonymous4k`] the child disables transparent huge pages for
+/// itself before it executes QEMU (the flag survives `exec`).
 pub fn command(spec: &QemuSpec) -> Command {
+    use std::os::unix::process::CommandExt;
     let mut c = Command::new(qemu_binary());
     c.args(qemu_args(spec));
+    if spec.cfg.backing == Backing::Anonymous4k {
+        // SAFETY: the hook makes one system call (prctl), which is safe
+        // between fork and exec.
+        unsafe {
+            c.pre_exec(crate::hostmem::disable_thp_for_this_process);
+        }
+    }
     c
 }
 

@@ -1,0 +1,521 @@
+//! Fault injection (debug tier only): allocation failures aimed at the
+//! driver, in each context it allocates in, with the kernel's fault
+//! injection framework (`failslab` for slab objects, `fail_page_alloc` for
+//! pages; Documentation/fault-injection/fault-injection.rst).
+//!
+//! Aim: both attributes get a stack-trace filter, `require-start` /
+//! `require-end` = the driver module's text, so only allocations with the
+//! driver on the call stack fail, in whatever task they run (the size work
+//! and hinting run in kworkers, the OOM notifier in the allocating task).
+//! Two modes:
+//!
+//! - **systematic** (probe and remove, which run in the task that writes
+//!   `bind` / `unbind`): `/proc/self/fail-nth` = n fails exactly the n-th
+//!   aimed allocation of that task; n counts up from 1 until a bind or
+//!   unbind passes without reaching its n-th allocation, so every
+//!   allocation site on the path fails once.
+//! - **random** (the size work, statistics, the OOM notifier, hinting):
+//!   `probability` percent of the aimed allocations fail for a while; the
+//!   attribute's `times` counts how many did.
+//!
+//! After the faults stop, the driver must recover (follow the next target),
+//! and after `rmmod`: no kernel problem on the console, no kmemleak report,
+//! MemTotal back to its value before the driver loaded and QEMU's `actual`
+//! back to the whole RAM.
+//!
+//! The C driver goes through the same scenarios; what happens to it is
+//! recorded (stderr, the test log), not asserted.
+
+use crate::config::Tier;
+use crate::suite::{target_for, GUEST_MIB};
+use crate::units::format_bytes;
+use crate::vm::{Vm, Wait};
+use crate::{Driver, VmConfig};
+use anyhow::{bail, ensure, Context as _, Result};
+use std::time::Duration;
+
+/// The fault injection attributes the tests aim.
+const ATTRS: [&str; 2] = ["failslab", "fail_page_alloc"];
+/// kmemleak's control file.
+const KMEMLEAK: &str = "/sys/kernel/debug/kmemleak";
+/// Upper bound on the systematic mode's n: more aimed allocations than this
+/// on one probe or remove is itself a finding.
+const MAX_NTH: u32 = 400;
+/// `times` for the random mode: large enough never to run out, so that the
+/// number left says how many faults were injected.
+const TIMES: u64 = 1_000_000;
+
+/// Where the faults are aimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Context {
+    /// `probe` (binding the driver to the device), systematic.
+    Probe,
+    /// `remove` (unbinding it) with pages in the balloon, systematic.
+    Remove,
+    /// The size work: inflating and deflating, random.
+    SizeWork,
+    /// Statistics requests every second, random.
+    Stats,
+    /// The OOM notifier deflating under memory pressure, random.
+    Oom,
+    /// Free page hinting during a live migration, random.
+    Hinting,
+}
+
+impl Context {
+    fn name(self) -> &'static str {
+        match self {
+            Context::Probe => "probe",
+            Context::Remove => "remove",
+            Context::SizeWork => "size-work",
+            Context::Stats => "stats",
+            Context::Oom => "oom",
+            Context::Hinting => "hinting",
+        }
+    }
+}
+
+/// The VM for a scenario: no driver at boot (the test loads it after
+/// clearing kmemleak), and what the context needs.
+fn vm_config(driver: Driver, ctx: Context) -> VmConfig {
+    let cfg = VmConfig::new(&format!("faults-{}-{}", ctx.name(), driver.load_param()))
+        .memory_mib(GUEST_MIB)
+        .driver_opt(None)
+        .subject(driver);
+    match ctx {
+        Context::Oom => cfg.deflate_on_oom(true).swap_mib(None),
+        // No disks: the migration stream is the guest's RAM only.
+        Context::Hinting => cfg
+            .free_page_hint(true)
+            .data_disk_mib(None)
+            .swap_mib(None)
+            .numa_nodes(1),
+        _ => cfg,
+    }
+}
+
+/// Fails unless the guest kernel has what these tests use.
+pub fn require_debug_kernel(vm: &mut Vm) -> Result<()> {
+    let probe = format!(
+        "for f in {} {KMEMLEAK} /proc/self/fail-nth; do [ -e $f ] || echo missing $f; done",
+        ATTRS.map(|a| format!("/sys/kernel/debug/{a}/require-start")).join(" ")
+    );
+    let missing = vm.run_ok(&probe)?;
+    if !missing.trim().is_empty() {
+        bail!(
+            "this test needs the debug tier's kernel (fault injection with a stack-trace filter, \
+             kmemleak): {}; run it with `make test-debug` (TIER=debug)",
+            missing.trim().replace('\n', ", ")
+        );
+    }
+    Ok(())
+}
+
+/// The address range of `module`'s text, from `/proc/kallsyms`: the first
+/// text symbol to the last one plus 64 KiB (the size of the last function
+/// is not listed; a module's text is one allocation).
+pub fn module_text(vm: &mut Vm, module: &str) -> Result<(u64, u64)> {
+    let out = vm.run_ok(&format!(
+        "awk '$4 == \"[{module}]\" && ($2 == \"t\" || $2 == \"T\") {{ print $1 }}' /proc/kallsyms"
+    ))?;
+    let addrs: Vec<u64> = out
+        .lines()
+        .filter_map(|l| u64::from_str_radix(l.trim(), 16).ok())
+        .collect();
+    let (Some(&lo), Some(&hi)) = (addrs.iter().min(), addrs.iter().max()) else {
+        bail!("no text symbols of {module} in /proc/kallsyms (is it loaded?)");
+    };
+    ensure!(lo != 0, "/proc/kallsyms hides addresses (kptr_restrict)");
+    Ok((lo, hi + 0x10000))
+}
+
+/// Sets both attributes up: aimed at `text`, failing `probability` percent
+/// of the aimed allocations (0: only through `fail-nth`), verbose (one
+/// "FAULT_INJECTION: forcing a failure" line per fault, rate limited).
+fn arm(vm: &mut Vm, text: (u64, u64), probability: u32) -> Result<()> {
+    let mut script = String::from("set -e; ");
+    for a in ATTRS {
+        let d = format!("/sys/kernel/debug/{a}");
+        script += &format!(
+            "echo 0 > {d}/probability; echo 1 > {d}/interval; echo {TIMES} > {d}/times; \
+             echo 0 > {d}/space; echo 1 > {d}/verbose; echo N > {d}/task-filter; \
+             echo N > {d}/ignore-gfp-wait; echo 32 > {d}/stacktrace-depth; \
+             echo 0 > {d}/reject-start; echo 0 > {d}/reject-end; \
+             echo {:#x} > {d}/require-start; echo {:#x} > {d}/require-end; ",
+            text.0, text.1
+        );
+    }
+    script += "echo N > /sys/kernel/debug/fail_page_alloc/ignore-gfp-highmem; \
+               echo 0 > /sys/kernel/debug/fail_page_alloc/min-order; ";
+    for a in ATTRS {
+        script += &format!("echo {probability} > /sys/kernel/debug/{a}/probability; ");
+    }
+    vm.run_ok(&script).context("arming fault injection")?;
+    Ok(())
+}
+
+/// Stops injecting; returns how many faults the random mode injected.
+fn disarm(vm: &mut Vm) -> Result<u64> {
+    let mut injected = 0;
+    for a in ATTRS {
+        let d = format!("/sys/kernel/debug/{a}");
+        let left = vm.run_ok(&format!("echo 0 > {d}/probability; cat {d}/times"))?;
+        let left: u64 = left
+            .trim()
+            .parse()
+            .with_context(|| format!("{d}/times: {left:?}"))?;
+        injected += TIMES.saturating_sub(left);
+    }
+    Ok(injected)
+}
+
+/// Forgets what kmemleak knows so far: later reports are about objects
+/// allocated from here on.
+fn kmemleak_clear(vm: &mut Vm) -> Result<()> {
+    vm.run_timeout(
+        &format!("echo scan > {KMEMLEAK} && echo clear > {KMEMLEAK}"),
+        Duration::from_secs(300),
+    )?;
+    Ok(())
+}
+
+/// Scans for leaks (objects unreferenced for 5 s at least, kmemleak's
+/// minimum age) and returns the reports.
+fn kmemleak_report(vm: &mut Vm) -> Result<String> {
+    let out = vm.run_timeout(
+        &format!("sleep 6; echo scan > {KMEMLEAK} && cat {KMEMLEAK}"),
+        Duration::from_secs(300),
+    )?;
+    ensure!(out.code == 0, "kmemleak scan failed: {}", out.output);
+    Ok(out.output)
+}
+
+/// The balloon device's name on the virtio bus (`virtioN`).
+fn balloon_device(vm: &mut Vm) -> Result<String> {
+    let out = vm.run_ok(
+        "for d in /sys/bus/virtio/devices/*; do [ \"$(cat $d/device)\" = 0x0005 ] && \
+         basename $d; done; true",
+    )?;
+    let name = out.trim();
+    ensure!(
+        !name.is_empty() && !name.contains('\n'),
+        "expected one balloon device, found {name:?}"
+    );
+    Ok(name.to_string())
+}
+
+/// Whether `driver` is bound to `dev`.
+fn bound(vm: &mut Vm, driver: Driver, dev: &str) -> Result<bool> {
+    let out = vm.run(&format!(
+        "[ -e /sys/bus/virtio/drivers/{}/{dev} ]",
+        driver.module_name()
+    ))?;
+    Ok(out.code == 0)
+}
+
+/// The driver's directory on the virtio bus.
+fn driver_dir(driver: Driver) -> String {
+    format!("/sys/bus/virtio/drivers/{}", driver.module_name())
+}
+
+/// A guest shell function `fault N CMD`: runs CMD (a builtin, so in the
+/// same task) with the N-th aimed allocation of that task failing, and
+/// prints "rc=<exit of CMD> fired=<1 if the fault was injected>".
+/// fail-nth reads back 0 once the fault fired.
+const FAULT_FN: &str = "fault() { sh -c 'echo $1 > /proc/self/fail-nth; eval \"$2\" 2>/dev/null; \
+    rc=$?; read left < /proc/self/fail-nth; echo 0 > /proc/self/fail-nth; \
+    [ \"$left\" = 0 ] && f=1 || f=0; echo rc=$rc fired=$f' _ \"$1\" \"$2\"; }";
+
+/// The systematic probe loop, in the guest: bind with the n-th aimed
+/// allocation failing, n = 1, 2, ... until a bind reaches no n-th
+/// allocation; unbind again whenever a bind succeeded. One line per n.
+fn probe_loop(driver: Driver, dev: &str) -> String {
+    let drv = driver_dir(driver);
+    format!(
+        "{FAULT_FN}; n=1; while [ $n -le {MAX_NTH} ]; do \
+           r=$(fault $n 'echo {dev} > {drv}/bind'); \
+           b=0; [ -e {drv}/{dev} ] && b=1; echo \"n=$n $r bound=$b\"; \
+           case $r in *fired=0*) break;; esac; \
+           [ $b = 1 ] && echo {dev} > {drv}/unbind; n=$((n+1)); done"
+    )
+}
+
+/// The systematic remove loop, in the guest: with the balloon inflated to
+/// `balloon_kib`, unbind with the n-th aimed allocation failing, then
+/// check that every page came back (`MemTotal` = `total0`, no `Balloon`),
+/// bind again and wait for the balloon; until an unbind reaches no n-th
+/// allocation.
+fn remove_loop(driver: Driver, dev: &str, total0: u64, balloon_kib: u64) -> String {
+    let drv = driver_dir(driver);
+    let total0_kib = total0 >> 10;
+    // Balloon: in /proc/meminfo (NR_BALLOON_PAGES) counts both drivers' pages.
+    let want = balloon_kib * 9 / 10;
+    format!(
+        "{FAULT_FN}; mi() {{ awk -v k=$1: '$1 == k {{ print $2 }}' /proc/meminfo; }}; n=1; \
+         while [ $n -le {MAX_NTH} ]; do \
+           i=0; while [ $(mi Balloon) -lt {want} ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done; \
+           before=$(mi Balloon); r=$(fault $n 'echo {dev} > {drv}/unbind'); \
+           b=0; [ -e {drv}/{dev} ] && b=1; \
+           echo \"n=$n $r bound=$b ballooned_before=$before total=$(mi MemTotal) balloon=$(mi Balloon)\"; \
+           case $r in *fired=0*) break;; esac; \
+           [ $b = 1 ] || echo {dev} > {drv}/bind; n=$((n+1)); done; \
+         [ $(mi MemTotal) = {total0_kib} ] || echo \"MemTotal $(mi MemTotal) kB, {total0_kib} kB before\""
+    )
+}
+
+/// Runs a systematic loop; returns its lines.
+fn systematic(vm: &mut Vm, script: &str) -> Result<Vec<String>> {
+    let out = vm.run_timeout(script, Duration::from_secs(1800))?;
+    vm.log(&out.output);
+    ensure!(out.code == 0, "the systematic loop failed: {}", out.output);
+    Ok(out.output.lines().map(str::to_string).collect())
+}
+
+/// Outcome of one scenario.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Faults injected.
+    injected: u64,
+    /// Bind/unbind writes that failed.
+    failed_writes: u32,
+    /// Allocation sites the systematic mode went through.
+    sites: u32,
+}
+
+impl Outcome {
+    /// Reads the lines of a systematic loop: each fault fired, the last
+    /// line is a clean bind/unbind that succeeded, nothing was lost.
+    fn tally(&mut self, lines: &[String]) -> Result<()> {
+        let field = |l: &str, k: &str| -> Option<u64> {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+        };
+        let mut last = None;
+        for l in lines {
+            if l.starts_with("MemTotal") {
+                bail!("after the loop: {l}: balloon pages were not given back");
+            }
+            let (Some(n), Some(rc), Some(fired)) = (field(l, "n"), field(l, "rc"), field(l, "fired"))
+            else {
+                continue;
+            };
+            if let (Some(total), Some(balloon)) = (field(l, "total"), field(l, "balloon")) {
+                ensure!(
+                    balloon == 0,
+                    "after an unbind whose aimed allocation {n} failed, {balloon} kB stayed \
+                     ballooned (MemTotal {total} kB): {l}"
+                );
+            }
+            if fired == 1 {
+                self.injected += 1;
+                if rc != 0 {
+                    self.failed_writes += 1;
+                }
+            }
+            last = Some((n, rc, fired));
+        }
+        let Some((n, rc, fired)) = last else {
+            bail!("the systematic loop printed nothing: {lines:?}");
+        };
+        ensure!(
+            fired == 0,
+            "more than {MAX_NTH} aimed allocations on one path (last line n={n})"
+        );
+        ensure!(rc == 0, "without a fault, the write failed (exit {rc})");
+        ensure!(self.injected > 0, "no fault was injected: the aim missed the driver");
+        self.sites = (n - 1) as u32;
+        Ok(())
+    }
+}
+
+/// Runs the scenario for `ctx`. Ours must pass; for the C driver the
+/// outcome is recorded and the test passes unless the harness itself
+/// failed to run it.
+pub fn fault_injection(driver: Driver, ctx: Context) -> Result<()> {
+    match (driver, scenario(driver, ctx)) {
+        (Driver::Rust, r) => r,
+        (Driver::C, Ok(())) => {
+            eprintln!("[faults-{}] virtio_balloon: passed", ctx.name());
+            Ok(())
+        }
+        (Driver::C, Err(e)) => {
+            eprintln!(
+                "[faults-{}] virtio_balloon (recorded, not asserted): {e:#}",
+                ctx.name()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn scenario(driver: Driver, ctx: Context) -> Result<()> {
+    if Tier::current()? != Tier::Debug {
+        bail!(
+            "fault injection runs on the debug tier only (BALLOON_TIER=debug): run `make \
+             test-debug`"
+        );
+    }
+    let mut vm = Vm::boot(vm_config(driver, ctx))?;
+    require_debug_kernel(&mut vm)?;
+    let ram = vm.ram_bytes();
+    let total0 = vm.meminfo_field("MemTotal")?;
+    kmemleak_clear(&mut vm)?;
+    let module = driver.module_name();
+    let args = if driver == Driver::Rust {
+        "host_timeout_ms=2000"
+    } else {
+        ""
+    };
+    vm.run_ok(&format!("modprobe {module} {args}"))?;
+    let dev = balloon_device(&mut vm)?;
+    ensure!(bound(&mut vm, driver, &dev)?, "{module} did not bind {dev}");
+    let text = module_text(&mut vm, module)?;
+    let mut out = Outcome::default();
+    match ctx {
+        Context::Probe => {
+            vm.run_ok(&format!("echo {dev} > {drv}/unbind", drv = driver_dir(driver)))?;
+            arm(&mut vm, text, 0)?;
+            let lines = systematic(&mut vm, &probe_loop(driver, &dev))?;
+            disarm(&mut vm)?;
+            out.tally(&lines)?;
+            ensure!(bound(&mut vm, driver, &dev)?, "{module} not bound after the last bind");
+        }
+        Context::Remove => {
+            // A small balloon for remove to give back each time.
+            let small = target_for(ram, 5);
+            vm.set_balloon_target_bytes(small)?;
+            vm.wait_balloon_actual(small, Duration::from_secs(60))?;
+            arm(&mut vm, text, 0)?;
+            let lines = systematic(&mut vm, &remove_loop(driver, &dev, total0, (ram - small) >> 10))?;
+            disarm(&mut vm)?;
+            out.tally(&lines)?;
+            vm.run_ok(&format!("echo {dev} > {drv}/bind", drv = driver_dir(driver)))?;
+        }
+        Context::SizeWork => {
+            arm(&mut vm, text, 30)?;
+            let half = target_for(ram, 50);
+            vm.set_balloon_target_bytes(half)?;
+            // Progress under faults is not required, only survival.
+            std::thread::sleep(Duration::from_secs(20));
+            let under = vm.query_balloon_actual()?;
+            vm.set_balloon_target_bytes(ram)?;
+            std::thread::sleep(Duration::from_secs(10));
+            out.injected = disarm(&mut vm)?;
+            vm.note(&format!(
+                "{driver}: with 30% of its allocations failing, actual reached {} of {}",
+                format_bytes(under),
+                format_bytes(half)
+            ));
+            ensure!(out.injected > 0, "no fault was injected into the size work");
+        }
+        Context::Stats => {
+            vm.set_balloon_target_bytes(target_for(ram, 10))?;
+            arm(&mut vm, text, 100)?;
+            vm.enable_stats_polling(1)?;
+            std::thread::sleep(Duration::from_secs(10));
+            out.injected = disarm(&mut vm)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            vm.wait_stats_after(now, Duration::from_secs(30))
+                .context("statistics did not resume after the faults stopped")?;
+        }
+        Context::Oom => {
+            let target = target_for(ram, 50);
+            vm.set_balloon_target_bytes(target)?;
+            vm.wait_balloon_actual(target, Duration::from_secs(120))?;
+            // What the guest has left and half the balloon on top: the OOM
+            // notifier must deflate.
+            let avail = vm.meminfo_field("MemAvailable")?;
+            let hog_mib = (avail + (ram - target) / 2) / crate::units::MIB;
+            arm(&mut vm, text, 50)?;
+            let hog = vm.run_timeout(
+                &format!("memhog -m {hog_mib} 2>&1"),
+                Duration::from_secs(300),
+            )?;
+            out.injected = disarm(&mut vm)?;
+            vm.note(&format!(
+                "{driver}: memhog under OOM with faults exited {}: {}",
+                hog.code,
+                hog.output.trim()
+            ));
+            ensure!(
+                hog.code == 0,
+                "the workload was killed (exit {}) although the balloon could deflate on OOM",
+                hog.code
+            );
+            let after = vm.query_balloon_actual()?;
+            ensure!(
+                after > target,
+                "the OOM notifier deflated nothing (actual {})",
+                format_bytes(after)
+            );
+        }
+        Context::Hinting => {
+            vm.set_balloon_target_bytes(target_for(ram, 10))?;
+            vm.run_ok("dd if=/dev/urandom of=/dev/null bs=256M count=1 iflag=fullblock 2>&1")?;
+            arm(&mut vm, text, 30)?;
+            vm.qmp().execute(&qapi::qmp::migrate_set_parameters(
+                qapi::qmp::MigrateSetParameters {
+                    max_bandwidth: Some(64 << 20),
+                    ..Default::default()
+                },
+            ))?;
+            vm.qmp().execute(&qapi::qmp::migrate {
+                uri: Some("exec:cat > /dev/null".into()),
+                channels: None,
+                detach: None,
+                resume: None,
+            })?;
+            std::thread::sleep(Duration::from_secs(8));
+            vm.qmp().execute(&qapi::qmp::migrate_cancel {})?;
+            vm.wait_until(
+                "the migration to be cancelled",
+                Duration::from_secs(60),
+                Duration::from_millis(100),
+                |vm| {
+                    let info = vm.qmp().execute(&qapi::qmp::query_migrate {})?;
+                    let done = matches!(
+                        info.status,
+                        Some(qapi::qmp::MigrationStatus::cancelled)
+                            | Some(qapi::qmp::MigrationStatus::completed)
+                            | Some(qapi::qmp::MigrationStatus::failed)
+                    );
+                    Ok(Wait::when(done, format!("{:?}", info.status)))
+                },
+            )?;
+            out.injected = disarm(&mut vm)?;
+        }
+    }
+    vm.note(&format!("{driver} {}: {out:?}", ctx.name()));
+
+    // Recovery: the driver follows targets again.
+    let target = target_for(ram, 30);
+    vm.set_balloon_target_bytes(target)?;
+    vm.wait_balloon_actual(target, Duration::from_secs(120))
+        .context("the driver did not recover after the faults stopped")?;
+    vm.set_balloon_target_bytes(ram)?;
+    vm.wait_balloon_actual(ram, Duration::from_secs(120))?;
+
+    vm.run_ok(&format!("rmmod {module}"))?;
+    let total = vm.meminfo_field("MemTotal")?;
+    ensure!(
+        total == total0,
+        "after rmmod MemTotal is {} where it was {} before the driver loaded",
+        format_bytes(total),
+        format_bytes(total0)
+    );
+    let actual = vm.query_balloon_actual()?;
+    ensure!(
+        actual == ram,
+        "after rmmod QEMU's actual is {} of {}",
+        format_bytes(actual),
+        format_bytes(ram)
+    );
+    let leaks = kmemleak_report(&mut vm)?;
+    ensure!(
+        leaks.trim().is_empty(),
+        "kmemleak reports after rmmod:\n{leaks}"
+    );
+    vm.shutdown()
+}
