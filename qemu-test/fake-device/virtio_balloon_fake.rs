@@ -94,6 +94,11 @@ module! {
             default: 0,
             description: "0 normal, 1 silent, 2 bogus-id, 3 twice, 4 oversize, 5 broken",
         },
+        deflate_ring: u32 {
+            default: 256,
+            description: "Ring size of the deflate queue (a power of two, 1 to 256; the others \
+                have 256)",
+        },
     },
 }
 
@@ -101,6 +106,20 @@ module! {
 const MAX_QUEUES: usize = 5;
 /// Ring size offered.
 const RING_SIZE: u32 = 256;
+
+/// Ring size of queue `index`: the deflate queue's from the `deflate_ring`
+/// parameter (a power of two up to [`RING_SIZE`]).
+fn ring_size(index: u32) -> u32 {
+    if index != 1 {
+        return RING_SIZE;
+    }
+    let r = module_parameters::deflate_ring.get().clamp(1, RING_SIZE);
+    if r.is_power_of_two() {
+        r
+    } else {
+        r.next_power_of_two().min(RING_SIZE)
+    }
+}
 /// PFNs the inflated-page bitmap covers (4 GiB of 4 KiB pages).
 const TRACKED_PFNS: usize = 1 << 20;
 
@@ -421,7 +440,7 @@ impl FakeDevice {
             let vq = unsafe {
                 bindings::vring_create_virtqueue(
                     index,
-                    RING_SIZE,
+                    ring_size(index),
                     64,
                     vdev,
                     true,

@@ -101,7 +101,7 @@ fn wait_fake_actual(vm: &mut Vm, pages: u64, timeout: Duration) -> Result<()> {
 /// (`unplug`, what hot-unplug does) while the balloon is inflated.
 pub fn fake_device_normal(driver: Driver) -> Result<()> {
     let mut vm =
-        Vm::boot(config(&format!("{}-fake-normal", driver.load_param())).driver_opt(None))?;
+        Vm::boot(config(&format!("{}-fake-normal", driver.load_param())).subject(driver))?;
     load_driver(&mut vm, driver)?;
     load_fake(&mut vm, "normal", 0x5)?;
     let pages = 32 * MIB / 4096;
@@ -130,6 +130,45 @@ pub fn fake_device_normal(driver: Driver) -> Result<()> {
     vm.shutdown()
 }
 
+/// A device whose deflate ring is smaller (4 entries) than its inflate
+/// ring: the driver keeps fewer deflate buffers in flight, waits for a
+/// completion when the ring is full, and tells the host about every page
+/// it frees (`MUST_TELL_HOST`): once the balloon is empty, the device has
+/// seen each inflated PFN deflated. (Before the fix, our deflate used the
+/// inflate ring's depth; `send` then failed with `ENOSPC` and the pages of
+/// the refused buffers were freed untold.)
+pub fn small_deflate_ring(driver: Driver) -> Result<()> {
+    let mut vm = Vm::boot(
+        config(&format!("{}-fake-small-deflate-ring", driver.load_param())).subject(driver),
+    )?;
+    load_driver(&mut vm, driver)?;
+    vm.run_ok(
+        "insmod /lib/modules/$(uname -r)/extra/virtio_balloon_fake.ko features=0x5 \
+         deflate_ring=4",
+    )?;
+    let pages = 64 * MIB / 4096;
+    fake_target(&mut vm, pages)?;
+    wait_fake_actual(&mut vm, pages, Duration::from_secs(60))?;
+    fake_target(&mut vm, 0)?;
+    wait_fake_actual(&mut vm, 0, Duration::from_secs(60))?;
+    let s = fake_stats(&mut vm)?;
+    vm.note(&format!("{driver}: fake device stats {s:?}"));
+    let (inflated, deflated) = (
+        stat_u64(&s, "inflated_pfns")?,
+        stat_u64(&s, "deflated_pfns")?,
+    );
+    ensure!(
+        inflated >= pages && deflated == inflated,
+        "{driver} inflated {inflated} PFNs and told the device of {deflated} deflated ones with \
+         the balloon empty: pages were freed untold"
+    );
+    ensure!(
+        stat_u64(&s, "deflated_never_inflated")? == 0,
+        "{driver} deflated PFNs it never inflated: {s:?}"
+    );
+    vm.shutdown()
+}
+
 /// Waits for a console line after `mark` containing `needle`.
 fn logged(vm: &mut Vm, mark: usize, needle: &str, timeout: Duration) -> Result<String> {
     vm.wait_console(mark, needle, timeout)
@@ -142,7 +181,7 @@ fn logged(vm: &mut Vm, mark: usize, needle: &str, timeout: Duration) -> Result<S
 /// pages it cannot give back. The host "answering again" later is seen.
 pub fn silent_device(driver: Driver) -> Result<()> {
     let mut vm =
-        Vm::boot(config(&format!("{}-fake-silent", driver.load_param())).driver_opt(None))?;
+        Vm::boot(config(&format!("{}-fake-silent", driver.load_param())).subject(driver))?;
     load_driver(&mut vm, driver)?;
     load_fake(&mut vm, "silent", 0x5)?;
     let mark = vm.console_mark();
@@ -223,7 +262,7 @@ pub fn silent_device(driver: Driver) -> Result<()> {
 /// still reaches the target); `rmmod` is bounded.
 pub fn misbehaving_device(mode: &str) -> Result<()> {
     let driver = Driver::Rust;
-    let mut vm = Vm::boot(config(&format!("rs-fake-{mode}")).driver_opt(None))?;
+    let mut vm = Vm::boot(config(&format!("rs-fake-{mode}")).subject(driver))?;
     load_driver(&mut vm, driver)?;
     load_fake(&mut vm, mode, 0x5)?;
     let mark = vm.console_mark();
@@ -257,7 +296,7 @@ pub fn misbehaving_device(mode: &str) -> Result<()> {
 /// driver says the device answers again and follows the next target.
 pub fn device_recovers() -> Result<()> {
     let driver = Driver::Rust;
-    let mut vm = Vm::boot(config("rs-fake-recovers").driver_opt(None))?;
+    let mut vm = Vm::boot(config("rs-fake-recovers").subject(driver))?;
     load_driver(&mut vm, driver)?;
     load_fake(&mut vm, "silent", 0x5)?;
     let mark = vm.console_mark();

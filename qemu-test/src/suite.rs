@@ -570,6 +570,11 @@ pub fn holds_at_reserve_beyond_guest_memory(driver: Driver) -> Result<()> {
     let mut vm = boot(driver, "beyond-memory")?;
     let ram = vm.ram_bytes();
     let total0 = vm.meminfo_field("MemTotal")?;
+    // The device's wakeup source on, as a user who lets the balloon's host
+    // requests keep the guest awake has it.
+    let power = "$(for d in /sys/bus/virtio/devices/*; do [ \"$(cat $d/device)\" = 0x0005 ] && \
+                 echo $d; done)/power";
+    vm.run_ok(&format!("echo enabled > {power}/wakeup"))?;
     let mark = vm.console_mark();
     vm.set_balloon_target_bytes(BEYOND_TARGET)?;
     let seen = vm.wait_until(
@@ -604,6 +609,36 @@ pub fn holds_at_reserve_beyond_guest_memory(driver: Driver) -> Result<()> {
         "the driver never reported holding the balloon at its reserve"
     );
     vm.note(&held[0]);
+    if driver == Driver::Rust {
+        // Holding is idle: the size work runs again on a config change or
+        // a slow recheck (every 5 s), not in a loop, and the wakeup event
+        // of the last request is finished, so the guest may suspend.
+        let rounds = |vm: &mut Vm| -> Result<u64> {
+            let c = vm.run_ok("cat /sys/kernel/debug/virtio_balloon_rs-*/stats")?;
+            c.lines()
+                .find_map(|l| l.strip_prefix("rounds: ")?.trim().parse().ok())
+                .with_context(|| format!("no rounds in debugfs stats: {c}"))
+        };
+        let r0 = rounds(&mut vm)?;
+        std::thread::sleep(Duration::from_secs(10));
+        let r1 = rounds(&mut vm)?;
+        let active = vm.run_ok(&format!("cat {power}/wakeup_active"))?;
+        vm.note(&format!(
+            "holding: {} size-work rounds in 10 s; wakeup_active {}",
+            r1 - r0,
+            active.trim()
+        ));
+        ensure!(
+            r1 - r0 <= 4,
+            "holding at the reserve ran the size work {} times in 10 s (a recheck every 5 s \
+             is expected)",
+            r1 - r0
+        );
+        ensure!(
+            active.trim() == "0",
+            "the balloon device's wakeup source is still active while the balloon holds"
+        );
+    }
     balloon_to(&mut vm, ram)?;
     let total = vm.meminfo_field("MemTotal")?;
     ensure!(

@@ -29,6 +29,16 @@ fn silent_device_rs() -> Result<()> {
 }
 
 #[test]
+fn small_deflate_ring_c() -> Result<()> {
+    misbehaving::small_deflate_ring(Driver::C)
+}
+
+#[test]
+fn small_deflate_ring_rs() -> Result<()> {
+    misbehaving::small_deflate_ring(Driver::Rust)
+}
+
+#[test]
 fn bogus_buffer_id() -> Result<()> {
     misbehaving::misbehaving_device("bogus-id")
 }
