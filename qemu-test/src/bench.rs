@@ -16,12 +16,29 @@
 //! - QEMU's RSS before and after;
 //! - for our driver, its own counters from debugfs (time allocating, time
 //!   waiting for the host, requests, notifications).
+//!
+//! Around the phases it records how huge pages fare ([`Run::host`],
+//! [`Run::guest_before`], [`Run::guest_after`]): host memory returned per
+//! MiB inflated (QEMU's RSS, and for hugetlb backing the free pages of the
+//! host's pool), how much of the guest RAM the guest keeps stays backed by
+//! host transparent huge pages, and the guest's own huge pages and free
+//! 2 MiB blocks (`/proc/buddyinfo`) after the deflate.
+//!
+//! The host backing ([`BenchOpts::backing`]) is 4 KiB pages, transparent
+//! huge pages or hugetlb pages ([`Backing`]); for hugetlb the benchmark
+//! grows the host's pool for the guest and shrinks it back at the end
+//! ([`crate::hostmem::HugePagePool`]). Every run starts from the same
+//! state: the guest memory is dirtied (or fragmented, or cached) again and,
+//! with THP backing, the host's huge pages that an earlier run split are
+//! collapsed again (`process_madvise(MADV_COLLAPSE)`).
 
+use crate::hostmem::{self, HugePagePool, QemuMem, HUGE_PAGE};
 use crate::units::MIB;
 use crate::vm::Vm;
-use crate::{Driver, VmConfig};
+use crate::{Accel, Backing, Driver, VmConfig};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 /// The guest's memory before each inflate (`--guest-state`).
@@ -36,16 +53,27 @@ pub enum GuestState {
     /// read from the ext4 data disk), as in every long-running guest:
     /// inflating must reclaim it.
     Cache,
+    /// Free memory scattered as after a long run: the guest tool
+    /// `fragment -N -n NODE -F`, one per NUMA node and bound to it, dirties
+    /// the node's free memory but a margin with 4 KiB pages
+    /// (`MADV_NOHUGEPAGE`), gives back a contiguous part (its share of the
+    /// balloon size plus [`FRAG_SPARE_MIB`]: whole free 2 MiB blocks) and
+    /// one page in every [`BenchOpts::frag_stride`] of the rest (single
+    /// free pages all over the memory it holds, which order-0 allocations
+    /// get first), and holds the rest until the deflate is measured. The
+    /// guest runs with small per-CPU free lists ([`PCP_HIGH_FRACTION`]).
+    Fragmented,
 }
 
 impl GuestState {
-    /// Parses `fresh`, `dirty` or `cache`.
+    /// Parses `fresh`, `dirty`, `cache` or `fragmented`.
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "fresh" => GuestState::Fresh,
             "dirty" => GuestState::Dirty,
             "cache" => GuestState::Cache,
-            _ => bail!("unknown guest state {s:?} (fresh, dirty or cache)"),
+            "fragmented" => GuestState::Fragmented,
+            _ => bail!("unknown guest state {s:?} (fresh, dirty, cache or fragmented)"),
         })
     }
 
@@ -55,9 +83,27 @@ impl GuestState {
             GuestState::Fresh => "fresh",
             GuestState::Dirty => "dirty",
             GuestState::Cache => "cache",
+            GuestState::Fragmented => "fragmented",
         }
     }
 }
+
+/// Free guest memory the dirty and fragmented states leave untouched.
+pub const GUEST_MARGIN_MIB: u64 = 256;
+/// What the fragmented state frees in one piece beyond the balloon size.
+pub const FRAG_SPARE_MIB: u64 = 64;
+/// Huge pages the hugetlb pool gets beyond the guest's RAM.
+pub const HUGE_PAGE_MARGIN: u64 = 8;
+/// The fragmented state's guest `vm.percpu_pagelist_high_fraction`: so
+/// large that each CPU keeps at most 4 batches (about 1 MiB) of free pages
+/// per zone. By default the kernel lets a CPU's list grow to 1/8 of a zone
+/// when it frees much (since Linux 6.7), and an order-0 allocation takes
+/// its own CPU's list first: the single free pages would sit on the list of
+/// the CPU `fragment` ran on, and whether the balloon got them would depend
+/// on the CPU it allocates on (host THP kept measured 31 % to 94 % from one
+/// run to the next). Capped, they are in the buddy allocator's order-0
+/// lists, which every CPU's order-0 allocations reach first.
+pub const PCP_HIGH_FRACTION: u64 = 1_000_000;
 
 /// Benchmark parameters.
 #[derive(Debug, Clone)]
@@ -76,6 +122,24 @@ pub struct BenchOpts {
     pub cmdline: Vec<String>,
     /// The guest's memory before each inflate.
     pub guest_state: GuestState,
+    /// Host backing of the guest RAM.
+    pub backing: Backing,
+    /// Fragmented state: one free page in every this many of the memory
+    /// held.
+    pub frag_stride: u64,
+    /// The device's `free-page-reporting`: `None` turns it on for hugetlb
+    /// backing only (our driver reports its whole blocks there, the only
+    /// way QEMU frees a hugetlb page for a balloon of 256-PFN elements),
+    /// off otherwise (today's bench).
+    pub free_page_reporting: Option<bool>,
+}
+
+impl BenchOpts {
+    /// Whether the device offers free page reporting.
+    pub fn reporting(&self) -> bool {
+        self.free_page_reporting
+            .unwrap_or(self.backing == Backing::Hugetlb2M)
+    }
 }
 
 impl Default for BenchOpts {
@@ -88,6 +152,9 @@ impl Default for BenchOpts {
             poll: Duration::from_millis(10),
             cmdline: Vec::new(),
             guest_state: GuestState::Dirty,
+            backing: Backing::Anonymous,
+            frag_stride: 32,
+            free_page_reporting: None,
         }
     }
 }
@@ -119,6 +186,96 @@ pub struct Phase {
     pub samples: Vec<Sample>,
 }
 
+/// The guest's free memory and huge pages at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct GuestMem {
+    /// `/proc/buddyinfo` as read.
+    pub buddyinfo: String,
+    /// Free blocks per order, summed over nodes and zones.
+    pub free_blocks: Vec<u64>,
+    /// `AnonHugePages` of `/proc/meminfo`, bytes.
+    pub anon_huge: u64,
+    /// `MemFree`, bytes.
+    pub mem_free: u64,
+    /// Free pages on the per-CPU lists (`count` of the pagesets in
+    /// `/proc/zoneinfo`): free, but not in `/proc/buddyinfo`, and the
+    /// first an order-0 allocation gets.
+    pub pcp_pages: u64,
+}
+
+impl GuestMem {
+    /// Free memory in blocks of order 9 (2 MiB) or more, counted in 2 MiB
+    /// blocks.
+    pub fn free_2m_blocks(&self) -> u64 {
+        self.free_blocks
+            .iter()
+            .enumerate()
+            .skip(9)
+            .map(|(order, n)| n << (order - 9))
+            .sum()
+    }
+
+    /// Free single 4 KiB pages (order 0).
+    pub fn free_single_pages(&self) -> u64 {
+        self.free_blocks.first().copied().unwrap_or(0)
+    }
+}
+
+/// Free blocks per order in `/proc/buddyinfo`, summed over its lines
+/// (`Node 0, zone   Normal  n0 n1 ... n10`).
+pub fn parse_buddyinfo(text: &str) -> Vec<u64> {
+    let mut sum: Vec<u64> = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let Some(z) = f.iter().position(|w| *w == "zone") else {
+            continue;
+        };
+        for (order, n) in f.iter().skip(z + 2).enumerate() {
+            let n: u64 = n.parse().unwrap_or(0);
+            if sum.len() <= order {
+                sum.resize(order + 1, 0);
+            }
+            sum[order] += n;
+        }
+    }
+    sum
+}
+
+fn guest_mem(vm: &mut Vm) -> Result<GuestMem> {
+    let out = vm.run_ok(
+        "cat /proc/buddyinfo; echo @@; cat /proc/meminfo; echo @@; \
+         grep -E '^ +count:' /proc/zoneinfo",
+    )?;
+    let mut parts = out.split("@@");
+    let (Some(buddy), Some(meminfo), Some(pcp)) = (parts.next(), parts.next(), parts.next()) else {
+        bail!("bad buddyinfo/meminfo/zoneinfo output {out:?}");
+    };
+    let m = crate::stats::parse_meminfo(meminfo)?;
+    Ok(GuestMem {
+        buddyinfo: buddy.trim_end().to_string(),
+        free_blocks: parse_buddyinfo(buddy),
+        anon_huge: m.get("AnonHugePages").copied().unwrap_or(0),
+        mem_free: m.get("MemFree").copied().unwrap_or(0),
+        pcp_pages: pcp
+            .split_whitespace()
+            .filter_map(|w| w.parse::<u64>().ok())
+            .sum(),
+    })
+}
+
+/// Re-collapsing the host's transparent huge pages before a run.
+#[derive(Debug, Clone, Default)]
+pub struct Collapse {
+    /// Seconds `process_madvise(MADV_COLLAPSE)` took.
+    pub secs: f64,
+    /// Guest RAM in host huge pages before, bytes.
+    pub anon_huge_before: u64,
+    /// And after.
+    pub anon_huge_after: u64,
+    /// What `process_madvise(MADV_COLLAPSE)` did per 2 MiB range.
+    pub ranges: hostmem::Collapsed,
+}
+
 /// One run (one driver, one repetition).
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -130,8 +287,75 @@ pub struct Run {
     pub inflate: Phase,
     /// Deflating back to empty.
     pub deflate: Phase,
-    /// QEMU RSS after dirtying, after inflating, after deflating (bytes).
+    /// QEMU RSS after dirtying, after inflating, after deflating (bytes;
+    /// `VmRSS` + `HugetlbPages`, which VmRSS leaves out).
     pub rss: [u64; 3],
+    /// QEMU's memory before the inflate, after it, after the deflate.
+    pub host: [QemuMem; 3],
+    /// The guest before it is dirtied, fragmented or cached for the run.
+    pub guest_rest: GuestMem,
+    /// The guest before the inflate (after dirtying or fragmenting).
+    pub guest_before: GuestMem,
+    /// The guest after the deflate (a fragmented state's memory still held).
+    pub guest_after: GuestMem,
+    /// `/proc/pagetypeinfo` before the inflate.
+    pub pagetypeinfo: String,
+    /// Seconds setting up the guest state.
+    pub prepare_secs: f64,
+    /// THP backing: collapsing the host's huge pages before the run.
+    pub collapse: Option<Collapse>,
+    /// Guest RAM, bytes.
+    pub ram: u64,
+    /// Balloon size inflated, bytes.
+    pub balloon: u64,
+}
+
+impl Run {
+    fn balloon_mib(&self) -> f64 {
+        self.balloon as f64 / MIB as f64
+    }
+
+    /// Host memory returned per MiB inflated, by QEMU's RSS (with hugetlb
+    /// pages).
+    pub fn rss_returned_per_mib(&self) -> f64 {
+        self.host[0].rss.saturating_sub(self.host[1].rss) as f64 / MIB as f64 / self.balloon_mib()
+    }
+
+    /// Host memory returned per MiB inflated, by the free pages the host's
+    /// hugetlb pool gained.
+    pub fn pool_returned_per_mib(&self) -> f64 {
+        let pages = self.host[1]
+            .free_huge_pages
+            .saturating_sub(self.host[0].free_huge_pages);
+        (pages * HUGE_PAGE) as f64 / MIB as f64 / self.balloon_mib()
+    }
+
+    /// Host memory returned per MiB inflated, by what QEMU's guest RAM
+    /// mappings hold (4 KiB, THP and hugetlb pages): unlike the pool, blind
+    /// to other users of the host's huge pages.
+    pub fn ram_returned_per_mib(&self) -> f64 {
+        self.host[0].ram_rss.saturating_sub(self.host[1].ram_rss) as f64
+            / MIB as f64
+            / self.balloon_mib()
+    }
+
+    /// One of our driver's counters over the inflate (`None` for C, or a
+    /// module without it).
+    pub fn inflate_counter(&self, name: &str) -> Option<u64> {
+        self.inflate.counters.get(name).copied()
+    }
+
+    /// Share of the guest RAM in host transparent huge pages before the
+    /// inflate.
+    pub fn host_thp_before(&self) -> f64 {
+        self.host[0].ram_anon_huge as f64 / self.ram as f64
+    }
+
+    /// Host transparent huge pages after the inflate per byte of guest RAM
+    /// not ballooned: how much of what the guest keeps stays huge.
+    pub fn host_thp_kept(&self) -> f64 {
+        self.host[1].ram_anon_huge as f64 / self.ram.saturating_sub(self.balloon) as f64
+    }
 }
 
 /// Non-idle guest CPU time in seconds (`/proc/stat`, USER_HZ = 100).
@@ -277,18 +501,203 @@ fn load(vm: &mut Vm, driver: Driver) -> Result<()> {
     Ok(())
 }
 
+/// What [`run`] measured, once the VM is gone (and the host's hugetlb
+/// pool is back as it was).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The accelerator the VM ran on.
+    pub accel: Accel,
+    /// The runs, in order.
+    pub runs: Vec<Run>,
+    /// The host's THP mode (`always`, `madvise`, `never`).
+    pub host_thp: String,
+    /// Huge pages the benchmark added to the host's pool (hugetlb backing).
+    pub huge_pages_added: u64,
+}
+
+/// Checks the host can give the configured backing and, for hugetlb, grows
+/// the pool by what the guest needs (restored when the guard drops).
+fn host_setup(opts: &BenchOpts, cfg: &VmConfig) -> Result<(String, Option<HugePagePool>)> {
+    let thp = hostmem::thp_mode().unwrap_or_else(|_| "unsupported".into());
+    match opts.backing {
+        Backing::Anonymous => {
+            ensure!(
+                thp == "always" || thp == "madvise",
+                "--backing thp: the host's transparent huge pages are [{thp}] in {}, so QEMU's \
+                 guest RAM would be 4 KiB pages: `echo madvise > {}` (QEMU madvises guest RAM \
+                 MADV_HUGEPAGE), or use --backing 4k",
+                hostmem::THP_ENABLED,
+                hostmem::THP_ENABLED
+            );
+            Ok((thp, None))
+        }
+        Backing::Anonymous4k => Ok((thp, None)),
+        Backing::Hugetlb2M => {
+            let blocks = crate::qemu::ram_block_mib(cfg);
+            ensure!(
+                blocks.iter().all(|m| (m * MIB).is_multiple_of(HUGE_PAGE)),
+                "--backing hugetlb: RAM blocks of {blocks:?} MiB are not multiples of 2 MiB \
+                 (use an even --guest-mib per NUMA node)"
+            );
+            let need = cfg.memory_bytes() / HUGE_PAGE + HUGE_PAGE_MARGIN;
+            let pool = HugePagePool::grow(need)?;
+            let free = hostmem::free_huge_pages()?;
+            ensure!(
+                free >= need,
+                "--backing hugetlb: only {free} free 2 MiB pages in the host's pool after \
+                 adding {need}; someone else is using them"
+            );
+            Ok((thp, Some(pool)))
+        }
+    }
+}
+
+/// Sets up the guest's memory for one run; returns a command that ends
+/// what it holds (after the deflate), if anything.
+fn prepare(vm: &mut Vm, opts: &BenchOpts, cache_file: &str) -> Result<Option<&'static str>> {
+    match opts.guest_state {
+        GuestState::Fresh => Ok(None),
+        GuestState::Dirty => {
+            let free = vm.meminfo_field("MemFree")?;
+            let dirty = free.saturating_sub(GUEST_MARGIN_MIB * MIB);
+            vm.run_ok(&format!(
+                "dd if=/dev/zero of=/dev/null bs={dirty} count=1 2>&1"
+            ))?;
+            Ok(None)
+        }
+        GuestState::Cache => {
+            vm.run_timeout(
+                &format!("cat {cache_file} > /dev/null"),
+                Duration::from_secs(600),
+            )?;
+            Ok(None)
+        }
+        GuestState::Fragmented => {
+            // One `fragment` per NUMA node, bound to it, so that every node
+            // looks the same whichever CPU the balloon allocates on (its
+            // allocations take their own node's memory first).
+            let text = vm.run_ok("cat /sys/devices/system/node/node*/meminfo")?;
+            let free: Vec<(u64, u64)> = text
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    match f.as_slice() {
+                        ["Node", n, "MemFree:", kb, "kB"] => {
+                            Some((n.parse().ok()?, kb.parse::<u64>().ok()? * 1024 / MIB))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect();
+            ensure!(
+                !free.is_empty(),
+                "no MemFree in the guest's node meminfo: {text}"
+            );
+            let nodes = free.len() as u64;
+            let whole = (opts.balloon_mib + FRAG_SPARE_MIB).div_ceil(nodes);
+            let margin = GUEST_MARGIN_MIB / nodes;
+            let mut cmd = String::from("rm -f /tmp/frag*.ready /tmp/frag.go; ");
+            let mut ready = Vec::new();
+            for &(node, free) in &free {
+                let region = free.saturating_sub(margin);
+                ensure!(
+                    region >= whole + 32,
+                    "--guest-state fragmented: guest node {node} has {free} MiB free, too \
+                     little to free {whole} MiB in one piece and hold at least 32 MiB with \
+                     holes beside a {margin} MiB margin: use a larger --guest-mib or a smaller \
+                     --balloon-mib"
+                );
+                write!(
+                    cmd,
+                    "(fragment -N -n {node} -F {whole} {region} /tmp/frag{node}.ready \
+                     /tmp/frag.go {} > /tmp/frag{node}.out 2>&1 &); ",
+                    opts.frag_stride
+                )?;
+                ready.push(format!("-e /tmp/frag{node}.ready"));
+            }
+            write!(
+                cmd,
+                "while ! [ {} ]; do \
+                   [ $(pidof fragment | wc -w) -eq {nodes} ] || {{ cat /tmp/frag*.out; exit 1; }}; \
+                   sleep 0.2; \
+                 done",
+                ready.join(" -a ")
+            )?;
+            let out = vm.run_timeout(&cmd, Duration::from_secs(600))?;
+            ensure!(
+                out.code == 0,
+                "the guest tool `fragment -N -n -F` failed: {}\n(an initramfs built before \
+                 fragment had -N, -n and -F? run `make initramfs`)",
+                out.output.trim()
+            );
+            Ok(Some(
+                "touch /tmp/frag.go; while pidof fragment > /dev/null; do sleep 0.2; done",
+            ))
+        }
+    }
+}
+
+/// THP backing: collapses the host's huge pages an earlier run split, so
+/// every run starts with the guest RAM backed as after the first touch.
+fn collapse(vm: &Vm, sizes: &[u64]) -> Result<Collapse> {
+    let pid = vm.pid();
+    let vmas = hostmem::guest_ram_vmas(pid, sizes)?;
+    let before = vmas.iter().map(|v| v.anon_huge).sum();
+    let t0 = Instant::now();
+    let ranges = hostmem::collapse(pid, &vmas)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let after = hostmem::guest_ram_vmas(pid, sizes)?
+        .iter()
+        .map(|v| v.anon_huge)
+        .sum();
+    Ok(Collapse {
+        secs,
+        anon_huge_before: before,
+        anon_huge_after: after,
+        ranges,
+    })
+}
+
 /// Runs the benchmark; `progress` is told about each finished run.
-pub fn run(opts: &BenchOpts, mut progress: impl FnMut(&Run)) -> Result<(Vm, Vec<Run>)> {
+pub fn run(opts: &BenchOpts, mut progress: impl FnMut(&Run)) -> Result<Outcome> {
     let mut cfg = VmConfig::new("bench")
         .memory_mib(opts.guest_mib)
         .driver_opt(None)
         .loglevel(4)
+        .backing(opts.backing)
+        .free_page_reporting(opts.reporting())
         // Room for a page cache file twice the RAM.
         .data_disk_mib(Some(opts.guest_mib * 2 + 1024));
+    if opts.guest_state == GuestState::Fragmented {
+        cfg = cfg.cmdline_arg(&format!(
+            "sysctl.vm.percpu_pagelist_high_fraction={PCP_HIGH_FRACTION}"
+        ));
+    }
     for a in &opts.cmdline {
         cfg = cfg.cmdline_arg(a);
     }
+    ensure!(opts.frag_stride >= 2, "--frag-stride must be at least 2");
+    let sizes: Vec<u64> = crate::qemu::ram_block_mib(&cfg)
+        .iter()
+        .map(|m| m * MIB)
+        .collect();
+    // Declared before the VM, so dropped after it: QEMU gives its huge pages
+    // back before the pool shrinks.
+    let (host_thp, pool) = host_setup(opts, &cfg)?;
     let mut vm = Vm::boot(cfg).context("booting the benchmark VM")?;
+    let pid = vm.pid();
+    match opts.backing {
+        Backing::Anonymous4k => ensure!(
+            !hostmem::thp_enabled_for(pid)?,
+            "--backing 4k: THP is still enabled for QEMU (pid {pid}) after PR_SET_THP_DISABLE"
+        ),
+        Backing::Anonymous => ensure!(
+            hostmem::thp_enabled_for(pid)?,
+            "--backing thp: THP is disabled for QEMU (pid {pid}): is the bench itself running \
+             with PR_SET_THP_DISABLE (inherited)?"
+        ),
+        Backing::Hugetlb2M => {}
+    }
     let ram = vm.ram_bytes();
     ensure!(
         opts.balloon_mib * MIB < ram,
@@ -296,7 +705,8 @@ pub fn run(opts: &BenchOpts, mut progress: impl FnMut(&Run)) -> Result<(Vm, Vec<
         opts.balloon_mib,
         opts.guest_mib
     );
-    let target = ram - opts.balloon_mib * MIB;
+    let balloon = opts.balloon_mib * MIB;
+    let target = ram - balloon;
     let cache_file = format!("{}/bench-cache", crate::DATA_MOUNT);
     if opts.guest_state == GuestState::Cache {
         vm.run_ok(&format!("truncate -s {} {cache_file}", 2 * ram))?;
@@ -305,41 +715,65 @@ pub fn run(opts: &BenchOpts, mut progress: impl FnMut(&Run)) -> Result<(Vm, Vec<
     for rep in 0..opts.reps {
         for &driver in &opts.drivers {
             load(&mut vm, driver)?;
-            match opts.guest_state {
-                GuestState::Fresh => {}
-                GuestState::Dirty => {
-                    let free = vm.meminfo_field("MemFree")?;
-                    let dirty = free.saturating_sub(256 * MIB);
-                    vm.run_ok(&format!(
-                        "dd if=/dev/zero of=/dev/null bs={dirty} count=1 2>&1"
-                    ))?;
-                }
-                GuestState::Cache => {
-                    vm.run_timeout(
-                        &format!("cat {cache_file} > /dev/null"),
-                        Duration::from_secs(600),
-                    )?;
-                }
+            let guest_rest = guest_mem(&mut vm)?;
+            let t0 = Instant::now();
+            let release = prepare(&mut vm, opts, &cache_file)
+                .with_context(|| format!("{driver:?} rep {rep}: preparing the guest"))?;
+            let prepare_secs = t0.elapsed().as_secs_f64();
+            let collapse = match opts.backing {
+                Backing::Anonymous => Some(collapse(&vm, &sizes)?),
+                _ => None,
+            };
+            let guest_before = guest_mem(&mut vm)?;
+            let pagetypeinfo = vm.run_ok("cat /proc/pagetypeinfo")?;
+            let host0 = hostmem::qemu_mem(pid, &sizes)?;
+            if opts.backing == Backing::Anonymous4k {
+                ensure!(
+                    host0.ram_anon_huge == 0,
+                    "--backing 4k: {} MiB of guest RAM in host huge pages",
+                    host0.ram_anon_huge / MIB
+                );
             }
-            let rss0 = vm.qemu_rss_bytes()?;
             let inflate = phase(&mut vm, driver, target, opts)
                 .with_context(|| format!("{driver:?} inflate, rep {rep}"))?;
-            let rss1 = vm.qemu_rss_bytes()?;
+            let host1 = hostmem::qemu_mem(pid, &sizes)?;
             let deflate = phase(&mut vm, driver, ram, opts)
                 .with_context(|| format!("{driver:?} deflate, rep {rep}"))?;
-            let rss2 = vm.qemu_rss_bytes()?;
+            let host2 = hostmem::qemu_mem(pid, &sizes)?;
+            let guest_after = guest_mem(&mut vm)?;
+            if let Some(cmd) = release {
+                vm.run_ok(cmd)?;
+            }
             let r = Run {
                 driver,
                 rep,
                 inflate,
                 deflate,
-                rss: [rss0, rss1, rss2],
+                rss: [host0.rss, host1.rss, host2.rss],
+                host: [host0, host1, host2],
+                guest_rest,
+                guest_before,
+                guest_after,
+                pagetypeinfo,
+                prepare_secs,
+                collapse,
+                ram,
+                balloon,
             };
             progress(&r);
             runs.push(r);
         }
     }
-    Ok((vm, runs))
+    let accel = vm.accel();
+    let huge_pages_added = pool.as_ref().map_or(0, |p| p.added);
+    drop(vm);
+    drop(pool);
+    Ok(Outcome {
+        accel,
+        runs,
+        host_thp,
+        huge_pages_added,
+    })
 }
 
 /// Minimum, median and maximum.
@@ -366,5 +800,25 @@ mod tests {
         assert_eq!(stats(vec![3.0, 1.0, 2.0]), (1.0, 2.0, 3.0));
         assert_eq!(stats(vec![4.0, 1.0, 2.0, 3.0]), (1.0, 2.5, 4.0));
         assert!(stats(vec![]).1.is_nan());
+    }
+
+    #[test]
+    fn buddyinfo_sums_zones_and_counts_2m_blocks() {
+        let text = "\
+Node 0, zone      DMA      1      1      0      1      2      1      1      0      1      1      3
+Node 0, zone    DMA32    100      3      2      4      5      6      7      8      9     10     20
+Node 1, zone   Normal     50      1      0      0      0      0      0      0      0      2      5
+";
+        let free = parse_buddyinfo(text);
+        assert_eq!(free.len(), 11);
+        assert_eq!(free[0], 151);
+        assert_eq!(free[10], 28);
+        let g = GuestMem {
+            free_blocks: free,
+            ..GuestMem::default()
+        };
+        // Order 9: 1 + 10 + 2 blocks; order 10: 28 blocks of two.
+        assert_eq!(g.free_2m_blocks(), 13 + 56);
+        assert_eq!(g.free_single_pages(), 151);
     }
 }

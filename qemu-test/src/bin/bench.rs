@@ -4,18 +4,38 @@
 //!
 //! ```text
 //! bench [--reps N] [--guest-mib M] [--balloon-mib B] [--drivers c,rs]
-//!       [--guest-state fresh|dirty|cache] [--poll-ms P] [--out DIR]
-//!       [--cmdline ARG]...
+//!       [--guest-state fresh|dirty|cache|fragmented] [--frag-stride N]
+//!       [--backing 4k|thp|hugetlb] [--reporting on|off] [--poll-ms P]
+//!       [--out DIR] [--cmdline ARG]...
 //! ```
 
 use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 use qemu_test::bench::{self, BenchOpts, Phase, Run};
-use qemu_test::{Driver, MIB};
+use qemu_test::{Backing, Driver, MIB};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
+
+const USAGE: &str = "\
+usage: bench [--reps N] [--guest-mib M] [--balloon-mib B] [--drivers c,rs]
+             [--guest-state fresh|dirty|cache|fragmented] [--frag-stride N]
+             [--backing 4k|thp|hugetlb] [--reporting on|off] [--poll-ms P] [--out DIR]
+             [--cmdline ARG]...
+
+  --backing      host pages of the guest RAM: 4k (THP disabled for QEMU), thp
+                 (default: anonymous memory, which QEMU madvises MADV_HUGEPAGE;
+                 needs host THP always or madvise) or hugetlb (2 MiB hugetlb
+                 pages; the bench grows the host's pool and restores it; root)
+  --reporting    the device's free-page-reporting (default: on with --backing
+                 hugetlb, where our driver reports its whole 2 MiB blocks on
+                 that queue so that QEMU frees whole huge pages; off otherwise)
+  --guest-state  free guest memory before each inflate: fresh, dirty (default),
+                 cache, or fragmented (single free 4 KiB pages, one in every
+                 --frag-stride (default 32) pages of the memory held, beside
+                 whole free 2 MiB blocks for the balloon)
+";
 
 fn parse_args() -> Result<(BenchOpts, PathBuf)> {
     let mut opts = BenchOpts::default();
@@ -31,6 +51,15 @@ fn parse_args() -> Result<(BenchOpts, PathBuf)> {
             "--out" => out = Some(PathBuf::from(val()?)),
             "--cmdline" => opts.cmdline.push(val()?),
             "--guest-state" => opts.guest_state = bench::GuestState::parse(&val()?)?,
+            "--backing" => opts.backing = Backing::parse(&val()?)?,
+            "--frag-stride" => opts.frag_stride = val()?.parse()?,
+            "--reporting" => {
+                opts.free_page_reporting = Some(match val()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    v => bail!("--reporting {v}: on or off"),
+                })
+            }
             "--drivers" => {
                 opts.drivers = val()?
                     .split(',')
@@ -38,11 +67,7 @@ fn parse_args() -> Result<(BenchOpts, PathBuf)> {
                     .collect::<Result<_>>()?
             }
             "-h" | "--help" => {
-                println!(
-                    "usage: bench [--reps N] [--guest-mib M] [--balloon-mib B] \
-                     [--drivers c,rs] [--guest-state fresh|dirty|cache] [--poll-ms P] \
-                     [--out DIR] [--cmdline ARG]..."
-                );
+                print!("{USAGE}");
                 std::process::exit(0);
             }
             _ => bail!("unknown argument {a} (see --help)"),
@@ -80,7 +105,7 @@ fn phase_json(p: &Phase) -> Value {
     })
 }
 
-fn per_driver<'a>(runs: &'a [Run], d: Driver) -> impl Iterator<Item = &'a Run> {
+fn per_driver(runs: &[Run], d: Driver) -> impl Iterator<Item = &Run> {
     runs.iter().filter(move |r| r.driver == d)
 }
 
@@ -157,28 +182,177 @@ fn plot(runs: &[Run], path: &std::path::Path, title: &str) -> Result<()> {
     Ok(())
 }
 
+fn host_json(m: &qemu_test::hostmem::QemuMem) -> Value {
+    json!({
+        "rss_bytes": m.rss,
+        "ram_rss_bytes": m.ram_rss,
+        "ram_anon_huge_bytes": m.ram_anon_huge,
+        "anon_huge_bytes": m.anon_huge,
+        "free_huge_pages": m.free_huge_pages,
+    })
+}
+
+fn guest_json(g: &bench::GuestMem) -> Value {
+    json!({
+        "buddyinfo": g.buddyinfo,
+        "free_blocks_per_order": g.free_blocks,
+        "free_2m_blocks": g.free_2m_blocks(),
+        "free_single_pages": g.free_single_pages(),
+        "anon_huge_bytes": g.anon_huge,
+        "mem_free_bytes": g.mem_free,
+        "pcp_pages": g.pcp_pages,
+    })
+}
+
+/// `x` with three decimals, `-` when not a number (not measured, or 0/0).
+fn num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.3}")
+    } else {
+        "-".into()
+    }
+}
+
+type Metric = (&'static str, fn(&Run) -> f64);
+
+/// Our driver's counter over the inflate, not a number for C.
+fn counter(r: &Run, name: &str) -> f64 {
+    r.inflate_counter(name).map_or(f64::NAN, |v| v as f64)
+}
+
+/// Whether our driver used what the run was to measure: whole blocks
+/// (`inflate_blocks`), and with reporting, reported them
+/// (`reported_blocks`). One line per problem, empty when all is well.
+fn block_problems(runs: &[Run], reporting: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in per_driver(runs, Driver::Rust) {
+        let blocks = r.inflate_counter("inflate_blocks");
+        let reported = r.inflate_counter("reported_blocks");
+        match blocks {
+            None => out.push(format!(
+                "Rust rep {}: no inflate_blocks counter in debugfs (a module without blocks?)",
+                r.rep
+            )),
+            Some(0) => out.push(format!(
+                "Rust rep {}: inflate_blocks = 0: the driver inflated no whole 2 MiB block \
+                 (module parameter blocks=0, or no free block in the guest)",
+                r.rep
+            )),
+            Some(_) => {}
+        }
+        if reporting && blocks.unwrap_or(0) > 0 && reported.unwrap_or(0) == 0 {
+            out.push(format!(
+                "Rust rep {}: free page reporting offered but reported_blocks = 0 \
+                 (inflate_blocks = {})",
+                r.rep,
+                blocks.unwrap_or(0)
+            ));
+        }
+    }
+    out
+}
+
+/// The table's rows for `backing`.
+fn metrics(backing: Backing) -> Vec<Metric> {
+    let mut m: Vec<Metric> = vec![
+        ("inflate s", |r| r.inflate.secs),
+        ("deflate s", |r| r.deflate.secs),
+        ("inflate guest CPU s", |r| r.inflate.guest_cpu),
+        ("deflate guest CPU s", |r| r.deflate.guest_cpu),
+        ("inflate host CPU s", |r| host_cpu(&r.inflate)),
+        ("deflate host CPU s", |r| host_cpu(&r.deflate)),
+        ("RSS released MiB", |r| {
+            r.rss[0].saturating_sub(r.rss[1]) as f64 / MIB as f64
+        }),
+        ("host RSS returned/MiB", Run::rss_returned_per_mib),
+        ("host RAM returned/MiB", Run::ram_returned_per_mib),
+    ];
+    if backing == Backing::Hugetlb2M {
+        m.push(("host pool returned/MiB", Run::pool_returned_per_mib));
+    }
+    m.extend([
+        (
+            "inflate blocks",
+            (|r| counter(r, "inflate_blocks")) as fn(&Run) -> f64,
+        ),
+        ("reported blocks", |r| counter(r, "reported_blocks")),
+    ]);
+    m.extend([
+        (
+            "host THP before %",
+            (|r| 100.0 * r.host_thp_before()) as fn(&Run) -> f64,
+        ),
+        ("host THP kept %", |r| 100.0 * r.host_thp_kept()),
+        ("guest 4K free before", |r| {
+            r.guest_before.free_single_pages() as f64
+        }),
+        ("guest pcp free before", |r| r.guest_before.pcp_pages as f64),
+        ("guest 2M free before", |r| {
+            r.guest_before.free_2m_blocks() as f64
+        }),
+        ("guest 2M free after", |r| {
+            r.guest_after.free_2m_blocks() as f64
+        }),
+        ("guest THP MiB after", |r| {
+            r.guest_after.anon_huge as f64 / MIB as f64
+        }),
+    ]);
+    m
+}
+
+const LEGEND: &str = "\
+RSS released MiB       QEMU's VmRSS + HugetlbPages before minus after the inflate
+host RSS returned/MiB  the same per MiB inflated
+host RAM returned/MiB  what QEMU's guest RAM mappings hold (Rss + hugetlb) before minus after
+                       the inflate, per MiB inflated
+host pool returned/MiB free 2 MiB pages the host's hugetlb pool gained x 2 MiB, per MiB inflated
+inflate blocks         our driver's whole 2 MiB blocks inflated (debugfs inflate_blocks)
+reported blocks        of which reported on the free page reporting queue (reported_blocks)
+host THP before %      guest RAM in host transparent huge pages (AnonHugePages of QEMU's guest
+                       RAM mappings) before the inflate, % of guest RAM
+host THP kept %        the same after the inflate, % of the guest RAM not ballooned
+guest 4K free before   free single pages (order 0, /proc/buddyinfo) before the inflate
+guest pcp free before  free pages on the per-CPU lists (/proc/zoneinfo) before the inflate:
+                       not in buddyinfo; an order-0 allocation takes its CPU's first
+guest 2M free before   free memory in blocks of order >= 9, in 2 MiB blocks, before the inflate
+guest 2M free after    the same after the deflate
+guest THP MiB after    the guest's AnonHugePages (/proc/meminfo) after the deflate
+";
+
 fn main() -> Result<()> {
     let (opts, out) = parse_args()?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     eprintln!(
-        "bench: {} MiB guest ({}), balloon {} MiB, {} repetitions of {:?}",
+        "bench: {} MiB guest ({}, {} backing), balloon {} MiB, {} repetitions of {:?}",
         opts.guest_mib,
         opts.guest_state.name(),
+        opts.backing.name(),
         opts.balloon_mib,
         opts.reps,
         opts.drivers
     );
-    let (vm, runs) = bench::run(&opts, |r| {
+    let outcome = bench::run(&opts, |r| {
         eprintln!(
-            "bench: {:>4} rep {}: inflate {:.3} s, deflate {:.3} s, guest CPU {:.2} s",
+            "bench: {:>4} rep {}: inflate {:.3} s, deflate {:.3} s, guest CPU {:.2} s, \
+             RSS returned {:.3}/MiB, pool {:.3}/MiB, host THP {:.1}% -> {:.1}% kept, \
+             guest 4K free {} 2M free {} -> {} (prepared in {:.1} s)",
             name(r.driver),
             r.rep,
             r.inflate.secs,
             r.deflate.secs,
-            r.inflate.guest_cpu
+            r.inflate.guest_cpu,
+            r.rss_returned_per_mib(),
+            r.pool_returned_per_mib(),
+            100.0 * r.host_thp_before(),
+            100.0 * r.host_thp_kept(),
+            r.guest_before.free_single_pages(),
+            r.guest_before.free_2m_blocks(),
+            r.guest_after.free_2m_blocks(),
+            r.prepare_secs,
         )
     })?;
-    let accel = vm.accel().to_string();
+    let runs = &outcome.runs;
+    let accel = outcome.accel.to_string();
     let qemu = String::from_utf8_lossy(
         &std::process::Command::new(qemu_test::qemu::qemu_binary())
             .arg("--version")
@@ -189,61 +363,95 @@ fn main() -> Result<()> {
     .next()
     .unwrap_or("")
     .to_string();
-    drop(vm);
 
     let mut report = String::new();
-    // Table.
-    let metrics: [(&str, fn(&Run) -> f64); 7] = [
-        ("inflate s", |r| r.inflate.secs),
-        ("deflate s", |r| r.deflate.secs),
-        ("inflate guest CPU s", |r| r.inflate.guest_cpu),
-        ("deflate guest CPU s", |r| r.deflate.guest_cpu),
-        ("inflate host CPU s", |r| host_cpu(&r.inflate)),
-        ("deflate host CPU s", |r| host_cpu(&r.deflate)),
-        ("RSS released MiB", |r| {
-            r.rss[0].saturating_sub(r.rss[1]) as f64 / MIB as f64
-        }),
-    ];
     writeln!(
         report,
-        "\n{} MiB balloon, {} MiB guest ({}), {} runs per driver, accelerator {accel}, {qemu}\n",
+        "\n{} MiB balloon, {} MiB guest ({}), {} backing (host THP [{}]{}), free page reporting \
+         {}, {} runs per driver, accelerator {accel}, {qemu}\n",
         opts.balloon_mib,
         opts.guest_mib,
-        opts.guest_state.name(),
+        if opts.guest_state == bench::GuestState::Fragmented {
+            format!("fragmented, 1 free page in {}", opts.frag_stride)
+        } else {
+            opts.guest_state.name().to_string()
+        },
+        opts.backing.name(),
+        outcome.host_thp,
+        if outcome.huge_pages_added > 0 {
+            format!(
+                ", {} hugetlb pages added to the pool for the run",
+                outcome.huge_pages_added
+            )
+        } else {
+            String::new()
+        },
+        if opts.reporting() { "on" } else { "off" },
         opts.reps
     )?;
     writeln!(
         report,
-        "{:<22} {:>27} {:>27} {:>10}",
+        "{:<24} {:>27} {:>27} {:>8}",
         "metric", "C min / median / max", "Rust min / median / max", "Rust/C"
     )?;
     let mut summary = serde_json::Map::new();
-    for (label, f) in metrics {
-        let c = bench::stats(per_driver(&runs, Driver::C).map(f).collect());
-        let r = bench::stats(per_driver(&runs, Driver::Rust).map(f).collect());
+    for (label, f) in metrics(opts.backing) {
+        let c = bench::stats(per_driver(runs, Driver::C).map(f).collect());
+        let r = bench::stats(per_driver(runs, Driver::Rust).map(f).collect());
         let ratio = r.1 / c.1;
         writeln!(
             report,
-            "{label:<22} {:>8.3} {:>8.3} {:>8.3}  {:>8.3} {:>8.3} {:>8.3} {:>10.3}",
-            c.0, c.1, c.2, r.0, r.1, r.2, ratio
+            "{label:<24} {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8} {:>8}",
+            num(c.0),
+            num(c.1),
+            num(c.2),
+            num(r.0),
+            num(r.1),
+            num(r.2),
+            num(ratio)
         )?;
+        let finite = |x: f64| if x.is_finite() { json!(x) } else { Value::Null };
         summary.insert(
             label.to_string(),
-            json!({"c": [c.0, c.1, c.2], "rust": [r.0, r.1, r.2], "ratio_median": ratio}),
+            json!({
+                "c": [finite(c.0), finite(c.1), finite(c.2)],
+                "rust": [finite(r.0), finite(r.1), finite(r.2)],
+                "ratio_median": finite(ratio),
+            }),
         );
     }
+    let problems = block_problems(runs, opts.reporting());
+    if problems.is_empty() {
+        if per_driver(runs, Driver::Rust).next().is_some() {
+            writeln!(
+                report,
+                "\nRust runs used whole blocks (inflate_blocks > 0{})",
+                if opts.reporting() {
+                    ", and reported them"
+                } else {
+                    ""
+                }
+            )?;
+        }
+    } else {
+        for p in &problems {
+            eprintln!("bench: WARNING: {p}");
+            writeln!(report, "\nWARNING: {p}")?;
+        }
+    }
+    writeln!(report, "\n{LEGEND}")?;
 
     // Where the time goes.
     writeln!(
         report,
-        "\nBreakdown (medians): host CPU of QEMU's non-vCPU threads; our driver's counters"
+        "Breakdown (medians): host CPU of QEMU's non-vCPU threads; our driver's counters"
     )?;
     for (phase, get) in [
         ("inflate", (|r: &Run| &r.inflate) as fn(&Run) -> &Phase),
         ("deflate", |r: &Run| &r.deflate),
     ] {
         for d in [Driver::C, Driver::Rust] {
-            let ps: Vec<&Phase> = per_driver(&runs, d).map(get).collect();
+            let ps: Vec<&Phase> = per_driver(runs, d).map(get).collect();
             if ps.is_empty() {
                 continue;
             }
@@ -283,11 +491,71 @@ fn main() -> Result<()> {
         }
     }
 
+    // The starting conditions of each run.
+    writeln!(
+        report,
+        "\nEach run's start: guest /proc/buddyinfo before the inflate (free blocks of order \
+         0..10 per zone){}",
+        if opts.backing == Backing::Anonymous {
+            "; host THPs collapsed again (process_madvise MADV_COLLAPSE)"
+        } else {
+            ""
+        }
+    )?;
+    for r in runs {
+        write!(
+            report,
+            "  {} rep {}: prepared in {:.1} s, guest MemFree {} MiB, QEMU RSS {} MiB, \
+             guest RAM in host THP {} MiB",
+            name(r.driver),
+            r.rep,
+            r.prepare_secs,
+            r.guest_before.mem_free / MIB,
+            r.host[0].rss / MIB,
+            r.host[0].ram_anon_huge / MIB
+        )?;
+        if let Some(c) = &r.collapse {
+            write!(
+                report,
+                " (collapsed from {} MiB in {:.2} s; 2 MiB ranges: {} huge, {} unpopulated, \
+                 {} failed)",
+                c.anon_huge_before / MIB,
+                c.secs,
+                c.ranges.huge,
+                c.ranges.unpopulated,
+                c.ranges.failed
+            )?;
+        }
+        writeln!(report)?;
+        writeln!(
+            report,
+            "    at rest, before preparing ({} pages on per-CPU lists):",
+            r.guest_rest.pcp_pages
+        )?;
+        for l in r.guest_rest.buddyinfo.lines() {
+            writeln!(report, "      {}", l.trim_end())?;
+        }
+        writeln!(
+            report,
+            "    prepared, before the inflate ({} pages on per-CPU lists):",
+            r.guest_before.pcp_pages
+        )?;
+        for l in r.guest_before.buddyinfo.lines() {
+            writeln!(report, "      {}", l.trim_end())?;
+        }
+    }
+
     let doc = json!({
         "guest_mib": opts.guest_mib,
         "balloon_mib": opts.balloon_mib,
         "reps": opts.reps,
         "guest_state": opts.guest_state.name(),
+        "frag_stride": opts.frag_stride,
+        "free_page_reporting": opts.reporting(),
+        "block_problems": problems,
+        "backing": opts.backing.name(),
+        "host_thp": outcome.host_thp,
+        "huge_pages_added": outcome.huge_pages_added,
         "accelerator": accel,
         "qemu": qemu,
         "cmdline": opts.cmdline,
@@ -296,6 +564,22 @@ fn main() -> Result<()> {
             "driver": name(r.driver),
             "rep": r.rep,
             "rss_bytes": r.rss,
+            "prepare_secs": r.prepare_secs,
+            "collapse": r.collapse.as_ref().map(|c| json!({
+                "secs": c.secs,
+                "anon_huge_before_bytes": c.anon_huge_before,
+                "anon_huge_after_bytes": c.anon_huge_after,
+                "ranges_huge": c.ranges.huge,
+                "ranges_unpopulated": c.ranges.unpopulated,
+                "ranges_failed": c.ranges.failed,
+            })),
+            "host_before_inflate": host_json(&r.host[0]),
+            "host_after_inflate": host_json(&r.host[1]),
+            "host_after_deflate": host_json(&r.host[2]),
+            "guest_at_rest": guest_json(&r.guest_rest),
+            "guest_before_inflate": guest_json(&r.guest_before),
+            "guest_after_deflate": guest_json(&r.guest_after),
+            "pagetypeinfo_before_inflate": r.pagetypeinfo,
             "inflate": phase_json(&r.inflate),
             "deflate": phase_json(&r.deflate),
         })).collect::<Vec<_>>(),
@@ -304,11 +588,13 @@ fn main() -> Result<()> {
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
     let png_path = out.join("balloon.png");
     plot(
-        &runs,
+        runs,
         &png_path,
         &format!(
-            "Inflate and deflate {} MiB, {} MiB guest, {accel}: C (red) vs Rust (blue)",
-            opts.balloon_mib, opts.guest_mib
+            "Inflate and deflate {} MiB, {} MiB guest, {} backing, {accel}: C (red) vs Rust (blue)",
+            opts.balloon_mib,
+            opts.guest_mib,
+            opts.backing.name()
         ),
     )
     .context("drawing the plot")?;
