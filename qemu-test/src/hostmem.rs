@@ -71,7 +71,7 @@ pub fn free_huge_pages() -> Result<u64> {
 
 /// Huge pages added to the host's 2 MiB pool for the lifetime of the
 /// value: dropping it (also when unwinding from an error or a panic, but
-/// not on SIGKILL) puts `nr_hugepages` back to what it was.
+/// not on SIGKILL) takes the pages it added off `nr_hugepages` again.
 #[derive(Debug)]
 pub struct HugePagePool {
     nr_path: PathBuf,
@@ -134,12 +134,24 @@ impl HugePagePool {
 }
 
 impl Drop for HugePagePool {
+    /// Takes the pages it added off `nr_hugepages` as it is now, not back
+    /// to the value it found: another user (a second test run, a second
+    /// guard) may have grown the pool meanwhile, and writing the old value
+    /// would take its pages from under its QEMU (which dies of SIGBUS when
+    /// it faults in a page its discard gave back). Alone, that is the
+    /// value it found.
     fn drop(&mut self) {
-        if let Err(e) = std::fs::write(&self.nr_path, self.previous.to_string()) {
+        if self.added == 0 {
+            return;
+        }
+        let now = read_u64(&self.nr_path).unwrap_or(self.previous + self.added);
+        let back = now.saturating_sub(self.added);
+        if let Err(e) = std::fs::write(&self.nr_path, back.to_string()) {
             eprintln!(
-                "warning: could not restore {} to {}: {e}",
+                "warning: could not shrink {} back to {back} (found {}, added {}): {e}",
                 self.nr_path.display(),
-                self.previous
+                self.previous,
+                self.added
             );
         }
     }
