@@ -37,6 +37,7 @@ pub mod faults;
 pub mod features;
 pub mod hostmem;
 pub mod hotplug;
+pub mod hugepages;
 pub mod ktap;
 pub mod misbehaving;
 pub mod qemu;
