@@ -98,7 +98,9 @@ fn vm_config(driver: Driver, ctx: Context) -> VmConfig {
 pub fn require_debug_kernel(vm: &mut Vm) -> Result<()> {
     let probe = format!(
         "for f in {} {KMEMLEAK} /proc/self/fail-nth; do [ -e $f ] || echo missing $f; done",
-        ATTRS.map(|a| format!("/sys/kernel/debug/{a}/require-start")).join(" ")
+        ATTRS
+            .map(|a| format!("/sys/kernel/debug/{a}/require-start"))
+            .join(" ")
     );
     let missing = vm.run_ok(&probe)?;
     if !missing.trim().is_empty() {
@@ -295,7 +297,8 @@ impl Outcome {
             if l.starts_with("MemTotal") {
                 bail!("after the loop: {l}: balloon pages were not given back");
             }
-            let (Some(n), Some(rc), Some(fired)) = (field(l, "n"), field(l, "rc"), field(l, "fired"))
+            let (Some(n), Some(rc), Some(fired)) =
+                (field(l, "n"), field(l, "rc"), field(l, "fired"))
             else {
                 continue;
             };
@@ -322,7 +325,10 @@ impl Outcome {
             "more than {MAX_NTH} aimed allocations on one path (last line n={n})"
         );
         ensure!(rc == 0, "without a fault, the write failed (exit {rc})");
-        ensure!(self.injected > 0, "no fault was injected: the aim missed the driver");
+        ensure!(
+            self.injected > 0,
+            "no fault was injected: the aim missed the driver"
+        );
         self.sites = (n - 1) as u32;
         Ok(())
     }
@@ -373,12 +379,18 @@ fn scenario(driver: Driver, ctx: Context) -> Result<()> {
     let mut out = Outcome::default();
     match ctx {
         Context::Probe => {
-            vm.run_ok(&format!("echo {dev} > {drv}/unbind", drv = driver_dir(driver)))?;
+            vm.run_ok(&format!(
+                "echo {dev} > {drv}/unbind",
+                drv = driver_dir(driver)
+            ))?;
             arm(&mut vm, text, 0)?;
             let lines = systematic(&mut vm, &probe_loop(driver, &dev))?;
             disarm(&mut vm)?;
             out.tally(&lines)?;
-            ensure!(bound(&mut vm, driver, &dev)?, "{module} not bound after the last bind");
+            ensure!(
+                bound(&mut vm, driver, &dev)?,
+                "{module} not bound after the last bind"
+            );
         }
         Context::Remove => {
             // A small balloon for remove to give back each time.
@@ -386,10 +398,16 @@ fn scenario(driver: Driver, ctx: Context) -> Result<()> {
             vm.set_balloon_target_bytes(small)?;
             vm.wait_balloon_actual(small, Duration::from_secs(60))?;
             arm(&mut vm, text, 0)?;
-            let lines = systematic(&mut vm, &remove_loop(driver, &dev, total0, (ram - small) >> 10))?;
+            let lines = systematic(
+                &mut vm,
+                &remove_loop(driver, &dev, total0, (ram - small) >> 10),
+            )?;
             disarm(&mut vm)?;
             out.tally(&lines)?;
-            vm.run_ok(&format!("echo {dev} > {drv}/bind", drv = driver_dir(driver)))?;
+            vm.run_ok(&format!(
+                "echo {dev} > {drv}/bind",
+                drv = driver_dir(driver)
+            ))?;
         }
         Context::SizeWork => {
             arm(&mut vm, text, 30)?;

@@ -100,8 +100,7 @@ fn wait_fake_actual(vm: &mut Vm, pages: u64, timeout: Duration) -> Result<()> {
 /// PFN it deflates was inflated before. Then the device goes away
 /// (`unplug`, what hot-unplug does) while the balloon is inflated.
 pub fn fake_device_normal(driver: Driver) -> Result<()> {
-    let mut vm =
-        Vm::boot(config(&format!("{}-fake-normal", driver.load_param())).subject(driver))?;
+    let mut vm = Vm::boot(config(&format!("{}-fake-normal", driver.load_param())).subject(driver))?;
     load_driver(&mut vm, driver)?;
     load_fake(&mut vm, "normal", 0x5)?;
     let pages = 32 * MIB / 4096;
@@ -180,8 +179,7 @@ fn logged(vm: &mut Vm, mark: usize, needle: &str, timeout: Duration) -> Result<S
 /// the guest keeps running); `rmmod` ends in bounded time and says which
 /// pages it cannot give back. The host "answering again" later is seen.
 pub fn silent_device(driver: Driver) -> Result<()> {
-    let mut vm =
-        Vm::boot(config(&format!("{}-fake-silent", driver.load_param())).subject(driver))?;
+    let mut vm = Vm::boot(config(&format!("{}-fake-silent", driver.load_param())).subject(driver))?;
     load_driver(&mut vm, driver)?;
     load_fake(&mut vm, "silent", 0x5)?;
     let mark = vm.console_mark();

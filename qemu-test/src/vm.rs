@@ -63,11 +63,7 @@ fn record_c_driver_reports(test: &str, log: &Path, problems: &[String]) {
         path.display(),
         log.display()
     );
-    let text = format!(
-        "== {test} ({})\n{}\n",
-        log.display(),
-        problems.join("\n")
-    );
+    let text = format!("== {test} ({})\n{}\n", log.display(), problems.join("\n"));
     if let Err(e) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -783,7 +779,11 @@ impl Vm {
     pub fn shutdown(mut self) -> Result<()> {
         self.proc.log_line("shutdown");
         let sent = self.agent.send("sync; reboot -f");
-        if self.proc.wait_exit(scaled(Duration::from_secs(30))).is_some() {
+        if self
+            .proc
+            .wait_exit(scaled(Duration::from_secs(30)))
+            .is_some()
+        {
             let problems = self.kernel_problems();
             if !problems.is_empty() && self.records_problems() {
                 record_c_driver_reports(&self.cfg.name, self.log_path(), &problems);
