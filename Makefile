@@ -10,6 +10,8 @@
 #   make test-debug the QEMU suites and fault injection on the debug-tier
 #                   kernel (KASAN, lockdep, kmemleak, ...), both drivers
 #   make test-debug-quick  the part of test-debug that CI runs
+#   make test-distro our module and the QEMU suites on Debian's unmodified
+#                   cloud kernel (scripts/distro.sh; its C driver the baseline)
 #
 # Parameters: KVER (default 7.3), TIER=base|debug (guest kernel tier,
 # default base), KDIR (default: the kernel `make setup` built for KVER and
@@ -128,6 +130,25 @@ qemu-test-debug-quick: initramfs
 	$(QEMU_TEST_ENV) cargo test --locked --release --no-fail-fast -p qemu-test \
 		--test faults --test c_driver --test rust_driver \
 		-- --test-threads=$${QEMU_TEST_THREADS:-2} $(DEBUG_QUICK_TESTS)
+
+# A stock Debian kernel (scripts/distro.sh, cached in $(BALLOON_CACHE)/distro):
+# our module built for Debian's unmodified linux-image-7.3.*-cloud-amd64,
+# which QEMU boots with an initramfs of its own modules; Debian's
+# virtio_balloon.ko is the C baseline. Tests that need a kernel option
+# Debian's .config lacks are skipped by exact name (with TESTS, name tests
+# exactly) and printed as NOT APPLICABLE (build/distro/not-applicable.txt).
+DISTRO_OUT := $(BUILD_DIR)/distro
+DISTRO_SUITES := c_driver rust_driver misbehaving realistic
+
+.PHONY: test-distro
+test-distro:
+	DISTRO_OUT="$(DISTRO_OUT)" DISTRO_SUITES="$(DISTRO_SUITES)" \
+		scripts/distro.sh root image kbuild module initramfs applicable
+	set -a && . "$(DISTRO_OUT)/env" && set +a && rc=0 && { \
+		cargo test --locked --release --no-fail-fast -p qemu-test \
+			$(addprefix --test ,$(DISTRO_SUITES)) \
+			-- --test-threads=$${QEMU_TEST_THREADS:-2} $$DISTRO_SKIP $(TESTS) || rc=$$?; } && \
+		sed 's/^/NOT APPLICABLE: /' "$(DISTRO_OUT)/not-applicable.txt" && exit $$rc
 
 # Kernel rustfmt and clippy on the module, clippy on the host crates.
 lint: check-kdir
