@@ -19,13 +19,13 @@ use super::{
         Round,
         Stop, //
     },
-    perf::{
-        Counter,
-        Stopwatch, //
-    },
     lists::{
         Kind,
         Lists, //
+    },
+    perf::{
+        Counter,
+        Stopwatch, //
     },
     vq, //
 };

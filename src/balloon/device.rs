@@ -17,14 +17,12 @@ use super::{
         Round,
         Stop, //
     },
+    lists::Lists,
     perf::{
         self,
         Counter, //
     },
-    lists::Lists,
-    poison,
-    stats,
-    vq,
+    poison, stats, vq,
     wakeup::{
         Wakeup,
         WakeupSignal, //

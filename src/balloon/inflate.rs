@@ -357,7 +357,10 @@ impl Inflater {
             host,
             lists,
             dev,
-            [(Kind::Blocks, &mut *block_pages), (Kind::Singles, &mut *pages)],
+            [
+                (Kind::Blocks, &mut *block_pages),
+                (Kind::Singles, &mut *pages),
+            ],
             buffer,
         );
         // Pages the queue did not take were never announced: free them.
