@@ -577,15 +577,18 @@ pub fn holds_at_reserve_beyond_guest_memory(driver: Driver) -> Result<()> {
     vm.run_ok(&format!("echo enabled > {power}/wakeup"))?;
     let mark = vm.console_mark();
     vm.set_balloon_target_bytes(BEYOND_TARGET)?;
+    // Settled: the driver says it holds, and `actual` stopped moving (a
+    // round may take seconds on a loaded TCG host, so a pause alone is not
+    // the end).
     let seen = vm.wait_until(
-        "the balloon to stop growing",
-        Duration::from_secs(60),
+        "the balloon to stop growing at the reserve",
+        Duration::from_secs(90),
         Duration::from_secs(2),
         {
             let mut prev = u64::MAX;
             move |vm| {
                 let a = vm.query_balloon_actual()?;
-                let settled = a == prev;
+                let settled = a == prev && !vm.console_find(mark, "holding the balloon").is_empty();
                 prev = a;
                 Ok(Wait::when(settled, format!("actual {}", format_bytes(a))))
             }
