@@ -180,11 +180,6 @@ impl BalloonBlock {
         NonNull::new(page).map(|page| Self { page, order })
     }
 
-    /// The frame number of its first page.
-    pub(crate) fn pfn(&self) -> u64 {
-        page_pfn(self.page)
-    }
-
     /// Its number of pages.
     pub(crate) fn pages(&self) -> usize {
         1 << self.order
@@ -600,8 +595,6 @@ mod tests {
         let block = Node::with_memory()
             .find_map(|n| BalloonBlock::alloc(n, ORDER))
             .ok_or(ENOMEM)?;
-        let first = block.pfn();
-        assert_eq!(first % (1 << ORDER), 0);
         assert_eq!(block.pages(), 1 << ORDER);
         let mut small = KVec::with_capacity(1, GFP_KERNEL)?;
         let block = match block.split_into(&mut small) {
@@ -611,6 +604,9 @@ mod tests {
         let mut v = KVec::with_capacity(1 << ORDER, GFP_KERNEL)?;
         assert!(block.split_into(&mut v).is_ok());
         assert_eq!(v.len(), 1 << ORDER);
+        // Aligned to its order, then consecutive.
+        let first = v[0].pfn();
+        assert_eq!(first % (1 << ORDER), 0);
         for (i, page) in v.iter().enumerate() {
             assert_eq!(page.pfn(), first + i as u64);
         }
