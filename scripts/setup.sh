@@ -269,15 +269,13 @@ verify_config() {
 	fi
 }
 
-step_kernel() {
+# kernel_configure: configure $KOUT for the current key, unless it is
+# already (the stamp .balloon-configured holds the key).
+kernel_configure() {
 	KOUT=$(kernel_build_dir)
 	[[ -n "$KOUT" ]] || die "kernel source for $KVER not fetched; run: make setup"
-	local key stamp=$KOUT/.balloon-built
+	local key
 	key=$(build_key)
-	if [[ -f "$stamp" && "$(cat "$stamp")" == "$key" ]]; then
-		msg "guest kernel: $KOUT is built"
-		return
-	fi
 	RUST_LIB_SRC=$(rust_lib_src)
 	[[ -n "$RUST_LIB_SRC" ]] || die "Rust library sources missing; run: scripts/setup.sh rust_src"
 	need_cmd "clang$LLVM_SUFFIX" "apt-get install clang$LLVM_SUFFIX (or set LLVM_VERSION)"
@@ -285,6 +283,10 @@ step_kernel() {
 	need_cmd bindgen "run: scripts/setup.sh bindgen"
 	export LIBCLANG_PATH
 	LIBCLANG_PATH=$("llvm-config$LLVM_SUFFIX" --libdir)
+	local f
+	for f in .balloon-configured .balloon-built; do
+		if [[ -f "$KOUT/$f" && "$(cat "$KOUT/$f")" == "$key" ]]; then return; fi
+	done
 	mkdir -p "$KOUT"
 
 	msg "guest kernel: checking the Rust toolchain (make rustavailable)"
@@ -300,6 +302,51 @@ step_kernel() {
 	kmake olddefconfig
 	verify_config "$KOUT/.config"
 	grep -qx CONFIG_RUST=y "$KOUT/.config" || die "CONFIG_RUST did not stick"
+	# include/config/auto.conf, which an external module's build reads.
+	kmake syncconfig >/dev/null
+	echo "$key" >"$KOUT/.balloon-configured"
+}
+
+# 6a. kernel_config: configure only (for a kernel the module refuses: its
+# Kbuild checks the version before anything is compiled).
+step_kernel_config() {
+	kernel_configure
+	msg "guest kernel: $KOUT is configured"
+}
+
+# 6b. kernel_prepare: only what an out-of-tree module is compiled against
+# (modules_prepare, which builds rust/ too): minutes instead of the whole
+# kernel, for the compile checks of `make check-matrix`. Without vmlinux
+# there is no Module.symvers, so such a tree checks compilation, not
+# linking (modpost runs with KBUILD_MODPOST_WARN=1 there).
+step_kernel_prepare() {
+	kernel_configure
+	local key stamp=$KOUT/.balloon-prepared
+	key=$(build_key)
+	if [[ -f "$stamp" && "$(cat "$stamp")" == "$key" ]] ||
+		[[ -f "$KOUT/.balloon-built" && "$(cat "$KOUT/.balloon-built")" == "$key" ]]; then
+		msg "guest kernel: $KOUT is prepared"
+		return
+	fi
+	msg "guest kernel: modules_prepare with $JOBS jobs in $KOUT"
+	local t0=$SECONDS
+	kmake -j"$JOBS" modules_prepare ||
+		die "modules_prepare failed (see above); build dir: $KOUT"
+	[[ -f "$KOUT/rust/libkernel.rmeta" ]] || die "modules_prepare built no rust/libkernel.rmeta in $KOUT"
+	msg "guest kernel: prepared in $((SECONDS - t0)) s"
+	echo "$key" >"$stamp"
+}
+
+step_kernel() {
+	KOUT=$(kernel_build_dir)
+	[[ -n "$KOUT" ]] || die "kernel source for $KVER not fetched; run: make setup"
+	local key stamp=$KOUT/.balloon-built
+	key=$(build_key)
+	if [[ -f "$stamp" && "$(cat "$stamp")" == "$key" ]]; then
+		msg "guest kernel: $KOUT is built"
+		return
+	fi
+	kernel_configure
 
 	msg "guest kernel: building with $JOBS jobs in $KOUT (several minutes)"
 	local t0=$SECONDS
