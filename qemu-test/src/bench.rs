@@ -487,18 +487,37 @@ fn load(vm: &mut Vm, driver: Driver) -> Result<()> {
         Driver::C => Driver::Rust,
         Driver::Rust => Driver::C,
     };
-    vm.run_ok(&format!(
-        "rmmod {} 2>/dev/null; modprobe {}",
-        other.module_name(),
-        driver.module_name()
-    ))?;
+    // `rmmod` may find the module busy for a while (on a loaded host,
+    // seen with free page reporting on): try for a minute, and say what it
+    // said.
+    let mut said = String::new();
+    for _ in 0..30 {
+        said = vm.run_ok(&format!(
+            "if grep -q '^{o} ' /proc/modules; then rmmod {o} 2>&1; fi; modprobe {d} 2>&1",
+            o = other.module_name(),
+            d = driver.module_name()
+        ))?;
+        if vm.balloon_driver()?.as_deref() == Some(driver.module_name()) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
     let bound = vm.balloon_driver()?;
-    ensure!(
-        bound.as_deref() == Some(driver.module_name()),
-        "balloon bound to {bound:?}, wanted {}",
-        driver.module_name()
-    );
-    Ok(())
+    let diag = vm
+        .run(&format!(
+            "echo refcnt $(cat /sys/module/{o}/refcnt) holders: $(ls /sys/module/{o}/holders); \
+             dmesg | tail -n 15",
+            o = other.module_name()
+        ))
+        .map(|o| o.output)
+        .unwrap_or_default();
+    bail!(
+        "balloon bound to {bound:?}, wanted {} (rmmod {} / modprobe said: {}; {})",
+        driver.module_name(),
+        other.module_name(),
+        said.trim(),
+        diag.trim()
+    )
 }
 
 /// What [`run`] measured, once the VM is gone (and the host's hugetlb
@@ -658,6 +677,27 @@ fn collapse(vm: &Vm, sizes: &[u64]) -> Result<Collapse> {
     })
 }
 
+/// Hugetlb backing with free page reporting: waits (up to a minute) until
+/// QEMU's guest RAM has held the same memory for 5 s. Loading a driver
+/// makes the guest report all its free memory, in passes every 2 s over
+/// half a minute, and the last deflate freed much: passes that overlapped
+/// the inflate would give the host memory back whichever driver inflates.
+/// The dirtying that follows frees memory again, whose first pass comes 2 s
+/// later: an inflate that takes longer still shares its window with one.
+fn settle_reporting(vm: &Vm, sizes: &[u64]) -> Result<()> {
+    let held = || -> Result<u64> { Ok(hostmem::qemu_mem(vm.pid(), sizes)?.ram_rss) };
+    let t0 = Instant::now();
+    let (mut last, mut since) = (held()?, Instant::now());
+    while t0.elapsed() < Duration::from_secs(60) && since.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = held()?;
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    Ok(())
+}
+
 /// Runs the benchmark; `progress` is told about each finished run.
 pub fn run(opts: &BenchOpts, mut progress: impl FnMut(&Run)) -> Result<Outcome> {
     let mut cfg = VmConfig::new("bench")
@@ -715,6 +755,9 @@ pub fn run(opts: &BenchOpts, mut progress: impl FnMut(&Run)) -> Result<Outcome> 
     for rep in 0..opts.reps {
         for &driver in &opts.drivers {
             load(&mut vm, driver)?;
+            if opts.backing == Backing::Hugetlb2M && opts.reporting() {
+                settle_reporting(&vm, &sizes)?;
+            }
             let guest_rest = guest_mem(&mut vm)?;
             let t0 = Instant::now();
             let release = prepare(&mut vm, opts, &cache_file)

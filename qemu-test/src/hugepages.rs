@@ -147,23 +147,25 @@ fn inflate_and_measure(vm: &mut Vm, sizes: &[u64], balloon: u64) -> Result<Huget
 /// inflating [`HUGETLB_BALLOON_MIB`] of a 1 GiB guest makes QEMU free at
 /// least [`HUGETLB_RETURNED_MIN`] of the balloon as whole hugetlb pages
 /// with our driver, which inflated whole blocks (`inflate_blocks` > 0) and
-/// reported them (`reported_blocks` > 0). The C driver's figure, in the
-/// same boot before ours, is recorded, not asserted (expected: next to
-/// nothing).
+/// reported them (`reported_blocks` >= the pages required). The C
+/// driver's figure, in a boot of the same configuration before ours, is
+/// recorded, not asserted (expected: next to nothing).
 ///
 /// Reserves the guest's huge pages in the host's pool (root) and puts
 /// `nr_hugepages` back afterwards; fails, with the reason, when the host
 /// cannot give them.
 pub fn hugetlb_inflate_returns_huge_pages() -> Result<()> {
-    let cfg: VmConfig = suite::config(Driver::C, "hugetlb-returns")
-        .memory_mib(GUEST_MIB)
-        .backing(Backing::Hugetlb2M)
-        .free_page_reporting(true);
-    let sizes: Vec<u64> = crate::qemu::ram_block_mib(&cfg)
+    let cfg = |driver: Driver| -> VmConfig {
+        suite::config(driver, "hugetlb-returns")
+            .memory_mib(GUEST_MIB)
+            .backing(Backing::Hugetlb2M)
+            .free_page_reporting(true)
+    };
+    let sizes: Vec<u64> = crate::qemu::ram_block_mib(&cfg(Driver::C))
         .iter()
         .map(|m| m * MIB)
         .collect();
-    let need = cfg.memory_bytes() / HUGE_PAGE + POOL_MARGIN;
+    let need = cfg(Driver::C).memory_bytes() / HUGE_PAGE + POOL_MARGIN;
     // Declared before the VM, so dropped after it: QEMU gives its huge pages
     // back before the pool shrinks.
     let pool = HugePagePool::grow(need).context(
@@ -176,7 +178,11 @@ pub fn hugetlb_inflate_returns_huge_pages() -> Result<()> {
          someone else is using them",
         pool.added
     );
-    let mut vm = Vm::boot(cfg)?;
+    // One boot per driver (the same configuration): on the 7.3 test
+    // kernel of 2026-11-27 `rmmod virtio_balloon` failed with EBUSY after
+    // a hugetlb-backed inflate with reporting on, so the drivers are not
+    // switched in one boot.
+    let mut vm = Vm::boot(cfg(Driver::C))?;
     let balloon = HUGETLB_BALLOON_MIB * MIB;
     let want = (balloon as f64 * HUGETLB_RETURNED_MIN / HUGE_PAGE as f64).ceil() as u64;
 
@@ -193,15 +199,9 @@ pub fn hugetlb_inflate_returns_huge_pages() -> Result<()> {
         100.0 * (c.freed() * HUGE_PAGE) as f64 / balloon as f64
     ));
 
-    vm.run_ok(&format!(
-        "rmmod {} && modprobe {}",
-        Driver::C.module_name(),
-        Driver::Rust.module_name()
-    ))?;
-    ensure!(
-        vm.balloon_driver()?.as_deref() == Some(Driver::Rust.module_name()),
-        "the Rust driver did not bind after the C one was removed"
-    );
+    vm.shutdown()?;
+
+    let mut vm = Vm::boot(cfg(Driver::Rust))?;
     let before = counters(&mut vm)?;
     let rs = inflate_and_measure(&mut vm, &sizes, balloon)?;
     let after = counters(&mut vm)?;
