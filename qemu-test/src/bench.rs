@@ -31,6 +31,11 @@
 //! state: the guest memory is dirtied (or fragmented, or cached) again and,
 //! with THP backing, the host's huge pages that an earlier run split are
 //! collapsed again (`process_madvise(MADV_COLLAPSE)`).
+//!
+//! With [`BenchOpts::compact`] each run also compacts the guest's memory
+//! once after the inflate (`/proc/sys/vm/compact_memory`) and records the
+//! host's memory again ([`Run::compaction`]): migrating ballooned pages
+//! makes the host back memory the balloon had given back.
 
 use crate::hostmem::{self, HugePagePool, QemuMem, HUGE_PAGE};
 use crate::units::MIB;
@@ -132,6 +137,10 @@ pub struct BenchOpts {
     /// way QEMU frees a hugetlb page for a balloon of 256-PFN elements),
     /// off otherwise (today's bench).
     pub free_page_reporting: Option<bool>,
+    /// After the inflate (and its host figures), compact the guest's memory
+    /// once and record the host's memory and the guest's migration
+    /// counters again, before the deflate.
+    pub compact: bool,
 }
 
 impl BenchOpts {
@@ -155,6 +164,7 @@ impl Default for BenchOpts {
             backing: Backing::Anonymous,
             frag_stride: 32,
             free_page_reporting: None,
+            compact: false,
         }
     }
 }
@@ -276,6 +286,82 @@ pub struct Collapse {
     pub ranges: hostmem::Collapsed,
 }
 
+/// The guest's `/proc/vmstat` counters [`Compaction`] records.
+pub const COMPACT_COUNTERS: [&str; 4] = [
+    "compact_migrate_scanned",
+    "compact_success",
+    "pgmigrate_success",
+    "balloon_migrate",
+];
+
+/// Compacting the guest's memory once after the inflate (`--compact`).
+#[derive(Debug, Clone, Default)]
+pub struct Compaction {
+    /// Seconds from writing `/proc/sys/vm/compact_memory` to the last
+    /// change of the counters.
+    pub secs: f64,
+    /// QEMU's memory after the compaction.
+    pub host: QemuMem,
+    /// The guest before and after the compaction.
+    pub guest: [GuestMem; 2],
+    /// [`COMPACT_COUNTERS`] before and after (a counter the guest kernel
+    /// lacks is absent).
+    pub vmstat: [BTreeMap<String, u64>; 2],
+}
+
+impl Compaction {
+    /// How much a counter rose, `None` if the guest kernel lacks it.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        Some(
+            self.vmstat[1]
+                .get(name)?
+                .saturating_sub(*self.vmstat[0].get(name)?),
+        )
+    }
+}
+
+fn compact_counters(vm: &mut Vm) -> Result<BTreeMap<String, u64>> {
+    let out = vm.run_ok("cat /proc/vmstat")?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            COMPACT_COUNTERS
+                .contains(&k)
+                .then(|| Some((k.to_string(), v.trim().parse().ok()?)))?
+        })
+        .collect())
+}
+
+/// Compacts the guest's memory once and waits until the counters have
+/// held for 2 s (kcompactd may go on after the write returns; at most a
+/// minute), then records QEMU's memory and the guest's.
+fn compact(vm: &mut Vm, sizes: &[u64]) -> Result<Compaction> {
+    let guest0 = guest_mem(vm)?;
+    let before = compact_counters(vm)?;
+    let t0 = Instant::now();
+    vm.run_timeout(
+        "echo 1 > /proc/sys/vm/compact_memory",
+        Duration::from_secs(300),
+    )?;
+    let (mut last, mut since) = (compact_counters(vm)?, Instant::now());
+    let mut secs = t0.elapsed().as_secs_f64();
+    while t0.elapsed() < Duration::from_secs(60) && since.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = compact_counters(vm)?;
+        if now != last {
+            (last, since) = (now, Instant::now());
+            secs = t0.elapsed().as_secs_f64();
+        }
+    }
+    Ok(Compaction {
+        secs,
+        host: hostmem::qemu_mem(vm.pid(), sizes)?,
+        guest: [guest0, guest_mem(vm)?],
+        vmstat: [before, last],
+    })
+}
+
 /// One run (one driver, one repetition).
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -308,6 +394,8 @@ pub struct Run {
     pub ram: u64,
     /// Balloon size inflated, bytes.
     pub balloon: u64,
+    /// `--compact`: the compaction after the inflate.
+    pub compaction: Option<Compaction>,
 }
 
 impl Run {
@@ -343,6 +431,33 @@ impl Run {
     /// module without it).
     pub fn inflate_counter(&self, name: &str) -> Option<u64> {
         self.inflate.counters.get(name).copied()
+    }
+
+    /// [`Self::ram_returned_per_mib`] after the compaction (not a number
+    /// without one).
+    pub fn ram_returned_compacted_per_mib(&self) -> f64 {
+        self.compaction.as_ref().map_or(f64::NAN, |c| {
+            self.host[0].ram_rss.saturating_sub(c.host.ram_rss) as f64
+                / MIB as f64
+                / self.balloon_mib()
+        })
+    }
+
+    /// [`Self::host_thp_kept`] after the compaction (not a number without
+    /// one).
+    pub fn host_thp_kept_compacted(&self) -> f64 {
+        self.compaction.as_ref().map_or(f64::NAN, |c| {
+            c.host.ram_anon_huge as f64 / self.ram.saturating_sub(self.balloon) as f64
+        })
+    }
+
+    /// How much a guest counter of [`COMPACT_COUNTERS`] rose over the
+    /// compaction (not a number without one, or without the counter).
+    pub fn compact_counter(&self, name: &str) -> f64 {
+        self.compaction
+            .as_ref()
+            .and_then(|c| c.counter(name))
+            .map_or(f64::NAN, |v| v as f64)
     }
 
     /// Share of the guest RAM in host transparent huge pages before the
@@ -780,6 +895,14 @@ pub fn run(opts: &BenchOpts, mut progress: impl FnMut(&Run)) -> Result<Outcome> 
             let inflate = phase(&mut vm, driver, target, opts)
                 .with_context(|| format!("{driver:?} inflate, rep {rep}"))?;
             let host1 = hostmem::qemu_mem(pid, &sizes)?;
+            let compaction = if opts.compact {
+                Some(
+                    compact(&mut vm, &sizes)
+                        .with_context(|| format!("{driver:?} compaction, rep {rep}"))?,
+                )
+            } else {
+                None
+            };
             let deflate = phase(&mut vm, driver, ram, opts)
                 .with_context(|| format!("{driver:?} deflate, rep {rep}"))?;
             let host2 = hostmem::qemu_mem(pid, &sizes)?;
@@ -802,6 +925,7 @@ pub fn run(opts: &BenchOpts, mut progress: impl FnMut(&Run)) -> Result<Outcome> 
                 collapse,
                 ram,
                 balloon,
+                compaction,
             };
             progress(&r);
             runs.push(r);

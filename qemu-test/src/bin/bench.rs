@@ -6,7 +6,7 @@
 //! bench [--reps N] [--guest-mib M] [--balloon-mib B] [--drivers c,rs]
 //!       [--guest-state fresh|dirty|cache|fragmented] [--frag-stride N]
 //!       [--backing 4k|thp|hugetlb] [--reporting on|off] [--poll-ms P]
-//!       [--out DIR] [--cmdline ARG]...
+//!       [--compact] [--out DIR] [--cmdline ARG]...
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -21,8 +21,8 @@ use std::time::Duration;
 const USAGE: &str = "\
 usage: bench [--reps N] [--guest-mib M] [--balloon-mib B] [--drivers c,rs]
              [--guest-state fresh|dirty|cache|fragmented] [--frag-stride N]
-             [--backing 4k|thp|hugetlb] [--reporting on|off] [--poll-ms P] [--out DIR]
-             [--cmdline ARG]...
+             [--backing 4k|thp|hugetlb] [--reporting on|off] [--poll-ms P] [--compact]
+             [--out DIR] [--cmdline ARG]...
 
   --backing      host pages of the guest RAM: 4k (THP disabled for QEMU), thp
                  (default: anonymous memory, which QEMU madvises MADV_HUGEPAGE;
@@ -35,6 +35,9 @@ usage: bench [--reps N] [--guest-mib M] [--balloon-mib B] [--drivers c,rs]
                  cache, or fragmented (single free 4 KiB pages, one in every
                  --frag-stride (default 32) pages of the memory held, beside
                  whole free 2 MiB blocks for the balloon)
+  --compact      after the inflate and its host figures, compact the guest's memory
+                 once (/proc/sys/vm/compact_memory) and report the host figures and
+                 the guest's migration counters (/proc/vmstat) again, before the deflate
 ";
 
 fn parse_args() -> Result<(BenchOpts, PathBuf)> {
@@ -53,6 +56,7 @@ fn parse_args() -> Result<(BenchOpts, PathBuf)> {
             "--guest-state" => opts.guest_state = bench::GuestState::parse(&val()?)?,
             "--backing" => opts.backing = Backing::parse(&val()?)?,
             "--frag-stride" => opts.frag_stride = val()?.parse()?,
+            "--compact" => opts.compact = true,
             "--reporting" => {
                 opts.free_page_reporting = Some(match val()?.as_str() {
                     "on" => true,
@@ -252,8 +256,9 @@ fn block_problems(runs: &[Run], reporting: bool) -> Vec<String> {
     out
 }
 
-/// The table's rows for `backing`.
-fn metrics(backing: Backing) -> Vec<Metric> {
+/// The table's rows for `backing`, and with `compact` those of the
+/// compaction after the inflate.
+fn metrics(backing: Backing, compact: bool) -> Vec<Metric> {
     let mut m: Vec<Metric> = vec![
         ("inflate s", |r| r.inflate.secs),
         ("deflate s", |r| r.deflate.secs),
@@ -297,6 +302,46 @@ fn metrics(backing: Backing) -> Vec<Metric> {
             r.guest_after.anon_huge as f64 / MIB as f64
         }),
     ]);
+    if compact {
+        m.extend([
+            (
+                "host RAM ret/MiB compact",
+                Run::ram_returned_compacted_per_mib as fn(&Run) -> f64,
+            ),
+            ("host THP MiB inflated", |r| {
+                r.host[1].ram_anon_huge as f64 / MIB as f64
+            }),
+            ("host THP MiB compacted", |r| {
+                r.compaction
+                    .as_ref()
+                    .map_or(f64::NAN, |c| c.host.ram_anon_huge as f64 / MIB as f64)
+            }),
+            ("host THP kept % compact", |r| {
+                100.0 * r.host_thp_kept_compacted()
+            }),
+            ("guest 2M free inflated", |r| {
+                r.compaction
+                    .as_ref()
+                    .map_or(f64::NAN, |c| c.guest[0].free_2m_blocks() as f64)
+            }),
+            ("guest 2M free compacted", |r| {
+                r.compaction
+                    .as_ref()
+                    .map_or(f64::NAN, |c| c.guest[1].free_2m_blocks() as f64)
+            }),
+            ("compaction s", |r| {
+                r.compaction.as_ref().map_or(f64::NAN, |c| c.secs)
+            }),
+            ("compact_migrate_scanned", |r| {
+                r.compact_counter("compact_migrate_scanned")
+            }),
+            ("compact_success", |r| r.compact_counter("compact_success")),
+            ("pgmigrate_success", |r| {
+                r.compact_counter("pgmigrate_success")
+            }),
+            ("balloon_migrate", |r| r.compact_counter("balloon_migrate")),
+        ]);
+    }
     m
 }
 
@@ -317,6 +362,16 @@ guest pcp free before  free pages on the per-CPU lists (/proc/zoneinfo) before t
 guest 2M free before   free memory in blocks of order >= 9, in 2 MiB blocks, before the inflate
 guest 2M free after    the same after the deflate
 guest THP MiB after    the guest's AnonHugePages (/proc/meminfo) after the deflate
+With --compact (guest memory compacted once after the inflate, before the deflate):
+host RAM ret/MiB compact  host RAM returned/MiB, measured after the compaction
+host THP MiB inflated     AnonHugePages of QEMU's guest RAM mappings after the inflate
+host THP MiB compacted    the same after the compaction
+host THP kept % compact   host THP kept %, measured after the compaction
+guest 2M free inflated    guest 2M free, after the inflate (before the compaction)
+guest 2M free compacted   the same after the compaction
+compaction s              from the write to compact_memory to the counters' last change
+compact_migrate_scanned.. the guest's /proc/vmstat counters, rise over the compaction
+                          (balloon_migrate: ballooned pages migrated; - if absent)
 ";
 
 fn main() -> Result<()> {
@@ -331,26 +386,45 @@ fn main() -> Result<()> {
         opts.reps,
         opts.drivers
     );
-    let outcome = bench::run(&opts, |r| {
-        eprintln!(
-            "bench: {:>4} rep {}: inflate {:.3} s, deflate {:.3} s, guest CPU {:.2} s, \
+    let outcome =
+        bench::run(&opts, |r| {
+            eprintln!(
+                "bench: {:>4} rep {}: inflate {:.3} s, deflate {:.3} s, guest CPU {:.2} s, \
              RSS returned {:.3}/MiB, pool {:.3}/MiB, host THP {:.1}% -> {:.1}% kept, \
              guest 4K free {} 2M free {} -> {} (prepared in {:.1} s)",
-            name(r.driver),
-            r.rep,
-            r.inflate.secs,
-            r.deflate.secs,
-            r.inflate.guest_cpu,
-            r.rss_returned_per_mib(),
-            r.pool_returned_per_mib(),
-            100.0 * r.host_thp_before(),
-            100.0 * r.host_thp_kept(),
-            r.guest_before.free_single_pages(),
-            r.guest_before.free_2m_blocks(),
-            r.guest_after.free_2m_blocks(),
-            r.prepare_secs,
-        )
-    })?;
+                name(r.driver),
+                r.rep,
+                r.inflate.secs,
+                r.deflate.secs,
+                r.inflate.guest_cpu,
+                r.rss_returned_per_mib(),
+                r.pool_returned_per_mib(),
+                100.0 * r.host_thp_before(),
+                100.0 * r.host_thp_kept(),
+                r.guest_before.free_single_pages(),
+                r.guest_before.free_2m_blocks(),
+                r.guest_after.free_2m_blocks(),
+                r.prepare_secs,
+            );
+            if let Some(c) = &r.compaction {
+                eprintln!(
+                "bench: {:>4} rep {}: compaction {:.1} s: host RAM returned {:.3} -> {:.3}/MiB, \
+                 host THP {} -> {} MiB; guest {}",
+                name(r.driver),
+                r.rep,
+                c.secs,
+                r.ram_returned_per_mib(),
+                r.ram_returned_compacted_per_mib(),
+                r.host[1].ram_anon_huge / MIB,
+                c.host.ram_anon_huge / MIB,
+                bench::COMPACT_COUNTERS
+                    .iter()
+                    .map(|k| format!("{k} +{}", c.counter(k).map_or("-".into(), |v| v.to_string())))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            }
+        })?;
     let runs = &outcome.runs;
     let accel = outcome.accel.to_string();
     let qemu = String::from_utf8_lossy(
@@ -395,7 +469,7 @@ fn main() -> Result<()> {
         "metric", "C min / median / max", "Rust min / median / max", "Rust/C"
     )?;
     let mut summary = serde_json::Map::new();
-    for (label, f) in metrics(opts.backing) {
+    for (label, f) in metrics(opts.backing, opts.compact) {
         let c = bench::stats(per_driver(runs, Driver::C).map(f).collect());
         let r = bench::stats(per_driver(runs, Driver::Rust).map(f).collect());
         let ratio = r.1 / c.1;
@@ -552,6 +626,7 @@ fn main() -> Result<()> {
         "guest_state": opts.guest_state.name(),
         "frag_stride": opts.frag_stride,
         "free_page_reporting": opts.reporting(),
+        "compact": opts.compact,
         "block_problems": problems,
         "backing": opts.backing.name(),
         "host_thp": outcome.host_thp,
@@ -576,6 +651,14 @@ fn main() -> Result<()> {
             "host_before_inflate": host_json(&r.host[0]),
             "host_after_inflate": host_json(&r.host[1]),
             "host_after_deflate": host_json(&r.host[2]),
+            "compaction": r.compaction.as_ref().map(|c| json!({
+                "secs": c.secs,
+                "host_after_compaction": host_json(&c.host),
+                "guest_before_compaction": guest_json(&c.guest[0]),
+                "guest_after_compaction": guest_json(&c.guest[1]),
+                "vmstat_before": c.vmstat[0],
+                "vmstat_after": c.vmstat[1],
+            })),
             "guest_at_rest": guest_json(&r.guest_rest),
             "guest_before_inflate": guest_json(&r.guest_before),
             "guest_after_deflate": guest_json(&r.guest_after),
