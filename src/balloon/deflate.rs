@@ -19,10 +19,7 @@ use super::{
         Round,
         Stop, //
     },
-    lists::{
-        Kind,
-        Lists, //
-    },
+    lists::Lists,
     perf::{
         Counter,
         Stopwatch, //
@@ -112,7 +109,7 @@ pub(super) fn leak_balloon(
             // One round of the balloon core's lock for the whole buffer. The
             // balloon holds `num_pages`, so fewer pages than asked means the
             // rest is isolated for migration right now.
-            lists.dequeue(pages.pages(), want);
+            let home = lists.dequeue(pages.pages(), want);
             for page in pages.pages().iter() {
                 // Every ballooned page was reachable when inflated.
                 let _ = batch.push(pfns, page.pfn());
@@ -131,7 +128,7 @@ pub(super) fn leak_balloon(
                 }
                 Err(mut rejected) => {
                     // The host was not told: the pages stay ballooned.
-                    lists.enqueue(Kind::Singles, rejected.buf.ctx().pages());
+                    lists.enqueue(home, rejected.buf.ctx().pages());
                     b.num_pages += n;
                     b.deflate_buffers.put(rejected.buf);
                     if rejected.err == ENOSPC && pipe.in_flight() > 0 {

@@ -149,7 +149,11 @@ impl Props {
             inflate_depth,
             deflate_depth: want.clamp(1, deflate_ring.max(1)),
             blocks,
-            report_blocks: blocks && self.reporting,
+            // QEMU discards a reported range only if `poison_val` is 0
+            // (`virtio_balloon_handle_report()`): else reporting is wasted.
+            report_blocks: blocks
+                && self.reporting
+                && !(self.page_poison && super::poison::poison_val() != 0),
             ..self
         })
     }

@@ -140,6 +140,8 @@ pub(super) struct Inflater {
     out_of_puff: Atomic<u32>,
     /// Whether inflating is held back to keep the guest's reserve.
     holding: Atomic<bool>,
+    /// Whether reporting blocks on the reporting queue failed once.
+    report_failed: Atomic<bool>,
 }
 
 /// Allocates `n` pages for the balloon into `into`, which must have room:
@@ -206,6 +208,7 @@ impl Inflater {
             }),
             out_of_puff: Atomic::new(0),
             holding: Atomic::new(false),
+            report_failed: Atomic::new(false),
         }? Error)
     }
 
@@ -342,7 +345,7 @@ impl Inflater {
         if !blocks.is_empty() {
             host.perf().add(Counter::InflateBlocks, blocks.len() as u64);
             if host.props().report_blocks {
-                report_blocks(host, dev, blocks, sg);
+                report_blocks(host, dev, blocks, sg, &self.report_failed);
             }
             for block in blocks.drain_all() {
                 // There is room: the round's pages fit in `block_pages`.
@@ -371,36 +374,57 @@ impl Inflater {
     }
 }
 
-/// Most blocks reported at once (`PAGE_REPORTING_CAPACITY`, what the page
-/// allocator's own reports use).
+/// Most blocks reported at once (`PAGE_REPORTING_CAPACITY` in
+/// `include/linux/page_reporting.h`, what the page allocator's own reports
+/// use).
 const REPORT_BLOCKS_MAX: usize = 32;
 
 /// Reports `blocks`, whole, on the free page reporting queue, so that a
 /// host backed by huge pages can discard them as such. The blocks are
 /// ours alone until they are ballooned, and the host may discard balloon
-/// pages anyway; a failure only costs the host those huge pages.
+/// pages anyway; a failure only costs the host those huge pages, so this
+/// never waits for anything but its own report: not for a host marked
+/// unresponsive, not behind the page allocator's report in progress, and
+/// not again after a report failed (`failed`, logged once).
+///
+/// The wait for the host to return a report is not bounded (the memory is
+/// the device's until it does; the kernel's free page reporting waits the
+/// same way): a host that keeps a report stops the size work until the
+/// device is unbound, which resets it.
 fn report_blocks(
     host: &Host,
     dev: &virtio::Device<Bound>,
     blocks: &mut KVec<BalloonBlock>,
     sg: &mut SgTable,
+    failed: &Atomic<bool>,
 ) {
+    if failed.load(Relaxed) || !host.is_responsive(dev) {
+        return;
+    }
     let Ok(q) = dev.sg_vq(vq::REPORTING) else {
         return;
     };
     let per_report = (q.size() as usize).min(REPORT_BLOCKS_MAX);
+    if per_report == 0 {
+        return;
+    }
     for chunk in blocks.chunks_mut(per_report) {
         let list = BlockSg::new(sg, chunk);
         let n = list.len();
-        match q.transfer_inbuf(&list) {
+        match q.try_transfer_inbuf(&list) {
             Ok(()) => host.perf().add(Counter::ReportedBlocks, n as u64),
+            // The page allocator reports free pages right now: skip.
+            Err(e) if e == EBUSY => return,
             Err(e) => {
-                dev_warn!(
-                    dev.as_ref(),
-                    "reporting {} ballooned blocks failed: {:?}\n",
-                    n,
-                    e
-                );
+                if !failed.xchg(true, Relaxed) {
+                    dev_warn!(
+                        dev.as_ref(),
+                        "reporting {} inflated blocks on the reporting queue failed ({:?}): not \
+                         reporting blocks any more\n",
+                        n,
+                        e
+                    );
+                }
                 return;
             }
         }

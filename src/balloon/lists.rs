@@ -84,10 +84,17 @@ impl Lists {
     }
 
     /// Takes up to `n` pages off the lists, the blocks list first,
-    /// appending them to `into` within its capacity. Returns how many;
-    /// fewer than asked if the rest is isolated for migration right now.
-    pub(super) fn dequeue(&self, into: &mut KVec<BalloonPage>, n: usize) -> usize {
+    /// appending them to `into` within its capacity. Returns the list the
+    /// pages would go back to (blocks if any came from there, so that pages
+    /// the host refused keep their place at the front of a deflate).
+    /// Fewer than asked if the rest is isolated for migration right now.
+    pub(super) fn dequeue(&self, into: &mut KVec<BalloonPage>, n: usize) -> Kind {
         let got = self.blocks.dequeue(into, n);
-        got + self.singles.dequeue(into, n - got)
+        self.singles.dequeue(into, n - got);
+        if got > 0 {
+            Kind::Blocks
+        } else {
+            Kind::Singles
+        }
     }
 }

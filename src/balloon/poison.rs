@@ -41,7 +41,7 @@ pub(super) fn validate(features: &mut Features<'_>) {
 }
 
 /// The value freed pages hold: zero with `init_on_free`, else the poison byte.
-fn poison_val() -> u32 {
+pub(super) fn poison_val() -> u32 {
     if stat::want_init_on_free() {
         0
     } else {

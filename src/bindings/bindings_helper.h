@@ -73,16 +73,19 @@ static inline unsigned long rust_vb_balloon_pages_bulk(int nid, unsigned long nr
 
 /*
  * alloc_pages_node() is a macro. A whole block of 2^order pages on node nid
- * only, with balloon_page_alloc()'s mobility but never high memory, and
- * only if free memory has one at hand: no reclaim, no compaction, no
- * kswapd wakeup (a block not at hand is not worth any work: the caller
- * falls back to single pages). Not compound: split_page() takes it apart.
+ * only, with balloon_page_alloc()'s zones and mobility (ZONE_MOVABLE
+ * first: GFP_HIGHUSER_MOVABLE keeps __GFP_HIGHMEM, which with
+ * __GFP_MOVABLE selects it), and only if free memory has one at hand: no
+ * reclaim, no compaction, no kswapd wakeup (a block not at hand is not
+ * worth any work: the caller falls back to single pages). Like
+ * GFP_TRANSHUGE_LIGHT, the slow path then tries once at the min watermark.
+ * Not compound: split_page() takes it apart.
  */
 static inline struct page *rust_vb_balloon_block_alloc(int nid, unsigned int order)
 {
 	gfp_t gfp = IS_ENABLED(CONFIG_BALLOON_MIGRATION) ? GFP_HIGHUSER_MOVABLE : GFP_HIGHUSER;
 
-	gfp &= ~(__GFP_RECLAIM | __GFP_HIGHMEM);
+	gfp &= ~__GFP_RECLAIM;
 	gfp |= __GFP_THISNODE | __GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC;
 	return alloc_pages_node(nid, gfp, order);
 }

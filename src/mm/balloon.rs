@@ -42,7 +42,8 @@ use kernel::{
 ///
 /// # Invariants
 ///
-/// `self.0` is a page from `balloon_page_alloc()`'s flags (or taken off a
+/// `self.0` is an order-0 page of a movable allocation (`balloon_page_alloc()`'s
+/// flags, a [`BalloonBlock`] split with `split_page()`, or taken off a
 /// balloon list) on which we own the one reference; it is on no list.
 #[repr(transparent)]
 pub(crate) struct BalloonPage(NonNull<kb::page>);
@@ -81,6 +82,7 @@ impl BalloonPage {
         for page in raw.iter().take(n).filter_map(|p| NonNull::new(*p)) {
             // INVARIANT: A freshly allocated page we own. It fits: `n` is within the spare
             // capacity.
+            // (It cannot fail: there is room for every page, checked above.)
             if let Err(e) = into.push_within_capacity(BalloonPage(page)) {
                 drop(e);
             }
@@ -156,7 +158,7 @@ impl Drop for BalloonPage {
 /// # Invariants
 ///
 /// `page` is the first page of a non-compound allocation of order `order`
-/// that we own, not in high memory.
+/// that we own.
 pub(crate) struct BalloonBlock {
     page: NonNull<kb::page>,
     order: u32,
@@ -175,8 +177,7 @@ impl BalloonBlock {
         }
         // SAFETY: Always safe to call; `node` has memory (type invariant of `Node`).
         let page = unsafe { bindings::rust_vb_balloon_block_alloc(node.id(), order) };
-        // INVARIANT: A fresh non-compound allocation of that order (no `__GFP_COMP`), without
-        // `__GFP_HIGHMEM`.
+        // INVARIANT: A fresh non-compound allocation of that order (no `__GFP_COMP`).
         NonNull::new(page).map(|page| Self { page, order })
     }
 

@@ -14,6 +14,7 @@ use core::{
 use kernel::{
     ffi::c_void,
     prelude::*,
+    sync::MutexGuard,
     time::Delta, //
 };
 
@@ -22,8 +23,9 @@ use kernel::{
 /// # Safety
 ///
 /// [`SgList::as_raw`] must return a valid array of that many initialized
-/// scatterlist entries, describing memory in the linear mapping that the
-/// device may write and that nobody else uses while `self` is borrowed.
+/// scatterlist entries, describing whole pages or parts of pages (by `struct
+/// page`, offset and length; high memory too) that the device may write and
+/// that nobody else uses while `self` is borrowed.
 pub unsafe trait SgList {
     /// The entries and their number.
     fn as_raw(&self) -> (*mut kernel::bindings::scatterlist, usize);
@@ -39,8 +41,8 @@ unsafe impl SgList for crate::mm::page_reporting::ReportedPages<'_> {
 }
 
 // SAFETY: `BlockSg` describes `len()` initialized entries, each a whole block of pages the
-// balloon owns (not high memory, so in the linear mapping) and keeps mutably borrowed, so unused
-// by anyone else, for as long as the `BlockSg` lives.
+// balloon owns and keeps mutably borrowed, so unused by anyone else, for as long as the `BlockSg`
+// lives.
 unsafe impl SgList for crate::mm::balloon::BlockSg<'_> {
     fn as_raw(&self) -> (*mut kernel::bindings::scatterlist, usize) {
         self.raw()
@@ -86,12 +88,25 @@ impl<'a> SgQueue<'a> {
     /// long); [`ENOSPC`] if the ring has fewer free descriptors than `sg`
     /// has entries, [`EIO`] if the queue was already broken.
     pub fn transfer_inbuf<S: SgList>(&self, sg: &S) -> Result {
+        let turn = self.slot.transfer.lock();
+        self.transfer_in_turn(&turn, sg)
+    }
+
+    /// Like [`SgQueue::transfer_inbuf`], but returns [`EBUSY`] at once
+    /// instead of waiting for another transfer on the queue to end (for a
+    /// caller that has better to do than to queue behind it).
+    pub fn try_transfer_inbuf<S: SgList>(&self, sg: &S) -> Result {
+        let turn = self.slot.transfer.try_lock().ok_or(EBUSY)?;
+        self.transfer_in_turn(&turn, sg)
+    }
+
+    /// The transfer, in the caller's turn (`_turn` guards `transfer`).
+    fn transfer_in_turn<S: SgList>(&self, _turn: &MutexGuard<'_, ()>, sg: &S) -> Result {
         let (list, n) = sg.as_raw();
         if n == 0 || n > u32::MAX as usize {
             return Err(EINVAL);
         }
         let token = NonNull::new(list.cast::<c_void>()).ok_or(EINVAL)?;
-        let _turn = self.slot.transfer.lock();
         let mut s = self
             .slot
             .lock_for(self.generation, TypeId::of::<SgMarker>())?;
@@ -100,8 +115,8 @@ impl<'a> SgQueue<'a> {
         }
         // SAFETY: `s.vq` is live (checked by `lock_for`); `list` holds `n` valid entries whose
         // memory the device may write until we take the token back below (safety requirements
-        // of `SgList`); `token` is unique while queued: transfers take turns (`_turn`), and this
-        // call does not return while it is queued.
+        // of `SgList`); `token` is unique while queued: transfers take turns (`_turn`), and
+        // this call does not return while it is queued.
         kernel::error::to_result(unsafe {
             bindings::virtqueue_add_inbuf(
                 s.vq,
