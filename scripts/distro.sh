@@ -314,6 +314,11 @@ step_module() {
 	cat "$dir/build.log" >&2
 	((rc == 0)) || die "the module build failed; see $dir/build.log"
 	[[ -f "$MODULE_KO" ]] || die "no $MODULE_KO after the build"
+	# The minimum rustc (Debian's 1.85.1) must compile it without a warning,
+	# as the current one does (make lint).
+	if grep -E '(^|: )(warning|error)(\[|:)' "$dir/build.log" >&2; then
+		die "Debian's rustc or gcc warns about the module (see above, $dir/build.log)"
+	fi
 	# modpost already failed the build on a symbol missing from Debian's
 	# Module.symvers; check the version magic against a Debian module.
 	local ours theirs
