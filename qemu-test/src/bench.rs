@@ -531,14 +531,7 @@ fn counters(vm: &mut Vm, driver: Driver) -> Result<BTreeMap<String, u64>> {
     if driver != Driver::Rust {
         return Ok(BTreeMap::new());
     }
-    let out = vm.run_ok("cat /sys/kernel/debug/virtio_balloon_rs-*/stats")?;
-    Ok(out
-        .lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            Some((k.trim().to_string(), v.trim().parse().ok()?))
-        })
-        .collect())
+    vm.rs_counters()
 }
 
 fn diff_counters(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {

@@ -29,7 +29,7 @@
 use crate::config::Tier;
 use crate::suite::{target_for, GUEST_MIB};
 use crate::units::format_bytes;
-use crate::vm::{Vm, Wait};
+use crate::vm::Vm;
 use crate::{Driver, VmConfig};
 use anyhow::{bail, ensure, Context as _, Result};
 use std::time::Duration;
@@ -489,22 +489,7 @@ fn scenario(driver: Driver, ctx: Context) -> Result<()> {
                 resume: None,
             })?;
             std::thread::sleep(Duration::from_secs(8));
-            vm.qmp().execute(&qapi::qmp::migrate_cancel {})?;
-            vm.wait_until(
-                "the migration to be cancelled",
-                Duration::from_secs(60),
-                Duration::from_millis(100),
-                |vm| {
-                    let info = vm.qmp().execute(&qapi::qmp::query_migrate {})?;
-                    let done = matches!(
-                        info.status,
-                        Some(qapi::qmp::MigrationStatus::cancelled)
-                            | Some(qapi::qmp::MigrationStatus::completed)
-                            | Some(qapi::qmp::MigrationStatus::failed)
-                    );
-                    Ok(Wait::when(done, format!("{:?}", info.status)))
-                },
-            )?;
+            vm.cancel_migration(Duration::from_millis(100))?;
             out.injected = disarm(&mut vm)?;
         }
     }

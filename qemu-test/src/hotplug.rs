@@ -162,22 +162,7 @@ pub fn unplug_while(driver: Driver, busy: Busy) -> Result<()> {
         // while migrating"): cancel the migration (QEMU then sends STOP, and
         // the driver keeps its hinted blocks until DONE) and unplug at once,
         // while the driver holds them.
-        vm.qmp().execute(&qapi::qmp::migrate_cancel {})?;
-        vm.wait_until(
-            "the migration to be cancelled",
-            Duration::from_secs(60),
-            Duration::from_millis(20),
-            |vm| {
-                let info = vm.qmp().execute(&qapi::qmp::query_migrate {})?;
-                let done = matches!(
-                    info.status,
-                    Some(qapi::qmp::MigrationStatus::cancelled)
-                        | Some(qapi::qmp::MigrationStatus::completed)
-                        | Some(qapi::qmp::MigrationStatus::failed)
-                );
-                Ok(Wait::when(done, format!("{:?}", info.status)))
-            },
-        )?;
+        vm.cancel_migration(Duration::from_millis(20))?;
     }
     let took = unplug_balloon(&mut vm)?;
     let gone = vm.run_ok(

@@ -14,7 +14,6 @@ use crate::units::{format_bytes, MIB};
 use crate::vm::Vm;
 use crate::{Backing, Driver, VmConfig};
 use anyhow::{ensure, Context, Result};
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Balloon size of the hugetlb test.
@@ -55,17 +54,6 @@ impl HugetlbReturn {
 /// Hugetlb pages QEMU's guest RAM mappings hold.
 fn held(vm: &Vm, sizes: &[u64]) -> Result<u64> {
     Ok(hostmem::qemu_mem(vm.pid(), sizes)?.ram_rss / HUGE_PAGE)
-}
-
-fn counters(vm: &mut Vm) -> Result<BTreeMap<String, u64>> {
-    let out = vm.run_ok("cat /sys/kernel/debug/virtio_balloon_rs-*/stats")?;
-    Ok(out
-        .lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            Some((k.trim().to_string(), v.trim().parse().ok()?))
-        })
-        .collect())
 }
 
 /// Waits (up to a minute) until the guest's free page reporting is done
@@ -202,9 +190,9 @@ pub fn hugetlb_inflate_returns_huge_pages() -> Result<()> {
     vm.shutdown()?;
 
     let mut vm = Vm::boot(cfg(Driver::Rust))?;
-    let before = counters(&mut vm)?;
+    let before = vm.rs_counters()?;
     let rs = inflate_and_measure(&mut vm, &sizes, balloon)?;
-    let after = counters(&mut vm)?;
+    let after = vm.rs_counters()?;
     let delta = |k: &str| {
         after
             .get(k)

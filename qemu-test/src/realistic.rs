@@ -552,11 +552,11 @@ pub fn long_running() -> Result<()> {
         let ballooned = vm.meminfo_field("Balloon")?;
         let killed = vmstat(&mut vm, "oom_kill")? - kills;
         let counters = if driver == Driver::Rust {
-            let c = vm.run_ok("cat /sys/kernel/debug/virtio_balloon_rs-*/stats")?;
+            let c = vm.rs_counters()?;
             let get = |k: &str| -> Result<u64> {
-                c.lines()
-                    .find_map(|l| l.strip_prefix(k)?.strip_prefix(": ")?.trim().parse().ok())
-                    .with_context(|| format!("no {k} in debugfs stats: {c}"))
+                c.get(k)
+                    .copied()
+                    .with_context(|| format!("no {k} in debugfs stats: {c:?}"))
             };
             let (inflated, deflated) = (get("inflate_pages")?, get("deflate_pages")?);
             ensure!(

@@ -617,10 +617,10 @@ pub fn holds_at_reserve_beyond_guest_memory(driver: Driver) -> Result<()> {
         // a slow recheck (every 5 s), not in a loop, and the wakeup event
         // of the last request is finished, so the guest may suspend.
         let rounds = |vm: &mut Vm| -> Result<u64> {
-            let c = vm.run_ok("cat /sys/kernel/debug/virtio_balloon_rs-*/stats")?;
-            c.lines()
-                .find_map(|l| l.strip_prefix("rounds: ")?.trim().parse().ok())
-                .with_context(|| format!("no rounds in debugfs stats: {c}"))
+            let c = vm.rs_counters()?;
+            c.get("rounds")
+                .copied()
+                .with_context(|| format!("no rounds in debugfs stats: {c:?}"))
         };
         let r0 = rounds(&mut vm)?;
         std::thread::sleep(Duration::from_secs(10));

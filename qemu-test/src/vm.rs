@@ -706,6 +706,42 @@ impl Vm {
 
     // ---- waiting -----------------------------------------------------------
 
+    /// Our driver's debugfs counters (`/sys/kernel/debug/virtio_balloon_rs-*/stats`,
+    /// `src/balloon/perf.rs`), by name.
+    pub fn rs_counters(&mut self) -> Result<BTreeMap<String, u64>> {
+        let out = self.run_ok("cat /sys/kernel/debug/virtio_balloon_rs-*/stats")?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                Some((k.trim().to_string(), v.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// Cancels the outgoing migration and waits until QEMU says it ended
+    /// (cancelled, or completed or failed before the cancel), polling
+    /// every `poll`.
+    pub fn cancel_migration(&mut self, poll: Duration) -> Result<()> {
+        self.qmp().execute(&qapi::qmp::migrate_cancel {})?;
+        self.wait_until(
+            "the migration to be cancelled",
+            Duration::from_secs(60),
+            poll,
+            |vm| {
+                let info = vm.qmp().execute(&qapi::qmp::query_migrate {})?;
+                let done = matches!(
+                    info.status,
+                    Some(qapi::qmp::MigrationStatus::cancelled)
+                        | Some(qapi::qmp::MigrationStatus::completed)
+                        | Some(qapi::qmp::MigrationStatus::failed)
+                );
+                Ok(Wait::when(done, format!("{:?}", info.status)))
+            },
+        )?;
+        Ok(())
+    }
+
     /// Polls `check` every `poll` until it returns [`Wait::Done`] or
     /// `timeout` (scaled for the tier, [`scaled`]) passes. The timeout
     /// error names `description`, the last observed value and the console
