@@ -9,7 +9,8 @@
 #   make bench      C vs Rust inflate/deflate benchmark
 #   make test-debug the QEMU suites and fault injection on the debug-tier
 #                   kernel (KASAN, lockdep, kmemleak, ...), both drivers
-#   make test-debug-quick  the part of test-debug that CI runs
+#   make test-debug-quick  a quick part of test-debug (outside CI: it does
+#                   not fit CI's time on a fresh machine)
 #   make test-distro our module and the QEMU suites on Debian's unmodified
 #                   cloud kernel (scripts/distro.sh; its C driver the baseline)
 #   make check-matrix  compile checks against every supported kernel
@@ -122,7 +123,7 @@ qemu-test-debug: initramfs
 		--test c_driver --test rust_driver --test misbehaving --test realistic --test faults \
 		-- --test-threads=$${QEMU_TEST_THREADS:-2} $(TESTS)
 
-# What CI runs of the debug tier: fault injection into our driver's probe
+# A quick part of the debug tier: fault injection into our driver's probe
 # and remove (systematic: every allocation in turn), and for both drivers a
 # small balloon inflated and deflated and hot-unplug while inflating.
 DEBUG_QUICK_TESTS = probe_rs remove_rs inflate_deflate_actual unplug_while_inflating
