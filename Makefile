@@ -189,7 +189,7 @@ lint: check-kdir
 		cat $(BUILD_DIR)/clippy.log; \
 		echo "clippy/rustc warnings in the module (see above)"; exit 1; fi
 	cargo fmt --all --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 
 run: initramfs
 	BALLOON_KDIR="$(KDIR)" BALLOON_INITRAMFS="$(INITRAMFS)" scripts/run.sh
