@@ -492,18 +492,7 @@ fn scenario(driver: Driver, ctx: Context) -> Result<()> {
             // kernel took minutes.)
             vm.run_ok("memhog -m 256 >/dev/null")?;
             arm(&mut vm, text, 30)?;
-            vm.qmp().execute(&qapi::qmp::migrate_set_parameters(
-                qapi::qmp::MigrateSetParameters {
-                    max_bandwidth: Some(64 << 20),
-                    ..Default::default()
-                },
-            ))?;
-            vm.qmp().execute(&qapi::qmp::migrate {
-                uri: Some("exec:cat > /dev/null".into()),
-                channels: None,
-                detach: None,
-                resume: None,
-            })?;
+            vm.start_discarded_migration(64 << 20)?;
             std::thread::sleep(Duration::from_secs(8));
             vm.cancel_migration(Duration::from_millis(100))?;
             out.injected = disarm(&mut vm)?;

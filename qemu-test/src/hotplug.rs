@@ -142,18 +142,7 @@ pub fn unplug_while(driver: Driver, busy: Busy) -> Result<()> {
             vm.wait_balloon_actual(target_for(ram, 10), Duration::from_secs(60))?;
             vm.run_ok("dd if=/dev/urandom of=/dev/null bs=256M count=1 iflag=fullblock 2>&1")?;
             // A slow migration, so that hinting is under way when the device goes.
-            vm.qmp().execute(&qapi::qmp::migrate_set_parameters(
-                qapi::qmp::MigrateSetParameters {
-                    max_bandwidth: Some(32 << 20),
-                    ..Default::default()
-                },
-            ))?;
-            vm.qmp().execute(&qapi::qmp::migrate {
-                uri: Some("exec:cat > /dev/null".into()),
-                channels: None,
-                detach: None,
-                resume: None,
-            })?;
+            vm.start_discarded_migration(32 << 20)?;
             std::thread::sleep(Duration::from_millis(1500));
         }
     }

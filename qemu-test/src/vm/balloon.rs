@@ -111,6 +111,25 @@ impl Vm {
             .collect())
     }
 
+    /// Starts a migration whose stream is thrown away (`exec:cat >
+    /// /dev/null`), at most `bandwidth` bytes a second, so that the guest's
+    /// free page hinting runs while it lasts.
+    pub fn start_discarded_migration(&mut self, bandwidth: u64) -> Result<()> {
+        self.qmp().execute(&qapi::qmp::migrate_set_parameters(
+            qapi::qmp::MigrateSetParameters {
+                max_bandwidth: Some(bandwidth),
+                ..Default::default()
+            },
+        ))?;
+        self.qmp().execute(&qapi::qmp::migrate {
+            uri: Some("exec:cat > /dev/null".into()),
+            channels: None,
+            detach: None,
+            resume: None,
+        })?;
+        Ok(())
+    }
+
     /// Cancels the outgoing migration and waits until QEMU says it ended
     /// (cancelled, or completed or failed before the cancel), polling
     /// every `poll`.
