@@ -53,6 +53,8 @@ APT_PACKAGES=(
 	make gcc flex bison bc libelf-dev libssl-dev cpio xz-utils python3 kmod
 	# Disk images for the test guests (mkfs.ext4).
 	e2fsprogs
+	# The trixie root of `make check-distro` (scripts/distro.sh).
+	mmdebstrap
 	debian-archive-keyring ca-certificates
 	# Host plotting for `make bench` (plotters' TrueType text).
 	libfontconfig-dev fonts-dejavu-core
