@@ -160,9 +160,7 @@ fn alloc_pages(into: &mut KVec<BalloonPage>, n: usize) -> usize {
     let need = |into: &KVec<BalloonPage>| n - (into.len() - start);
     while need(into) > 0 {
         let before = into.len();
-        let local = Node::local();
-        BalloonPage::alloc_bulk(into, need(into), Some(local));
-        for node in Node::with_memory().filter(|n| *n != local) {
+        for node in Node::local_first() {
             if need(into) == 0 {
                 break;
             }
@@ -186,12 +184,7 @@ fn alloc_pages(into: &mut KVec<BalloonPage>, n: usize) -> usize {
 /// Allocates a whole block on the local NUMA node, else on another, if
 /// one is at hand.
 fn alloc_block() -> Option<BalloonBlock> {
-    let local = Node::local();
-    BalloonBlock::alloc(local, BLOCK_ORDER).or_else(|| {
-        Node::with_memory()
-            .filter(|n| *n != local)
-            .find_map(|n| BalloonBlock::alloc(n, BLOCK_ORDER))
-    })
+    Node::local_first().find_map(|n| BalloonBlock::alloc(n, BLOCK_ORDER))
 }
 
 impl Inflater {

@@ -36,6 +36,14 @@ impl Node {
         })
     }
 
+    /// The nodes that have memory, the local one ([`Node::local`]) first,
+    /// then the others in order: where an allocation for this CPU should
+    /// look.
+    pub(crate) fn local_first() -> impl Iterator<Item = Node> {
+        let local = Node::local();
+        core::iter::once(local).chain(Self::with_memory().filter(move |n| *n != local))
+    }
+
     /// The node's id.
     pub(crate) fn id(self) -> i32 {
         self.0
