@@ -494,8 +494,9 @@ fn scenario(driver: Driver, ctx: Context) -> Result<()> {
             arm(&mut vm, text, 30)?;
             vm.start_discarded_migration(64 << 20)?;
             std::thread::sleep(Duration::from_secs(8));
-            vm.cancel_migration(Duration::from_millis(100))?;
+            let ended = vm.cancel_migration(Duration::from_millis(100))?;
             out.injected = disarm(&mut vm)?;
+            vm.note(&format!("{driver} hinting: the migration ended {ended:?}"));
         }
     }
     vm.note(&format!("{driver} {}: {out:?}", ctx.name()));

@@ -6,7 +6,7 @@ use super::{Vm, Wait, BALLOON_QOM_PATH};
 use crate::qmp::QmpClient;
 use crate::stats::GuestStats;
 use crate::units::{format_bytes, PAGE_SIZE};
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -132,8 +132,11 @@ impl Vm {
 
     /// Cancels the outgoing migration and waits until QEMU says it ended
     /// (cancelled, or completed or failed before the cancel), polling
-    /// every `poll`.
-    pub fn cancel_migration(&mut self, poll: Duration) -> Result<()> {
+    /// every `poll`. A migration that completed leaves the source paused
+    /// (`postmigrate`): the guest is resumed, so that the test goes on
+    /// (with free page hinting the stream can be small enough to finish
+    /// before the cancel). Returns how it ended.
+    pub fn cancel_migration(&mut self, poll: Duration) -> Result<qapi::qmp::MigrationStatus> {
         self.qmp().execute(&qapi::qmp::migrate_cancel {})?;
         self.wait_until(
             "the migration to be cancelled",
@@ -150,6 +153,19 @@ impl Vm {
                 Ok(Wait::when(done, format!("{:?}", info.status)))
             },
         )?;
-        Ok(())
+        let ended = self
+            .qmp()
+            .execute(&qapi::qmp::query_migrate {})?
+            .status
+            .ok_or_else(|| anyhow!("query-migrate returned no status after the migration"))?;
+        let run = self.qmp().execute(&qapi::qmp::query_status {})?;
+        if !run.running {
+            self.note(&format!(
+                "the migration ended {ended:?} and left the guest {:?}: resuming it",
+                run.status
+            ));
+            self.qmp().execute(&qapi::qmp::cont {})?;
+        }
+        Ok(ended)
     }
 }
