@@ -77,6 +77,7 @@ macro_rules! driver_tests {
             suite::flapping_targets,
             features::free_page_reporting,
             features::free_page_hint_migration,
+            features::hinting_under_memory_pressure,
             features::balloon_page_migration,
             features::freeze_restore,
         );
