@@ -152,26 +152,36 @@ const REPORT_MIB: u64 = 512;
 /// Part of it QEMU's RSS must give back.
 const REPORT_RELEASE_MIN: f64 = 0.6;
 
-/// Boots with free page reporting, dirties [`REPORT_MIB`] of memory, frees
-/// it and returns QEMU's RSS right after and the lowest RSS seen within
-/// `window`, scaled for the tier (reporting 512 MiB takes the debug tier
-/// minutes under TCG: its first 30 s gave back 22 MiB).
+/// Dirties [`REPORT_MIB`] of guest memory (`memhog`, which holds it until
+/// told to go), takes QEMU's RSS while the memory is still held, frees it,
+/// and returns that RSS and the lowest RSS seen within `window`, scaled for
+/// the tier (reporting 512 MiB takes the debug tier minutes under TCG). The RSS is taken before the free: measured
+/// after it, reporting may already have run, and a release (or, with page
+/// poisoning, a release that must not happen) would go unseen.
 fn report_and_watch(vm: &mut Vm, window: Duration) -> Result<(u64, u64)> {
     let window = crate::config::scaled(window);
-    fill_random_and_free(vm, REPORT_MIB)?;
-    let after_free = vm.qemu_rss_bytes()?;
+    vm.run_timeout(
+        &format!(
+            "rm -f /tmp/ready /tmp/go; memhog -m {REPORT_MIB} -R /tmp/ready -G /tmp/go \
+             >/dev/null 2>&1 & while [ ! -e /tmp/ready ]; do sleep 0.2; done"
+        ),
+        Duration::from_secs(300),
+    )?;
+    let held = vm.qemu_rss_bytes()?;
+    vm.run_timeout(
+        "touch /tmp/go; while pidof memhog >/dev/null; do sleep 0.2; done",
+        Duration::from_secs(300),
+    )?;
     let t0 = Instant::now();
-    let mut low = after_free;
+    let mut low = held;
     while t0.elapsed() < window {
         std::thread::sleep(Duration::from_millis(500));
         low = low.min(vm.qemu_rss_bytes()?);
-        if after_free.saturating_sub(low) as f64
-            >= REPORT_MIB as f64 * MIB as f64 * REPORT_RELEASE_MIN
-        {
+        if held.saturating_sub(low) as f64 >= REPORT_MIB as f64 * MIB as f64 * REPORT_RELEASE_MIN {
             break;
         }
     }
-    Ok((after_free, low))
+    Ok((held, low))
 }
 
 /// With `free-page-reporting=on`, memory a guest process dirtied and freed
@@ -189,7 +199,7 @@ pub fn free_page_reporting(driver: Driver) -> Result<()> {
     let released = after.saturating_sub(low);
     let want = (REPORT_MIB * MIB) as f64 * REPORT_RELEASE_MIN;
     vm.note(&format!(
-        "RSS {} at boot, {} after dirtying and freeing {} MiB, lowest {} (released {})",
+        "RSS {} at boot, {} holding {} MiB of dirtied memory, lowest {} after freeing it (released {})",
         format_bytes(rss0),
         format_bytes(after),
         REPORT_MIB,
