@@ -63,7 +63,16 @@ fn fill_random_and_free(vm: &mut Vm, mib: u64) -> Result<()> {
 /// base tier, 650 MiB on the debug tier, whose KASAN shadow and debug
 /// structures take the rest), not from its RAM.
 const OOM_LEFT_MIB: u64 = 192;
-const OOM_WORKLOAD_MIB: u64 = 400;
+/// The workload the OOM tests run.
+pub const OOM_WORKLOAD_MIB: u64 = 400;
+
+/// The balloon target (guest memory) that leaves the guest
+/// [`OOM_LEFT_MIB`] of what it has available now, in whole MiB.
+pub fn oom_target(vm: &mut Vm) -> Result<u64> {
+    let avail = vm.meminfo_field("MemAvailable")?;
+    let balloon = avail.saturating_sub(OOM_LEFT_MIB * MIB) / MIB * MIB;
+    Ok(vm.ram_bytes() - balloon)
+}
 
 /// With `deflate-on-oom=on`, a workload needing more memory than the
 /// inflated guest has completes without an OOM kill: the driver's OOM
@@ -85,8 +94,8 @@ pub fn deflate_on_oom(driver: Driver, on: bool) -> Result<()> {
         has_bit(&features, bit::DEFLATE_ON_OOM)
     );
     let avail0 = vm.meminfo_field("MemAvailable")?;
-    let balloon = avail0.saturating_sub(OOM_LEFT_MIB * MIB) / MIB * MIB;
-    let target = ram - balloon;
+    let target = oom_target(&mut vm)?;
+    let balloon = ram - target;
     balloon_to(&mut vm, target)?;
     let avail = vm.meminfo_field("MemAvailable")?;
     vm.note(&format!(

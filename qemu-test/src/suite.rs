@@ -802,9 +802,13 @@ pub fn stats_match_c() -> Result<()> {
     let ram = vm.ram_bytes();
     // Give the reclaim, stall and OOM counters something to count: run out
     // of memory once (a workload bigger than what the balloon leaves).
-    balloon_to(&mut vm, target_for(ram, 75))?;
+    let target = crate::features::oom_target(&mut vm)?;
+    balloon_to(&mut vm, target)?;
     vm.run_ok("echo 1 > /proc/sys/vm/overcommit_memory")?;
-    let oom = vm.run("dd if=/dev/zero of=/dev/null bs=400M count=1")?;
+    let oom = vm.run(&format!(
+        "dd if=/dev/zero of=/dev/null bs={}M count=1",
+        crate::features::OOM_WORKLOAD_MIB
+    ))?;
     ensure!(
         oom.code != 0,
         "the workload did not run out of memory: {oom:?}"
