@@ -215,7 +215,7 @@ pub fn silent_device(driver: Driver) -> Result<()> {
                 "virtio_balloon: out-of-memory workload did not end in 90 s: {e:#}"
             ));
             // The C driver holds its lock forever: nothing more to see.
-            return Ok(());
+            return vm.abandon();
         }
         (Err(e), Driver::Rust) => bail!("the guest stalled running out of memory: {e:#}"),
     }
@@ -240,7 +240,7 @@ pub fn silent_device(driver: Driver) -> Result<()> {
         )),
         (Err(e), Driver::C) => {
             vm.note(&format!("virtio_balloon: rmmod did not finish: {e:#}"));
-            return Ok(());
+            return vm.abandon();
         }
         (Err(e), Driver::Rust) => bail!("rmmod did not finish: {e:#}"),
     }

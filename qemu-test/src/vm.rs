@@ -685,6 +685,28 @@ impl Vm {
             && crate::config::Tier::current().ok() == Some(crate::config::Tier::Debug)
     }
 
+    /// Ends a VM the test leaves without a clean shutdown (the C driver left
+    /// stuck by a device that never answers): QEMU is killed, and the
+    /// kernel's reports are still checked as [`Vm::shutdown`] does —
+    /// recorded for the C driver on the debug tier, an error otherwise.
+    pub fn abandon(mut self) -> Result<()> {
+        self.proc.log_line("abandoned: killed without a shutdown");
+        let problems = self.kernel_problems();
+        self.proc.kill();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        if self.records_problems() {
+            record_c_driver_reports(&self.cfg.name, self.log_path(), &problems);
+            return Ok(());
+        }
+        bail!(
+            "the guest kernel reported problems (see {}):\n{}",
+            self.log_path().display(),
+            problems.join("\n")
+        )
+    }
+
     /// Powers the guest off (`reboot -f`; QEMU runs with `-no-reboot`) and
     /// waits for QEMU to exit; after 30 s it is killed and this is an error.
     /// Fails if the kernel reported a problem ([`Vm::kernel_problems`]).
