@@ -5,6 +5,7 @@
 //! by compaction, freeze/restore. Each test fails if the feature does not
 //! do its job, and reports what it measured.
 
+use crate::realistic::vmstat;
 use crate::suite::{balloon_to, config, target_for, BALLOON_TIMEOUT};
 use crate::units::{format_bytes, MIB};
 use crate::vm::{Vm, Wait};
@@ -498,13 +499,6 @@ pub fn hinting_under_memory_pressure(driver: Driver) -> Result<()> {
 }
 
 // ---- balloon page migration (compaction) -------------------------------------
-
-fn vmstat(vm: &mut Vm, key: &str) -> Result<u64> {
-    let out = vm.run_ok("cat /proc/vmstat")?;
-    out.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-        .with_context(|| format!("no {key} in /proc/vmstat"))
-}
 
 /// Ballooned pages stay movable: with them below and between free memory
 /// (the guest tool `fragment` holds most memory with a hole every 4th
