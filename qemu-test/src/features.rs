@@ -94,15 +94,13 @@ pub fn deflate_on_oom(driver: Driver, on: bool) -> Result<()> {
         "DEFLATE_ON_OOM negotiated = {}, expected {on}",
         has_bit(&features, bit::DEFLATE_ON_OOM)
     );
-    let avail0 = vm.meminfo_field("MemAvailable")?;
     let target = oom_target(&mut vm)?;
     let balloon = ram - target;
     balloon_to(&mut vm, target)?;
     let avail = vm.meminfo_field("MemAvailable")?;
     vm.note(&format!(
-        "balloon {} of MemAvailable {}: MemAvailable {}; workload needs {} MiB",
+        "balloon {}: MemAvailable {}; workload needs {} MiB",
         format_bytes(balloon),
-        format_bytes(avail0),
         format_bytes(avail),
         OOM_WORKLOAD_MIB
     ));

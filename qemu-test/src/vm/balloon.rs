@@ -138,26 +138,23 @@ impl Vm {
     /// before the cancel). Returns how it ended.
     pub fn cancel_migration(&mut self, poll: Duration) -> Result<qapi::qmp::MigrationStatus> {
         self.qmp().execute(&qapi::qmp::migrate_cancel {})?;
-        self.wait_until(
+        let ended = self.wait_until(
             "the migration to be cancelled",
             Duration::from_secs(60),
             poll,
             |vm| {
-                let info = vm.qmp().execute(&qapi::qmp::query_migrate {})?;
+                let status = vm.qmp().execute(&qapi::qmp::query_migrate {})?.status;
                 let done = matches!(
-                    info.status,
+                    status,
                     Some(qapi::qmp::MigrationStatus::cancelled)
                         | Some(qapi::qmp::MigrationStatus::completed)
                         | Some(qapi::qmp::MigrationStatus::failed)
                 );
-                Ok(Wait::when(done, format!("{:?}", info.status)))
+                Ok(Wait::when(done, status))
             },
         )?;
-        let ended = self
-            .qmp()
-            .execute(&qapi::qmp::query_migrate {})?
-            .status
-            .ok_or_else(|| anyhow!("query-migrate returned no status after the migration"))?;
+        let ended =
+            ended.ok_or_else(|| anyhow!("query-migrate returned no status after the migration"))?;
         let run = self.qmp().execute(&qapi::qmp::query_status {})?;
         if !run.running {
             self.note(&format!(
