@@ -1,7 +1,7 @@
 //! Host memory as the benchmark sees it: transparent huge pages, the pool
 //! of 2 MiB hugetlb pages, and how QEMU's guest RAM is backed by them.
 //!
-//! The few system calls (`prctl`, `pidfd_open`, `process_madvise`) go
+//! The few system calls (`prctl`, `getppid`, `pidfd_open`, `process_madvise`) go
 //! through the C library the standard library links anyway.
 
 use anyhow::{bail, ensure, Context, Result};
@@ -19,9 +19,12 @@ extern "C" {
     fn prctl(option: c_int, ...) -> c_int;
     fn syscall(number: c_long, ...) -> c_long;
     fn close(fd: c_int) -> c_int;
+    fn getppid() -> c_int;
 }
 
 const PR_SET_THP_DISABLE: c_int = 41;
+const PR_SET_PDEATHSIG: c_int = 1;
+const SIGKILL: c_ulong = 9;
 const SYS_PIDFD_OPEN: c_long = 434;
 const SYS_PROCESS_MADVISE: c_long = 440;
 const MADV_COLLAPSE: c_long = 25;
@@ -37,6 +40,28 @@ pub fn disable_thp_for_this_process() -> std::io::Result<()> {
     let r = unsafe { prctl(PR_SET_THP_DISABLE, 1 as c_ulong, zero, zero, zero) };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes the kernel kill the calling process (SIGKILL) when the thread
+/// that forked it exits (`prctl(PR_SET_PDEATHSIG)`, kept across
+/// `execve()`), so that a QEMU started by a test does not outlive a test
+/// binary that is killed: only unwinding runs `Drop`. The VMs are started
+/// and dropped by the test's own thread. Only system calls, so it may run
+/// between `fork()` and `exec()`; fails if the parent is already gone.
+pub fn die_with_parent() -> std::io::Result<()> {
+    let zero: c_ulong = 0;
+    // SAFETY: prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) only sets the
+    // calling process's parent-death signal; the arguments are unsigned
+    // longs as it expects.
+    let r = unsafe { prctl(PR_SET_PDEATHSIG, SIGKILL, zero, zero, zero) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: getppid() has no arguments and cannot fail.
+    if unsafe { getppid() } == 1 {
+        return Err(std::io::Error::other("the test that started QEMU is gone"));
     }
     Ok(())
 }

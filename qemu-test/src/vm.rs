@@ -275,7 +275,14 @@ impl Vm {
         )?;
         let log: SharedLog = Arc::new(Mutex::new(logf));
 
-        let mut child = qemu::command(&spec)
+        use std::os::unix::process::CommandExt;
+        let mut cmd = qemu::command(&spec);
+        // SAFETY: the hook makes system calls only (prctl, getppid), which is
+        // safe between fork and exec.
+        unsafe {
+            cmd.pre_exec(crate::hostmem::die_with_parent);
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
