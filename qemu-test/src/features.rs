@@ -68,7 +68,7 @@ const OOM_LEFT_MIB: u64 = 192;
 pub const OOM_WORKLOAD_MIB: u64 = 400;
 
 /// The balloon target (guest memory) that leaves the guest
-/// [`OOM_LEFT_MIB`] of what it has available now, in whole MiB.
+/// `OOM_LEFT_MIB` of what it has available now, in whole MiB.
 pub fn oom_target(vm: &mut Vm) -> Result<u64> {
     let avail = vm.meminfo_field("MemAvailable")?;
     let balloon = avail.saturating_sub(OOM_LEFT_MIB * MIB) / MIB * MIB;
@@ -339,7 +339,7 @@ fn migrate_to_file(vm: &mut Vm, file: &std::path::Path) -> Result<BTreeMap<&'sta
 }
 
 /// With `free-page-hint=on`, migrating the VM to a file skips the guest's
-/// free memory: a guest that dirtied [`HINT_DIRTY_MIB`] of random data and
+/// free memory: a guest that dirtied `HINT_DIRTY_MIB` of random data and
 /// freed it produces a stream far smaller than that data. A second QEMU
 /// resumes from the file; the guest runs and its balloon still follows
 /// targets.

@@ -191,7 +191,7 @@ fn inflate_and_measure(vm: &mut Vm, sizes: &[u64], balloon: u64) -> Result<Huget
 /// driver's figure, in a boot of the same configuration before ours, is
 /// recorded, not asserted (expected: next to nothing). The guest's own
 /// free page reporting is postponed while each driver is measured
-/// ([`PostponedReporting`]).
+/// (`PostponedReporting`).
 ///
 /// Reserves the guest's huge pages in the host's pool (root) and puts
 /// `nr_hugepages` back afterwards; fails, with the reason, when the host

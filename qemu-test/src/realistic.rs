@@ -11,13 +11,13 @@
 //! and compare medians; they run one VM at a time (`tests/timed.rs`).
 
 use crate::config::DATA_MOUNT;
-use crate::suite::target_for;
+use crate::suite::{fresh_stats, target_for};
 use crate::units::{format_bytes, MIB, PAGE_SIZE};
 use crate::vm::{Vm, Wait};
 use crate::{Driver, VmConfig};
 use anyhow::{bail, ensure, Context, Result};
 use std::fmt::Write as _;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Ours may take at most this much longer than C in a timed scenario.
 pub const TIME_RATIO_MAX: f64 = 1.2;
@@ -285,11 +285,11 @@ pub fn swap_under_anonymous_memory() -> Result<()> {
             ),
             Duration::from_secs(300),
         )?;
-        let s0 = fresh_stats(&mut vm)?;
+        let s0 = fresh_stats(&mut vm, FRESH_STATS_TIMEOUT)?;
         let kills = vmstat(&mut vm, "oom_kill")?;
         let t = time_balloon_to(&mut vm, target, Duration::from_secs(300))
             .with_context(|| format!("{driver}: inflating 40 % with 80 % of RAM dirty"))?;
-        let s1 = fresh_stats(&mut vm)?;
+        let s1 = fresh_stats(&mut vm, FRESH_STATS_TIMEOUT)?;
         let m = vm.meminfo()?;
         let swapped = m["SwapTotal"] - m["SwapFree"];
         let killed = vmstat(&mut vm, "oom_kill")? - kills;
@@ -328,17 +328,8 @@ pub fn swap_under_anonymous_memory() -> Result<()> {
     vm.shutdown()
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn fresh_stats(vm: &mut Vm) -> Result<crate::GuestStats> {
-    let t = unix_now();
-    vm.wait_stats_after(t, Duration::from_secs(30))
-}
+/// How long fresh statistics may take here (the guest is busy).
+const FRESH_STATS_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---- memory cgroup ---------------------------------------------------------------
 

@@ -2,13 +2,26 @@
 //! baseline, and the Rust driver is held to the same functions and the same
 //! thresholds (`tests/c_driver.rs`, `tests/rust_driver.rs`).
 //!
-//! Every check reports the measured numbers when it fails.
+//! Every check reports the measured numbers when it fails. The statistics
+//! tests are in `suite/statistics.rs`, the target sequences in `suite/targets.rs`.
 
 use crate::units::{format_bytes, format_delta, MIB};
 use crate::vm::{Vm, Wait};
-use crate::{Driver, GuestStats, Tier, VmConfig};
+use crate::{Driver, VmConfig};
 use anyhow::{ensure, Context, Result};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+mod statistics;
+mod targets;
+
+pub use statistics::{
+    fresh_stats, guest_stats, stats_match_c, NEWER_STATS, REQUIRED_STATS, STATS_INTERVAL,
+    STATS_TIMEOUT, STATS_TOLERANCE,
+};
+pub use targets::{
+    flapping_targets, same_targets_as_c, several_targets, target_for, target_sequence, Step,
+    TARGET_SEQUENCE,
+};
 
 /// Guest RAM of the suite's VMs, in MiB.
 pub const GUEST_MIB: u64 = 1024;
@@ -23,39 +36,6 @@ pub const MEMTOTAL_TOLERANCE: f64 = 0.01;
 pub const RSS_RELEASE_MIN: f64 = 0.85;
 /// Free memory the dirtying workload leaves the guest.
 pub const DIRTY_HEADROOM: u64 = 64 * MIB;
-/// Free/available memory in the statistics must move by the balloon size
-/// within this fraction of it.
-pub const STATS_TOLERANCE: f64 = 0.10;
-/// Statistics polling interval the tests use, in seconds.
-pub const STATS_INTERVAL: u64 = 1;
-/// How long fresh statistics may take to show a change.
-pub const STATS_TIMEOUT: Duration = Duration::from_secs(20);
-/// Statistics every driver must report (what the C driver reports on the
-/// test kernel).
-pub const REQUIRED_STATS: [&str; 10] = [
-    "stat-swap-in",
-    "stat-swap-out",
-    "stat-major-faults",
-    "stat-minor-faults",
-    "stat-free-memory",
-    "stat-total-memory",
-    "stat-available-memory",
-    "stat-disk-caches",
-    "stat-htlb-pgalloc",
-    "stat-htlb-pgfail",
-];
-
-/// Statistics added to virtio in 2024 (kernel 6.10, QEMU 9.1): required when
-/// the QEMU in use knows them (lists them in `guest-stats`), as the C driver
-/// reports them.
-pub const NEWER_STATS: [&str; 6] = [
-    "stat-oom-kills",
-    "stat-alloc-stalls",
-    "stat-async-scans",
-    "stat-direct-scans",
-    "stat-async-reclaims",
-    "stat-direct-reclaims",
-];
 
 /// The suite's VM configuration for `driver`, logging to
 /// `<c|rs>-<test>.log`.
@@ -78,13 +58,15 @@ pub fn inflate_target(vm: &Vm) -> (u64, u64) {
     (ram - balloon, balloon)
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the epoch, as the guest's statistics time them.
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
+/// Whether `measured` is within `tolerance` (a fraction) of `expected`.
 fn within(measured: i64, expected: i64, tolerance: f64) -> bool {
     (measured - expected).unsigned_abs() as f64 <= expected.unsigned_abs() as f64 * tolerance
 }
@@ -289,172 +271,6 @@ pub fn inflate_releases_host_memory(driver: Driver) -> Result<()> {
     vm.shutdown()
 }
 
-fn stat(s: &GuestStats, name: &str) -> Result<i64> {
-    Ok(s.require(name)? as i64)
-}
-
-/// Waits for fresh statistics in which free, available and total memory
-/// moved by `by` bytes (± [`STATS_TOLERANCE`]) since `from`; returns what
-/// was seen and those statistics.
-fn wait_memory_stats_moved(
-    vm: &mut Vm,
-    from: &GuestStats,
-    by: i64,
-) -> Result<(String, GuestStats)> {
-    let after = unix_now();
-    let dir = if by < 0 { "down" } else { "up" };
-    let (seen, s) = vm.wait_until(
-        &format!(
-            "fresh stats showing free/available/total memory {dir} by {} (± {:.0} %)",
-            format_bytes(by.unsigned_abs()),
-            STATS_TOLERANCE * 100.0
-        ),
-        STATS_TIMEOUT,
-        Duration::from_millis(250),
-        |vm| {
-            let s = vm.guest_stats()?;
-            let d = |n: &str| -> Result<i64> { Ok(stat(&s, n)? - stat(from, n)?) };
-            let (df, da, dt) = (
-                d("stat-free-memory")?,
-                d("stat-available-memory")?,
-                d("stat-total-memory")?,
-            );
-            let ok = s.last_update > after
-                && [df, da, dt].iter().all(|&x| within(x, by, STATS_TOLERANCE));
-            Ok(Wait::when(
-                ok,
-                (
-                    format!(
-                        "last-update {} (need > {after}); changes: free {}, available {}, total {}",
-                        s.last_update,
-                        format_delta(df),
-                        format_delta(da),
-                        format_delta(dt)
-                    ),
-                    s,
-                ),
-            ))
-        },
-    )?;
-    Ok((seen, s))
-}
-
-/// (d) Statistics: all of [`REQUIRED_STATS`] (and [`NEWER_STATS`] if QEMU
-/// knows them) are reported and consistent
-/// with `/proc/meminfo`; free/available/total memory fall by the balloon
-/// size when inflating and rise again when deflating; the minor fault
-/// counter rises after a workload.
-pub fn guest_stats(driver: Driver) -> Result<()> {
-    let mut vm = boot(driver, "stats")?;
-    let ram = vm.ram_bytes();
-    vm.enable_stats_polling(STATS_INTERVAL)?;
-    let s0 = vm
-        .wait_stats_after(unix_now(), STATS_TIMEOUT)
-        .context("no statistics from the guest after enabling polling")?;
-    for name in REQUIRED_STATS {
-        s0.require(name)?;
-    }
-    let qemu_knows = |n: &str| s0.stats.contains_key(n) || s0.unreported.contains(n);
-    for name in NEWER_STATS.into_iter().filter(|n| qemu_knows(n)) {
-        s0.require(name)?;
-    }
-    vm.note(&format!(
-        "{} stats reported, unreported: {:?}",
-        s0.stats.len(),
-        s0.unreported
-    ));
-    let memtotal = vm.meminfo_field("MemTotal")? as i64;
-    let total0 = stat(&s0, "stat-total-memory")?;
-    ensure!(
-        within(total0, memtotal, 0.01),
-        "stat-total-memory {} but MemTotal {}",
-        format_bytes(total0 as u64),
-        format_bytes(memtotal as u64)
-    );
-    let free0 = stat(&s0, "stat-free-memory")?;
-    let avail0 = stat(&s0, "stat-available-memory")?;
-    ensure!(
-        free0 > 0 && free0 <= total0 && avail0 >= free0 / 2 && avail0 <= total0,
-        "implausible stats: {s0:?}"
-    );
-
-    // Inflate: free, available and total fall by about the balloon size.
-    // Free memory moves in steps: pages freed on deflate first sit on the
-    // per-CPU free lists (not counted as free) and reach the buddy
-    // allocator over the next ~10 s, so the checks poll fresh statistics
-    // until the change is within tolerance rather than take one sample.
-    let (target, balloon) = inflate_target(&vm);
-    balloon_to(&mut vm, target)?;
-    let (seen, s1) = wait_memory_stats_moved(&mut vm, &s0, -(balloon as i64))?;
-    vm.note(&format!("inflated {}: {seen}", format_bytes(balloon)));
-
-    // Deflate: they rise again.
-    balloon_to(&mut vm, ram)?;
-    let (seen, _) = wait_memory_stats_moved(&mut vm, &s1, balloon as i64)?;
-    vm.note(&format!("deflated: {seen}"));
-
-    // A workload touching 32 MiB of fresh anonymous memory in 4 KiB pages
-    // (no transparent huge pages) takes at least 8192 minor faults.
-    let s2 = vm.guest_stats()?;
-    let minor0 = stat(&s2, "stat-minor-faults")?;
-    vm.run_ok("memhog -m 32 -N")?;
-    let after = unix_now();
-    let seen = vm.wait_until(
-        "fresh stats with stat-minor-faults up by >= 4096",
-        STATS_TIMEOUT,
-        Duration::from_millis(250),
-        |vm| {
-            let s = vm.guest_stats()?;
-            let m = stat(&s, "stat-minor-faults")?;
-            Ok(Wait::when(
-                s.last_update > after && m - minor0 >= 4096,
-                format!(
-                    "last-update {} (need > {after}); minor faults {minor0} -> {m}",
-                    s.last_update
-                ),
-            ))
-        },
-    )?;
-    vm.note(&format!("32 MiB workload: {seen}"));
-    vm.shutdown()
-}
-
-/// Balloon sizes, as fractions of RAM in percent, that
-/// [`several_targets`] and [`same_targets_as_c`] walk through
-/// ([`target_sequence`] caps them for the tier).
-pub const TARGET_SEQUENCE: [u64; 6] = [10, 50, 30, 75, 5, 0];
-
-/// The largest balloon the debug tier's guest can give, in percent of its
-/// RAM: KASAN's shadow and the debug structures leave it about 650 MiB of
-/// 1 GiB, so 75 % cannot be reached by any driver.
-const DEBUG_TIER_MAX_PERCENT: u64 = 50;
-
-/// [`TARGET_SEQUENCE`] for the current tier.
-pub fn target_sequence() -> Result<Vec<u64>> {
-    let max = match Tier::current()? {
-        Tier::Base => 100,
-        Tier::Debug => DEBUG_TIER_MAX_PERCENT,
-    };
-    Ok(TARGET_SEQUENCE.iter().map(|&p| p.min(max)).collect())
-}
-
-/// Target guest memory for a balloon of `percent` % of `ram`, in whole MiB.
-pub fn target_for(ram: u64, percent: u64) -> u64 {
-    ram - (ram * percent / 100) / MIB * MIB
-}
-
-/// Several targets in a row, inflating and deflating: `actual` reaches
-/// each one exactly.
-pub fn several_targets(driver: Driver) -> Result<()> {
-    let mut vm = boot(driver, "several-targets")?;
-    let ram = vm.ram_bytes();
-    for p in target_sequence()? {
-        balloon_to(&mut vm, target_for(ram, p))
-            .with_context(|| format!("balloon of {p} % of RAM"))?;
-    }
-    vm.shutdown()
-}
-
 /// Unloading the driver with the balloon inflated gives every page back:
 /// MemTotal returns to the page, QEMU sees an empty balloon, nothing is
 /// leaked; loading the driver again follows the target again.
@@ -546,30 +362,6 @@ pub fn modprobe_by_alias(driver: Driver) -> Result<()> {
         "after modprobe '{alias}' the balloon is bound to {bound:?}, expected {module}"
     );
     vm.note(&format!("modprobe '{alias}' loaded and bound {module}"));
-    vm.shutdown()
-}
-
-/// A host that changes its mind quickly: many targets in a burst, while
-/// statistics are requested every second, end at the last target.
-pub fn flapping_targets(driver: Driver) -> Result<()> {
-    let mut vm = boot(driver, "flapping")?;
-    let ram = vm.ram_bytes();
-    vm.enable_stats_polling(STATS_INTERVAL)?;
-    let mut last = ram;
-    for i in 0..40u64 {
-        last = target_for(ram, (i * 37) % 60);
-        vm.set_balloon_target_bytes(last)?;
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    let actual = vm.wait_balloon_actual(last, BALLOON_TIMEOUT)?;
-    vm.note(&format!(
-        "after 40 target changes: actual {}",
-        format_bytes(actual)
-    ));
-    // Stays there, and statistics still flow.
-    let s = vm.wait_stats_after(unix_now(), STATS_TIMEOUT)?;
-    s.require("stat-free-memory")?;
-    balloon_to(&mut vm, ram)?;
     vm.shutdown()
 }
 
@@ -706,155 +498,6 @@ pub fn kunit_suites_pass(driver: Driver, min_cases: usize) -> Result<()> {
         "KUnit: {} suites, {cases} cases passed: {:?}",
         suites.len(),
         suites.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
-    ));
-    vm.shutdown()
-}
-
-/// One step of [`same_targets_as_c`]: `actual` and MemTotal after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Step {
-    /// Balloon size requested, in % of RAM.
-    pub percent: u64,
-    /// QEMU's `actual`, bytes.
-    pub actual: u64,
-    /// Guest MemTotal, bytes.
-    pub memtotal: u64,
-}
-
-fn walk_targets(vm: &mut Vm, driver: Driver) -> Result<Vec<Step>> {
-    let ram = vm.ram_bytes();
-    let mut steps = Vec::new();
-    for p in target_sequence()? {
-        balloon_to(vm, target_for(ram, p)).with_context(|| format!("{driver:?}: {p} %"))?;
-        // MemTotal follows the balloon list immediately.
-        steps.push(Step {
-            percent: p,
-            actual: vm.query_balloon_actual()?,
-            memtotal: vm.meminfo_field("MemTotal")?,
-        });
-    }
-    Ok(steps)
-}
-
-/// Side by side in one boot: the same target sequence on the C driver, then
-/// (after `rmmod`) on ours, gives the same `actual` values and MemTotal
-/// within 1 %.
-pub fn same_targets_as_c() -> Result<()> {
-    let mut vm = boot(Driver::C, "side-by-side")?;
-    let c = walk_targets(&mut vm, Driver::C)?;
-    vm.run_ok(&format!("rmmod {}", Driver::C.module_name()))?;
-    vm.run_ok(&format!("modprobe {}", Driver::Rust.module_name()))?;
-    ensure!(
-        vm.balloon_driver()?.as_deref() == Some(Driver::Rust.module_name()),
-        "the Rust driver did not bind after the C one was removed"
-    );
-    let rs = walk_targets(&mut vm, Driver::Rust)?;
-    for (c, r) in c.iter().zip(&rs) {
-        vm.note(&format!(
-            "{:>3} %: actual C {} / ours {}; MemTotal C {} / ours {}",
-            c.percent,
-            format_bytes(c.actual),
-            format_bytes(r.actual),
-            format_bytes(c.memtotal),
-            format_bytes(r.memtotal)
-        ));
-        ensure!(
-            c.actual == r.actual,
-            "{} %: actual differs: C {}, ours {}",
-            c.percent,
-            c.actual,
-            r.actual
-        );
-        ensure!(
-            within(r.memtotal as i64, c.memtotal as i64, 0.01),
-            "{} %: MemTotal differs by more than 1 %: C {}, ours {}",
-            c.percent,
-            format_bytes(c.memtotal),
-            format_bytes(r.memtotal)
-        );
-    }
-    vm.shutdown()
-}
-
-/// Fresh statistics (updated after now), waiting up to [`STATS_TIMEOUT`].
-fn fresh_stats(vm: &mut Vm) -> Result<GuestStats> {
-    let t = unix_now();
-    vm.wait_stats_after(t, STATS_TIMEOUT)
-}
-
-/// Statistics whose values are amounts of memory (compared within 5 %);
-/// the others are event counters (ours may only have grown a little).
-const MEMORY_STATS: [&str; 4] = [
-    "stat-free-memory",
-    "stat-available-memory",
-    "stat-total-memory",
-    "stat-disk-caches",
-];
-
-/// All 16 statistics, C driver and ours, in one boot: after an OOM kill
-/// (so that the reclaim and OOM counters are not all zero) the C driver
-/// reports, then ours takes over the device and reports. Every tag the C driver sends
-/// ours sends too, memory amounts agree within 5 % and counters within
-/// what the guest did in between (the module swap).
-pub fn stats_match_c() -> Result<()> {
-    // No swap: the workload must run the guest out of memory.
-    let mut vm = Vm::boot(config(Driver::C, "stats-vs-c").swap_mib(None))?;
-    let ram = vm.ram_bytes();
-    // Give the reclaim, stall and OOM counters something to count: run out
-    // of memory once (a workload bigger than what the balloon leaves).
-    let target = crate::features::oom_target(&mut vm)?;
-    balloon_to(&mut vm, target)?;
-    vm.run_ok("echo 1 > /proc/sys/vm/overcommit_memory")?;
-    let oom = vm.run(&format!(
-        "dd if=/dev/zero of=/dev/null bs={}M count=1",
-        crate::features::OOM_WORKLOAD_MIB
-    ))?;
-    ensure!(
-        oom.code != 0,
-        "the workload did not run out of memory: {oom:?}"
-    );
-    balloon_to(&mut vm, ram)?;
-    vm.enable_stats_polling(STATS_INTERVAL)?;
-    let c = fresh_stats(&mut vm).context("no statistics from the C driver")?;
-    vm.run_ok(&format!(
-        "rmmod {} && modprobe {}",
-        Driver::C.module_name(),
-        Driver::Rust.module_name()
-    ))?;
-    let rs = fresh_stats(&mut vm).context("no statistics from our driver")?;
-    ensure!(
-        c.stats.len() >= REQUIRED_STATS.len(),
-        "the C driver reported only {:?}",
-        c.stats.keys()
-    );
-    let mut report = Vec::new();
-    for (name, &cv) in &c.stats {
-        let rv = rs.require(name)?;
-        report.push(format!("{name}: C {cv} / ours {rv}"));
-        if MEMORY_STATS.contains(&name.as_str()) {
-            ensure!(
-                within(rv as i64, cv as i64, 0.05),
-                "{name}: C {} but ours {}",
-                format_bytes(cv),
-                format_bytes(rv)
-            );
-        } else {
-            ensure!(
-                rv >= cv && rv - cv <= cv / 10 + 5000,
-                "{name}: counter C {cv} but ours {rv}"
-            );
-        }
-    }
-    ensure!(
-        rs.stats.len() == c.stats.len(),
-        "ours reports {} statistics, C {}",
-        rs.stats.len(),
-        c.stats.len()
-    );
-    vm.note(&format!(
-        "{} statistics:\n  {}",
-        c.stats.len(),
-        report.join("\n  ")
     ));
     vm.shutdown()
 }

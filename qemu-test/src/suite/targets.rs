@@ -1,0 +1,136 @@
+//! Sequences of targets: `actual` follows each one, also when the host
+//! changes its mind quickly, and ours gives the C driver's `actual` and
+//! MemTotal for the same sequence.
+
+use super::{balloon_to, boot, unix_now, within, BALLOON_TIMEOUT, STATS_INTERVAL, STATS_TIMEOUT};
+use crate::units::{format_bytes, MIB};
+use crate::vm::Vm;
+use crate::{Driver, Tier};
+use anyhow::{ensure, Context, Result};
+use std::time::Duration;
+
+/// Balloon sizes, as fractions of RAM in percent, that
+/// [`several_targets`] and [`same_targets_as_c`] walk through
+/// ([`target_sequence`] caps them for the tier).
+pub const TARGET_SEQUENCE: [u64; 6] = [10, 50, 30, 75, 5, 0];
+
+/// The largest balloon the debug tier's guest can give, in percent of its
+/// RAM: KASAN's shadow and the debug structures leave it about 650 MiB of
+/// 1 GiB, so 75 % cannot be reached by any driver.
+const DEBUG_TIER_MAX_PERCENT: u64 = 50;
+
+/// [`TARGET_SEQUENCE`] for the current tier.
+pub fn target_sequence() -> Result<Vec<u64>> {
+    let max = match Tier::current()? {
+        Tier::Base => 100,
+        Tier::Debug => DEBUG_TIER_MAX_PERCENT,
+    };
+    Ok(TARGET_SEQUENCE.iter().map(|&p| p.min(max)).collect())
+}
+
+/// Target guest memory for a balloon of `percent` % of `ram`, in whole MiB.
+pub fn target_for(ram: u64, percent: u64) -> u64 {
+    ram - (ram * percent / 100) / MIB * MIB
+}
+
+/// Several targets in a row, inflating and deflating: `actual` reaches
+/// each one exactly.
+pub fn several_targets(driver: Driver) -> Result<()> {
+    let mut vm = boot(driver, "several-targets")?;
+    let ram = vm.ram_bytes();
+    for p in target_sequence()? {
+        balloon_to(&mut vm, target_for(ram, p))
+            .with_context(|| format!("balloon of {p} % of RAM"))?;
+    }
+    vm.shutdown()
+}
+
+/// A host that changes its mind quickly: many targets in a burst, while
+/// statistics are requested every second, end at the last target.
+pub fn flapping_targets(driver: Driver) -> Result<()> {
+    let mut vm = boot(driver, "flapping")?;
+    let ram = vm.ram_bytes();
+    vm.enable_stats_polling(STATS_INTERVAL)?;
+    let mut last = ram;
+    for i in 0..40u64 {
+        last = target_for(ram, (i * 37) % 60);
+        vm.set_balloon_target_bytes(last)?;
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let actual = vm.wait_balloon_actual(last, BALLOON_TIMEOUT)?;
+    vm.note(&format!(
+        "after 40 target changes: actual {}",
+        format_bytes(actual)
+    ));
+    // Stays there, and statistics still flow.
+    let s = vm.wait_stats_after(unix_now(), STATS_TIMEOUT)?;
+    s.require("stat-free-memory")?;
+    balloon_to(&mut vm, ram)?;
+    vm.shutdown()
+}
+
+/// One step of [`same_targets_as_c`]: `actual` and MemTotal after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Balloon size requested, in % of RAM.
+    pub percent: u64,
+    /// QEMU's `actual`, bytes.
+    pub actual: u64,
+    /// Guest MemTotal, bytes.
+    pub memtotal: u64,
+}
+
+fn walk_targets(vm: &mut Vm, driver: Driver) -> Result<Vec<Step>> {
+    let ram = vm.ram_bytes();
+    let mut steps = Vec::new();
+    for p in target_sequence()? {
+        balloon_to(vm, target_for(ram, p)).with_context(|| format!("{driver:?}: {p} %"))?;
+        // MemTotal follows the balloon list immediately.
+        steps.push(Step {
+            percent: p,
+            actual: vm.query_balloon_actual()?,
+            memtotal: vm.meminfo_field("MemTotal")?,
+        });
+    }
+    Ok(steps)
+}
+
+/// Side by side in one boot: the same target sequence on the C driver, then
+/// (after `rmmod`) on ours, gives the same `actual` values and MemTotal
+/// within 1 %.
+pub fn same_targets_as_c() -> Result<()> {
+    let mut vm = boot(Driver::C, "side-by-side")?;
+    let c = walk_targets(&mut vm, Driver::C)?;
+    vm.run_ok(&format!("rmmod {}", Driver::C.module_name()))?;
+    vm.run_ok(&format!("modprobe {}", Driver::Rust.module_name()))?;
+    ensure!(
+        vm.balloon_driver()?.as_deref() == Some(Driver::Rust.module_name()),
+        "the Rust driver did not bind after the C one was removed"
+    );
+    let rs = walk_targets(&mut vm, Driver::Rust)?;
+    for (c, r) in c.iter().zip(&rs) {
+        vm.note(&format!(
+            "{:>3} %: actual C {} / ours {}; MemTotal C {} / ours {}",
+            c.percent,
+            format_bytes(c.actual),
+            format_bytes(r.actual),
+            format_bytes(c.memtotal),
+            format_bytes(r.memtotal)
+        ));
+        ensure!(
+            c.actual == r.actual,
+            "{} %: actual differs: C {}, ours {}",
+            c.percent,
+            c.actual,
+            r.actual
+        );
+        ensure!(
+            within(r.memtotal as i64, c.memtotal as i64, 0.01),
+            "{} %: MemTotal differs by more than 1 %: C {}, ours {}",
+            c.percent,
+            format_bytes(c.memtotal),
+            format_bytes(r.memtotal)
+        );
+    }
+    vm.shutdown()
+}
