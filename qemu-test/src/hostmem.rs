@@ -48,9 +48,12 @@ pub fn disable_thp_for_this_process() -> std::io::Result<()> {
 /// that forked it exits (`prctl(PR_SET_PDEATHSIG)`, kept across
 /// `execve()`), so that a QEMU started by a test does not outlive a test
 /// binary that is killed: only unwinding runs `Drop`. The VMs are started
-/// and dropped by the test's own thread. Only system calls, so it may run
-/// between `fork()` and `exec()`; fails if the parent is already gone.
-pub fn die_with_parent() -> std::io::Result<()> {
+/// and dropped by the test's own thread. `parent` is the forking process's
+/// pid: if it is gone already (the child was reparented), fails with
+/// ESRCH. System calls only, no allocation, so it may run between `fork()`
+/// and `exec()`.
+pub fn die_with_parent(parent: c_int) -> std::io::Result<()> {
+    const ESRCH: i32 = 3;
     let zero: c_ulong = 0;
     // SAFETY: prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) only sets the
     // calling process's parent-death signal; the arguments are unsigned
@@ -60,8 +63,8 @@ pub fn die_with_parent() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: getppid() has no arguments and cannot fail.
-    if unsafe { getppid() } == 1 {
-        return Err(std::io::Error::other("the test that started QEMU is gone"));
+    if unsafe { getppid() } != parent {
+        return Err(std::io::Error::from_raw_os_error(ESRCH));
     }
     Ok(())
 }

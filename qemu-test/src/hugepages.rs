@@ -99,8 +99,10 @@ const POSTPONED_DELAY_MS: u64 = 30 * 60 * 1000;
 /// The guest's free page reporting postponed while the test measures, so
 /// that what the host gives back is the balloon's doing: the next pass
 /// starts [`POSTPONED_DELAY_MS`] after the next large free instead of 2 s.
-/// Passes are scheduled with the delay of their time: set it after the
-/// last pass, before the free.
+/// A pass takes the delay in force when it is scheduled, so the caller
+/// waits out one scheduled before (see [`settle`]), and the one the
+/// dirtying schedules stays pending for the rest of the boot (the VM is
+/// shut down after the measurement).
 struct PostponedReporting {
     /// The delay before, in ms.
     before: u64,
@@ -121,7 +123,8 @@ impl PostponedReporting {
         Ok(Self { before })
     }
 
-    /// Puts the delay back (a pass already scheduled keeps its delay).
+    /// Puts the delay back for passes scheduled from now on (the one
+    /// already scheduled keeps its delay).
     fn restore(self, vm: &mut Vm) -> Result<()> {
         vm.run_ok(&format!("echo {} > {REPORTING_DELAY}", self.before))?;
         Ok(())
@@ -151,8 +154,10 @@ fn inflate_and_measure(vm: &mut Vm, sizes: &[u64], balloon: u64) -> Result<Huget
         format_bytes(free),
         format_bytes(balloon)
     );
-    settle(vm, sizes)?;
     let reporting = PostponedReporting::new(vm)?;
+    // After the delay is raised: a pass scheduled before with the old
+    // delay (a free of the last guest command) runs and is waited for here.
+    settle(vm, sizes)?;
     // memhog writes every page it asks for (dd from /dev/zero may read a
     // short block and still succeed).
     vm.run_ok(&format!("memhog -m {} >/dev/null", (free - headroom) / MIB))?;

@@ -277,10 +277,11 @@ impl Vm {
 
         use std::os::unix::process::CommandExt;
         let mut cmd = qemu::command(&spec);
-        // SAFETY: the hook makes system calls only (prctl, getppid), which is
-        // safe between fork and exec.
+        let parent = std::process::id() as std::ffi::c_int;
+        // SAFETY: the hook makes system calls only (prctl, getppid) and does
+        // not allocate, which is safe between fork and exec.
         unsafe {
-            cmd.pre_exec(crate::hostmem::die_with_parent);
+            cmd.pre_exec(move || crate::hostmem::die_with_parent(parent));
         }
         let mut child = cmd
             .stdin(Stdio::piped())
