@@ -699,8 +699,15 @@ impl Vm {
     /// recorded for the C driver on the debug tier, an error otherwise.
     pub fn abandon(mut self) -> Result<()> {
         self.proc.log_line("abandoned: killed without a shutdown");
-        let problems = self.kernel_problems();
+        let checked = self.check_kernel_problems();
         self.proc.kill();
+        checked
+    }
+
+    /// The kernel's reports ([`Vm::kernel_problems`]) once the VM is done:
+    /// recorded for the C driver on the debug tier, an error otherwise.
+    fn check_kernel_problems(&self) -> Result<()> {
+        let problems = self.kernel_problems();
         if problems.is_empty() {
             return Ok(());
         }
@@ -726,19 +733,7 @@ impl Vm {
             .wait_exit(scaled(Duration::from_secs(30)))
             .is_some()
         {
-            let problems = self.kernel_problems();
-            if !problems.is_empty() && self.records_problems() {
-                record_c_driver_reports(&self.cfg.name, self.log_path(), &problems);
-                return Ok(());
-            }
-            if !problems.is_empty() {
-                bail!(
-                    "the guest kernel reported problems (see {}):\n{}",
-                    self.log_path().display(),
-                    problems.join("\n")
-                );
-            }
-            return Ok(());
+            return self.check_kernel_problems();
         }
         let _ = self.qmp.execute(&qapi::qmp::quit {});
         let exited = self.proc.wait_exit(Duration::from_secs(5)).is_some();
