@@ -163,23 +163,15 @@ const REPORT_RELEASE_MIN: f64 = 0.6;
 /// Dirties [`REPORT_MIB`] of guest memory (`memhog`, which holds it until
 /// told to go), takes QEMU's RSS while the memory is still held, frees it,
 /// and returns that RSS and the lowest RSS seen within `window`, scaled for
-/// the tier (reporting 512 MiB takes the debug tier minutes under TCG). The RSS is taken before the free: measured
-/// after it, reporting may already have run, and a release (or, with page
-/// poisoning, a release that must not happen) would go unseen.
+/// the tier (reporting 512 MiB takes the debug tier minutes under TCG).
+/// The RSS is taken before the free: measured after it, reporting may
+/// already have run, and a release (or, with page poisoning, a release
+/// that must not happen) would go unseen.
 fn report_and_watch(vm: &mut Vm, window: Duration) -> Result<(u64, u64)> {
     let window = crate::config::scaled(window);
-    vm.run_timeout(
-        &format!(
-            "rm -f /tmp/ready /tmp/go; memhog -m {REPORT_MIB} -R /tmp/ready -G /tmp/go \
-             >/dev/null 2>&1 & while [ ! -e /tmp/ready ]; do sleep 0.2; done"
-        ),
-        Duration::from_secs(300),
-    )?;
+    vm.hold_memhog(&format!("-m {REPORT_MIB}"), Duration::from_secs(300))?;
     let held = vm.qemu_rss_bytes()?;
-    vm.run_timeout(
-        "touch /tmp/go; while pidof memhog >/dev/null; do sleep 0.2; done",
-        Duration::from_secs(300),
-    )?;
+    vm.release_memhog(Duration::from_secs(300))?;
     let t0 = Instant::now();
     let mut low = held;
     while t0.elapsed() < window {

@@ -13,7 +13,7 @@
 use crate::config::DATA_MOUNT;
 use crate::suite::{fresh_stats, target_for};
 use crate::units::{format_bytes, MIB, PAGE_SIZE};
-use crate::vm::{Vm, Wait};
+use crate::vm::{Vm, Wait, DEFAULT_CMD_TIMEOUT};
 use crate::{Driver, VmConfig};
 use anyhow::{bail, ensure, Context, Result};
 use std::fmt::Write as _;
@@ -225,11 +225,7 @@ pub fn numa_node_nearly_full() -> Result<()> {
     let mut times = Timings::new();
     for driver in alternating() {
         load(&mut vm, driver)?;
-        vm.run_ok(
-            "rm -f /tmp/hog.ready /tmp/hog.go; \
-             (memhog -m 400 -n 0 -R /tmp/hog.ready -G /tmp/hog.go > /tmp/hog.out 2>&1 &); \
-             while [ ! -e /tmp/hog.ready ]; do sleep 0.1; done",
-        )?;
+        vm.hold_memhog("-m 400 -n 0", DEFAULT_CMD_TIMEOUT)?;
         let free = vm.run_ok("grep MemFree /sys/devices/system/node/node*/meminfo")?;
         let t = time_balloon_to(&mut vm, target, INFLATE_TIMEOUT)
             .with_context(|| format!("{driver}: inflating half of RAM, node 0 nearly full"))?;
@@ -247,9 +243,7 @@ pub fn numa_node_nearly_full() -> Result<()> {
         ));
         times.push(driver, t);
         deflate_all(&mut vm)?;
-        let out = vm.run_ok(
-            "touch /tmp/hog.go; while pidof memhog > /dev/null; do sleep 0.1; done; cat /tmp/hog.out",
-        )?;
+        let out = vm.release_memhog(DEFAULT_CMD_TIMEOUT)?;
         ensure!(
             out.contains("memhog: ok"),
             "{driver}: the workload on node 0 failed: {out}"
@@ -277,14 +271,7 @@ pub fn swap_under_anonymous_memory() -> Result<()> {
     let mut report = String::new();
     for driver in Driver::ALL {
         load(&mut vm, driver)?;
-        vm.run_timeout(
-            &format!(
-                "rm -f /tmp/hog.ready /tmp/hog.go; \
-                 (memhog -m {hog_mib} -s 7 -R /tmp/hog.ready -G /tmp/hog.go > /tmp/hog.out 2>&1 &); \
-                 while [ ! -e /tmp/hog.ready ]; do sleep 0.2; done"
-            ),
-            Duration::from_secs(300),
-        )?;
+        vm.hold_memhog(&format!("-m {hog_mib} -s 7"), Duration::from_secs(300))?;
         let s0 = fresh_stats(&mut vm, FRESH_STATS_TIMEOUT)?;
         let kills = vmstat(&mut vm, "oom_kill")?;
         let t = time_balloon_to(&mut vm, target, Duration::from_secs(300))
@@ -295,17 +282,14 @@ pub fn swap_under_anonymous_memory() -> Result<()> {
         let killed = vmstat(&mut vm, "oom_kill")? - kills;
         let swap_out = s1.require("stat-swap-out")? - s0.require("stat-swap-out")?;
         deflate_all(&mut vm)?;
-        let out = vm.run_timeout(
-            "touch /tmp/hog.go; while pidof memhog > /dev/null; do sleep 0.2; done; cat /tmp/hog.out",
-            Duration::from_secs(300),
-        )?;
+        let out = vm.release_memhog(Duration::from_secs(300))?;
         let line = format!(
             "{driver}: inflated 40 % in {}; swap used {}; stat-swap-out +{}; OOM kills {killed}; \
              workload: {}",
             secs(t),
             format_bytes(swapped),
             format_bytes(swap_out),
-            out.output.trim()
+            out.trim()
         );
         vm.note(&line);
         writeln!(report, "  {line}")?;
@@ -316,9 +300,9 @@ pub fn swap_under_anonymous_memory() -> Result<()> {
             format_bytes(swapped)
         );
         ensure!(
-            out.output.contains("memhog: ok"),
+            out.contains("memhog: ok"),
             "{driver}: workload data lost: {}",
-            out.output
+            out
         );
         unload(&mut vm, driver)?;
     }
@@ -418,30 +402,20 @@ pub fn thp_workload() -> Result<()> {
     let mut report = String::new();
     for driver in Driver::ALL {
         load(&mut vm, driver)?;
-        vm.run_ok(
-            "rm -f /tmp/hog.ready /tmp/hog.go; \
-             (memhog -m 256 -H -s 11 -R /tmp/hog.ready -G /tmp/hog.go > /tmp/hog.out 2>&1 &); \
-             while [ ! -e /tmp/hog.ready ]; do sleep 0.1; done",
-        )?;
+        vm.hold_memhog("-m 256 -H -s 11", DEFAULT_CMD_TIMEOUT)?;
         let before = anon_huge(&mut vm)?;
         let t_in = time_balloon_to(&mut vm, target_for(ram, 40), INFLATE_TIMEOUT)?;
         let during = anon_huge(&mut vm)?;
         let t_out = time_balloon_to(&mut vm, ram, INFLATE_TIMEOUT)?;
-        let out = vm.run_ok(
-            "touch /tmp/hog.go; while pidof memhog > /dev/null; do sleep 0.1; done; cat /tmp/hog.out",
-        )?;
+        let out = vm.release_memhog(DEFAULT_CMD_TIMEOUT)?;
         ensure!(
             out.contains("memhog: ok"),
             "{driver}: THP workload data lost: {out}"
         );
         // A new THP workload after the deflate.
-        vm.run_ok(
-            "rm -f /tmp/hog.ready /tmp/hog.go; \
-             (memhog -m 256 -H -s 12 -R /tmp/hog.ready -G /tmp/hog.go > /tmp/hog2.out 2>&1 &); \
-             while [ ! -e /tmp/hog.ready ]; do sleep 0.1; done",
-        )?;
+        vm.hold_memhog("-m 256 -H -s 12", DEFAULT_CMD_TIMEOUT)?;
         let after = anon_huge(&mut vm)?;
-        vm.run_ok("touch /tmp/hog.go; while pidof memhog > /dev/null; do sleep 0.1; done")?;
+        vm.release_memhog(DEFAULT_CMD_TIMEOUT)?;
         let line = format!(
             "{driver}: AnonHugePages {} before, {} inflated (40 % in {}), deflated in {}; a new \
              256 MiB workload then gets {}",

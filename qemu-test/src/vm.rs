@@ -535,10 +535,40 @@ impl Vm {
         }
     }
 
+    /// Starts `memhog <args>` in the background and returns once it has
+    /// touched all its memory; it holds the memory until
+    /// [`Vm::release_memhog`]. Its output goes to `/tmp/hog.out`.
+    pub fn hold_memhog(&mut self, args: &str, timeout: Duration) -> Result<()> {
+        self.run_ok_timeout(
+            &format!(
+                "rm -f /tmp/hog.ready /tmp/hog.go; \
+                 (memhog {args} -R /tmp/hog.ready -G /tmp/hog.go > /tmp/hog.out 2>&1 &); \
+                 while [ ! -e /tmp/hog.ready ]; do sleep 0.1; done"
+            ),
+            timeout,
+        )?;
+        Ok(())
+    }
+
+    /// Lets the memhog of [`Vm::hold_memhog`] free its memory and exit;
+    /// returns its output.
+    pub fn release_memhog(&mut self, timeout: Duration) -> Result<String> {
+        self.run_ok_timeout(
+            "touch /tmp/hog.go; while pidof memhog > /dev/null; do sleep 0.1; done; \
+             cat /tmp/hog.out",
+            timeout,
+        )
+    }
+
     /// Runs a command that must succeed; returns its output. A non-zero
     /// exit is an error carrying the output.
     pub fn run_ok(&mut self, cmd: &str) -> Result<String> {
-        let out = self.run(cmd)?;
+        self.run_ok_timeout(cmd, DEFAULT_CMD_TIMEOUT)
+    }
+
+    /// [`Vm::run_ok`] with a timeout (scaled for the tier, [`scaled`]).
+    pub fn run_ok_timeout(&mut self, cmd: &str, timeout: Duration) -> Result<String> {
+        let out = self.run_timeout(cmd, timeout)?;
         if out.code != 0 {
             bail!(
                 "guest command {cmd:?} exited with {}; output:\n{}",
