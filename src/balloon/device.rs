@@ -33,7 +33,10 @@ use crate::{
         new_spinlock_irq,
         SpinLockIrq, //
     },
-    logic::target::Step,
+    logic::target::{
+        out_of_puff_backoff_ms,
+        Step, //
+    },
     virtio::{
         self,
         VqInfo, //
@@ -79,8 +82,6 @@ const RECHECK_WORK: u64 = 2;
 const HOLD_RECHECK_MS: u32 = 5000;
 /// How long to wait for pages compaction has isolated.
 const ISOLATED_RECHECK_MS: u32 = 10;
-/// How long to back off when no page can be allocated, as C does.
-const OUT_OF_PUFF_BACKOFF: Delta = Delta::from_millis(200);
 
 /// What the size work does after a round.
 enum Next {
@@ -266,11 +267,12 @@ impl Balloon {
         match round.stop {
             Some(Stop::Host) => Next::Idle,
             Some(Stop::Hold) => Next::Later(HOLD_RECHECK_MS),
-            Some(Stop::OutOfPuff) => {
-                // Let the guest breathe, as C does.
-                fsleep(OUT_OF_PUFF_BACKOFF);
-                Next::Again
-            }
+            // Let the guest breathe, as C does, and longer each time in a
+            // row (C retries every 200 ms for as long as it fails).
+            Some(Stop::OutOfPuff) => Next::Later(out_of_puff_backoff_ms(
+                self.inflater.out_of_puff_rounds(),
+                HOLD_RECHECK_MS,
+            )),
             // Every page left is isolated for migration right now.
             None if round.moved == 0 => Next::Later(ISOLATED_RECHECK_MS),
             None => Next::Again,

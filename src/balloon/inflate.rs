@@ -55,6 +55,7 @@ use crate::{
         },
         target::{
             batch_pages,
+            held_allowance,
             inflate_allowance,
             reserve_pages, //
         },
@@ -206,19 +207,30 @@ impl Inflater {
     }
 
     /// Guest pages the balloon may take now, with `ballooned` balloon pages
-    /// inflated, without cutting into the reserve the guest needs to keep
-    /// running; logs when it starts and stops holding back.
-    fn allowance(&self, host: &Host, dev: &virtio::Device<Bound>, ballooned: u32) -> usize {
+    /// inflated and `left` more wanted, without cutting into the reserve the
+    /// guest needs to keep running; logs when it starts and stops holding
+    /// back. Once holding, it waits for a margin ([`held_allowance`]).
+    fn allowance(
+        &self,
+        host: &Host,
+        dev: &virtio::Device<Bound>,
+        ballooned: u32,
+        left: u32,
+    ) -> usize {
+        let per = host.props().per_page.max(1);
         let guest_pages = host.guest_pages(ballooned);
-        let ballooned = u64::from(ballooned / host.props().per_page.max(1));
+        let ballooned = u64::from(ballooned / per);
         let shift = kernel::page::PAGE_SHIFT as u32;
         let reserve = reserve_pages(
             guest_pages,
             shift,
             crate::module_parameters::min_available_mib.get(),
         );
-        let allowance =
+        let mut allowance =
             inflate_allowance(stat::available_pages(), stat::swappable_pages(), reserve);
+        if self.holding.load(Relaxed) {
+            allowance = held_allowance(allowance, reserve, u64::from(left.div_ceil(per)));
+        }
         let holding = allowance == 0;
         if self.holding.xchg(holding, Relaxed) != holding {
             if holding {
@@ -234,6 +246,11 @@ impl Inflater {
             }
         }
         usize::try_from(allowance).unwrap_or(usize::MAX)
+    }
+
+    /// Rounds in a row whose allocations failed.
+    pub(super) fn out_of_puff_rounds(&self) -> u32 {
+        self.out_of_puff.load(Relaxed)
     }
 
     /// Logs an allocation failure, rate-limited.
@@ -271,7 +288,7 @@ impl Inflater {
             let block = BLOCK_PAGES as u32 * per;
             let buffers_per_block = (BLOCK_PAGES * per as usize).div_ceil(PFNS_PER_BUFFER);
             while left >= block && buffers >= buffers_per_block {
-                if self.allowance(host, dev, ballooned) < BLOCK_PAGES {
+                if self.allowance(host, dev, ballooned, left) < BLOCK_PAGES {
                     break;
                 }
                 let Some(b) = alloc_block() else {
@@ -289,8 +306,8 @@ impl Inflater {
             if left == 0 {
                 break;
             }
-            let want =
-                batch_pages(left, per, PFNS_PER_BUFFER).min(self.allowance(host, dev, ballooned));
+            let want = batch_pages(left, per, PFNS_PER_BUFFER)
+                .min(self.allowance(host, dev, ballooned, left));
             if want == 0 {
                 stop = Some(Stop::Hold);
                 break;

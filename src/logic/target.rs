@@ -106,6 +106,33 @@ pub fn inflate_allowance(available: u64, swappable: u64, reserve: u64) -> u64 {
     available.saturating_add(swappable).saturating_sub(reserve)
 }
 
+/// Guest pages the balloon may take while it holds at the reserve:
+/// nothing until `allowance` has grown to a quarter of the `reserve`, or to
+/// the `wanted` pages the target still needs if that is less.
+///
+/// Without this margin a balloon at its reserve starts and stops at every
+/// recheck, inflating the few pages the guest freed meanwhile, logging
+/// each time, and creeping into the guest's working set.
+pub fn held_allowance(allowance: u64, reserve: u64, wanted: u64) -> u64 {
+    if allowance >= (reserve / 4).clamp(1, wanted.max(1)) {
+        allowance
+    } else {
+        0
+    }
+}
+
+/// Milliseconds the size work waits after the allocations of `fails`
+/// rounds in a row failed: [`OUT_OF_PUFF_MS`] as C at first, doubling up
+/// to `max_ms` (C retries every 200 ms for as long as it fails).
+pub fn out_of_puff_backoff_ms(fails: u32, max_ms: u32) -> u32 {
+    let doublings = fails.saturating_sub(1).min(16);
+    OUT_OF_PUFF_MS.saturating_mul(1 << doublings).min(max_ms)
+}
+
+/// How long C waits after an allocation failed (`msleep(200)` in
+/// `fill_balloon()`).
+pub const OUT_OF_PUFF_MS: u32 = 200;
+
 /// Number of guest pages to move in one batch of at most `max_pfns` balloon
 /// PFNs when `remaining` balloon pages are left (at least one guest page
 /// when anything remains, as C rounds targets up to guest pages).
@@ -207,6 +234,41 @@ mod tests {
         // Without swap it holds at the reserve.
         assert_eq!(inflate_allowance(150 * mib, 0, 20 * mib), 130 * mib);
         assert_eq!(inflate_allowance(u64::MAX, u64::MAX, 1), u64::MAX - 1);
+    }
+
+    #[test]
+    fn holding_waits_for_a_quarter_of_the_reserve() {
+        let reserve = 5120; // 20 MiB of 4 KiB pages
+        let wanted = 1 << 20;
+        // A few freed pages do not restart the balloon...
+        assert_eq!(held_allowance(0, reserve, wanted), 0);
+        assert_eq!(held_allowance(70, reserve, wanted), 0);
+        assert_eq!(held_allowance(1279, reserve, wanted), 0);
+        // ...a quarter of the reserve does.
+        assert_eq!(held_allowance(1280, reserve, wanted), 1280);
+        assert_eq!(held_allowance(100_000, reserve, wanted), 100_000);
+    }
+
+    #[test]
+    fn holding_resumes_for_a_small_remainder() {
+        // The target needs only 10 pages more: 10 free pages are enough.
+        assert_eq!(held_allowance(10, 5120, 10), 10);
+        assert_eq!(held_allowance(9, 5120, 10), 0);
+        // Degenerate values never divide by zero or demand nothing.
+        assert_eq!(held_allowance(0, 0, 0), 0);
+        assert_eq!(held_allowance(1, 0, 0), 1);
+        assert_eq!(held_allowance(1, 3, 100), 1);
+    }
+
+    #[test]
+    fn out_of_puff_backs_off_up_to_the_limit() {
+        assert_eq!(out_of_puff_backoff_ms(0, 5000), 200);
+        assert_eq!(out_of_puff_backoff_ms(1, 5000), 200);
+        assert_eq!(out_of_puff_backoff_ms(2, 5000), 400);
+        assert_eq!(out_of_puff_backoff_ms(5, 5000), 3200);
+        assert_eq!(out_of_puff_backoff_ms(6, 5000), 5000);
+        assert_eq!(out_of_puff_backoff_ms(u32::MAX, 5000), 5000);
+        assert_eq!(out_of_puff_backoff_ms(u32::MAX, u32::MAX), 200 << 16);
     }
 
     #[test]
