@@ -82,6 +82,26 @@ where
     pending
 }
 
+/// Cancels delayed work item `ID` of `item` if it is pending, its timer
+/// included, without waiting for a running instance
+/// (`cancel_delayed_work()`). Returns whether it was pending.
+///
+/// May be called from another work item of `item`.
+pub(crate) fn cancel_delayed_work<T, const ID: u64>(item: &Arc<T>) -> bool
+where
+    T: WorkItem<ID, Pointer = Arc<T>> + HasDelayedWork<T, ID>,
+{
+    // CAST: As in `cancel_delayed_work_sync()`.
+    let dwork = raw_work::<T, ID>(item).cast::<kb::delayed_work>();
+    // SAFETY: `dwork` is an initialized `delayed_work` that lives as long as `item`.
+    let pending = unsafe { kb::cancel_delayed_work(dwork) };
+    if pending {
+        // SAFETY: It was pending and is cancelled.
+        unsafe { forget_queued(item) };
+    }
+    pending
+}
+
 /// A workqueue of the driver's own (`alloc_workqueue()`), destroyed (after
 /// draining) when dropped.
 ///

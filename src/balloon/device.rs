@@ -42,6 +42,7 @@ use crate::{
         VqInfo, //
     },
     workqueue::{
+        cancel_delayed_work,
         cancel_delayed_work_sync,
         cancel_work_sync, //
     },
@@ -255,9 +256,13 @@ impl Balloon {
             }
         };
         let round = match step {
-            Step::Idle => return Next::Idle,
+            Step::Idle => {
+                self.inflater.end();
+                return Next::Idle;
+            }
             Step::Inflate(n) => self.inflater.fill_balloon(&self.host, &self.lists, dev, n),
             Step::Deflate(n) => {
+                self.inflater.end();
                 let mut b = self.host.lock();
                 leak_balloon(&self.host, &mut b, &self.lists, dev, n, self.host.timeout())
             }
@@ -365,6 +370,7 @@ impl Balloon {
             drop(b);
             self.host.update_balloon_size(dev);
         }
+        self.inflater.end();
         if let Some(hints) = &self.hints {
             hints.return_free_pages_to_mm(usize::MAX);
         }
@@ -419,6 +425,10 @@ impl WorkItem<SIZE_WORK> for Balloon {
             Next::Later(ms) if !stopped => {
                 // Idle until then: let the system sleep meanwhile.
                 this.wakeup.finish(this.host.binding().device());
+                // The latest delay wins, as with `mod_delayed_work()`: a
+                // recheck an earlier round left pending must not postpone
+                // (or hasten) this one.
+                cancel_delayed_work::<_, RECHECK_WORK>(&this);
                 let _ = workqueue::system_freezable()
                     .enqueue_delayed::<_, RECHECK_WORK>(this, msecs_to_jiffies(ms));
             }

@@ -137,9 +137,12 @@ pub(super) struct Inflater {
     /// Only the size work takes it, before the balloon lock.
     #[pin]
     staging: Mutex<Staging>,
-    /// Allocation failures since the last success, for rate-limited logs.
+    /// Inflate rounds in a row whose allocations failed, since the last
+    /// round that did not fail or the end of the last inflate: sets the
+    /// size work's backoff and rate-limits the log.
     out_of_puff: Atomic<u32>,
-    /// Whether inflating is held back to keep the guest's reserve.
+    /// Whether inflating is held back to keep the guest's reserve, until
+    /// the margin is there or this inflate ends.
     holding: Atomic<bool>,
     /// Whether reporting blocks on the reporting queue failed once.
     report_failed: Atomic<bool>,
@@ -251,6 +254,14 @@ impl Inflater {
     /// Rounds in a row whose allocations failed.
     pub(super) fn out_of_puff_rounds(&self) -> u32 {
         self.out_of_puff.load(Relaxed)
+    }
+
+    /// The balloon stopped inflating (the target is met, it deflates, or
+    /// it was emptied): the next inflate starts with no failure streak
+    /// and no hold.
+    pub(super) fn end(&self) {
+        self.out_of_puff.store(0, Relaxed);
+        self.holding.store(false, Relaxed);
     }
 
     /// Logs an allocation failure, rate-limited.
