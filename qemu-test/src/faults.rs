@@ -332,6 +332,57 @@ impl Outcome {
     }
 }
 
+/// How long every allocation of the driver fails in [`out_of_puff`].
+const OUT_OF_PUFF_WINDOW: Duration = Duration::from_secs(20);
+/// Most size-work rounds ours may run in [`OUT_OF_PUFF_WINDOW`]: its
+/// backoff (200 ms, doubling up to 5 s) allows 8; retrying every 200 ms,
+/// as C does, would be about 100.
+const OUT_OF_PUFF_MAX_ROUNDS: u64 = 10;
+
+/// Every aimed allocation fails while the host asks for `target`: the
+/// driver says it is out of puff and backs off. Ours must slow down
+/// (rounds from its debugfs counters); C's log is recorded.
+fn out_of_puff(vm: &mut Vm, driver: Driver, text: (u64, u64), target: u64) -> Result<()> {
+    arm(vm, text, 100)?;
+    let mark = vm.console_mark();
+    let rounds = |vm: &mut Vm| -> Result<Option<u64>> {
+        if driver != Driver::Rust {
+            return Ok(None);
+        }
+        let c = vm.rs_counters()?;
+        let r = c.get("rounds").copied();
+        r.with_context(|| format!("no rounds in debugfs stats: {c:?}"))
+            .map(Some)
+    };
+    let r0 = rounds(vm)?;
+    vm.set_balloon_target_bytes(target)?;
+    std::thread::sleep(OUT_OF_PUFF_WINDOW);
+    let r1 = rounds(vm)?;
+    let actual = vm.query_balloon_actual()?;
+    let puffs = vm.console_find(mark, "Out of puff");
+    vm.note(&format!(
+        "{driver}: every allocation failing for {OUT_OF_PUFF_WINDOW:?}: size-work rounds {:?}, \
+         actual {}, {} \"Out of puff\" lines, the last {:?}",
+        r0.zip(r1).map(|(a, b)| b - a),
+        format_bytes(actual),
+        puffs.len(),
+        puffs.last()
+    ));
+    ensure!(
+        !puffs.is_empty(),
+        "no \"Out of puff\" logged with every allocation failing"
+    );
+    if let (Some(r0), Some(r1)) = (r0, r1) {
+        ensure!(
+            r1 - r0 <= OUT_OF_PUFF_MAX_ROUNDS,
+            "with every allocation failing the size work ran {} rounds in {OUT_OF_PUFF_WINDOW:?}: \
+             it does not back off",
+            r1 - r0
+        );
+    }
+    Ok(())
+}
+
 /// Runs the scenario for `ctx`. Ours must pass; for the C driver the
 /// outcome is recorded and the test passes unless the harness itself
 /// failed to run it.
@@ -434,12 +485,15 @@ fn scenario(driver: Driver, ctx: Context) -> Result<()> {
             let under = vm.query_balloon_actual()?;
             vm.set_balloon_target_bytes(ram)?;
             std::thread::sleep(Duration::from_secs(10));
-            out.injected = disarm(&mut vm)?;
             vm.note(&format!(
                 "{driver}: with 30% of its allocations failing, actual reached {} of {}",
                 format_bytes(under),
                 format_bytes(half)
             ));
+            out_of_puff(&mut vm, driver, text, half)?;
+            vm.set_balloon_target_bytes(ram)?;
+            std::thread::sleep(Duration::from_secs(10));
+            out.injected = disarm(&mut vm)?;
             ensure!(out.injected > 0, "no fault was injected into the size work");
         }
         Context::Stats => {
