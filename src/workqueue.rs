@@ -27,18 +27,22 @@ where
     unsafe { Work::raw_get(T::raw_get_work(ptr)) }
 }
 
-/// Gives back the reference a queued `Arc` work item held, once cancelling
-/// proved it will not run.
+/// Gives back the reference a queued `Arc` work item held if cancelling
+/// found it `pending` (it will not run then); returns `pending`.
 ///
 /// # Safety
 ///
-/// The work item of `item` must have been pending and just cancelled.
-unsafe fn forget_queued<T>(item: &Arc<T>) {
-    // The queue owned a reference taken by `Arc::into_raw` when the item was enqueued and
-    // dropped by the work function only when it runs; cancelling means it never will.
-    //
-    // SAFETY: By the safety requirements that reference exists and is given back exactly once.
-    drop(unsafe { Arc::from_raw(Arc::as_ptr(item)) });
+/// `pending` must be what cancelling the work item of `item` just returned.
+unsafe fn cancelled<T>(item: &Arc<T>, pending: bool) -> bool {
+    if pending {
+        // The queue owned a reference taken by `Arc::into_raw` when the item was enqueued and
+        // dropped by the work function only when it runs; cancelling means it never will.
+        //
+        // SAFETY: By the safety requirements that reference exists and is given back exactly
+        // once.
+        drop(unsafe { Arc::from_raw(Arc::as_ptr(item)) });
+    }
+    pending
 }
 
 /// Cancels work item `ID` of `item` and waits for a running instance to
@@ -51,15 +55,22 @@ where
 {
     // SAFETY: The work item is an initialized `work_struct` that lives as long as `item`.
     let pending = unsafe { kb::cancel_work_sync(raw_work::<T, ID>(item)) };
-    if pending {
-        // SAFETY: It was pending and is cancelled.
-        unsafe { forget_queued(item) };
-    }
-    pending
+    // SAFETY: `pending` is what cancelling it returned.
+    unsafe { cancelled(item, pending) }
 }
 
 // `struct delayed_work` begins with its `work_struct`.
 const _: () = assert!(core::mem::offset_of!(kb::delayed_work, work) == 0);
+
+/// The `delayed_work` of delayed work item `ID` of `item`.
+fn raw_delayed_work<T, const ID: u64>(item: &Arc<T>) -> *mut kb::delayed_work
+where
+    T: HasDelayedWork<T, ID>,
+{
+    // CAST: The work item is the `work` of a `struct delayed_work` (`HasDelayedWork`), which is
+    // its first field.
+    raw_work::<T, ID>(item).cast()
+}
 
 /// Cancels delayed work item `ID` of `item`, its timer included, and waits
 /// for a running instance to finish (`cancel_delayed_work_sync()`).
@@ -70,16 +81,10 @@ pub(crate) fn cancel_delayed_work_sync<T, const ID: u64>(item: &Arc<T>) -> bool
 where
     T: WorkItem<ID, Pointer = Arc<T>> + HasDelayedWork<T, ID>,
 {
-    // CAST: The work item is the `work` of a `struct delayed_work` (`HasDelayedWork`), which is
-    // its first field.
-    let dwork = raw_work::<T, ID>(item).cast::<kb::delayed_work>();
-    // SAFETY: `dwork` is an initialized `delayed_work` that lives as long as `item`.
-    let pending = unsafe { kb::cancel_delayed_work_sync(dwork) };
-    if pending {
-        // SAFETY: It was pending and is cancelled.
-        unsafe { forget_queued(item) };
-    }
-    pending
+    // SAFETY: The delayed work is initialized and lives as long as `item`.
+    let pending = unsafe { kb::cancel_delayed_work_sync(raw_delayed_work::<T, ID>(item)) };
+    // SAFETY: `pending` is what cancelling it returned.
+    unsafe { cancelled(item, pending) }
 }
 
 /// Cancels delayed work item `ID` of `item` if it is pending, its timer
@@ -91,15 +96,10 @@ pub(crate) fn cancel_delayed_work<T, const ID: u64>(item: &Arc<T>) -> bool
 where
     T: WorkItem<ID, Pointer = Arc<T>> + HasDelayedWork<T, ID>,
 {
-    // CAST: As in `cancel_delayed_work_sync()`.
-    let dwork = raw_work::<T, ID>(item).cast::<kb::delayed_work>();
-    // SAFETY: `dwork` is an initialized `delayed_work` that lives as long as `item`.
-    let pending = unsafe { kb::cancel_delayed_work(dwork) };
-    if pending {
-        // SAFETY: It was pending and is cancelled.
-        unsafe { forget_queued(item) };
-    }
-    pending
+    // SAFETY: The delayed work is initialized and lives as long as `item`.
+    let pending = unsafe { kb::cancel_delayed_work(raw_delayed_work::<T, ID>(item)) };
+    // SAFETY: `pending` is what cancelling it returned.
+    unsafe { cancelled(item, pending) }
 }
 
 /// A workqueue of the driver's own (`alloc_workqueue()`), destroyed (after
