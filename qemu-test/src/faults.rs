@@ -29,7 +29,7 @@
 use crate::config::Tier;
 use crate::suite::{target_for, GUEST_MIB};
 use crate::units::format_bytes;
-use crate::vm::Vm;
+use crate::vm::{rs_counter, Vm};
 use crate::{Driver, VmConfig};
 use anyhow::{bail, ensure, Context as _, Result};
 use std::time::Duration;
@@ -349,10 +349,7 @@ fn out_of_puff(vm: &mut Vm, driver: Driver, text: (u64, u64), target: u64) -> Re
         if driver != Driver::Rust {
             return Ok(None);
         }
-        let c = vm.rs_counters()?;
-        let r = c.get("rounds").copied();
-        r.with_context(|| format!("no rounds in debugfs stats: {c:?}"))
-            .map(Some)
+        rs_counter(&vm.rs_counters()?, "rounds").map(Some)
     };
     let r0 = rounds(vm)?;
     vm.set_balloon_target_bytes(target)?;

@@ -13,7 +13,7 @@
 use crate::config::DATA_MOUNT;
 use crate::suite::{fresh_stats, target_for};
 use crate::units::{format_bytes, MIB, PAGE_SIZE};
-use crate::vm::{Vm, Wait, DEFAULT_CMD_TIMEOUT};
+use crate::vm::{rs_counter, Vm, Wait, DEFAULT_CMD_TIMEOUT};
 use crate::{Driver, VmConfig};
 use anyhow::{bail, ensure, Context, Result};
 use std::fmt::Write as _;
@@ -518,12 +518,10 @@ pub fn long_running() -> Result<()> {
         let killed = vmstat(&mut vm, "oom_kill")? - kills;
         let counters = if driver == Driver::Rust {
             let c = vm.rs_counters()?;
-            let get = |k: &str| -> Result<u64> {
-                c.get(k)
-                    .copied()
-                    .with_context(|| format!("no {k} in debugfs stats: {c:?}"))
-            };
-            let (inflated, deflated) = (get("inflate_pages")?, get("deflate_pages")?);
+            let (inflated, deflated) = (
+                rs_counter(&c, "inflate_pages")?,
+                rs_counter(&c, "deflate_pages")?,
+            );
             ensure!(
                 inflated == deflated,
                 "ours inflated {inflated} pages and deflated {deflated}: pages leaked"

@@ -6,10 +6,9 @@
 //! tests are in `suite/statistics.rs`, the target sequences in `suite/targets.rs`.
 
 use crate::units::{format_bytes, format_delta, MIB};
-use crate::vm::{Vm, Wait};
+use crate::vm::{rs_counter, Vm, Wait};
 use crate::{Driver, VmConfig};
 use anyhow::{ensure, Context, Result};
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod statistics;
@@ -427,17 +426,12 @@ pub fn holds_at_reserve_beyond_guest_memory(driver: Driver) -> Result<()> {
         // Holding is idle: the size work runs again on a config change or
         // a slow recheck (every 5 s), not in a loop, and the wakeup event
         // of the last request is finished, so the guest may suspend.
-        let counter = |c: &BTreeMap<String, u64>, name: &str| -> Result<u64> {
-            c.get(name)
-                .copied()
-                .with_context(|| format!("no {name} in debugfs stats: {c:?}"))
-        };
         let hold_mark = vm.console_mark();
         let c0 = vm.rs_counters()?;
         std::thread::sleep(Duration::from_secs(10));
         let c1 = vm.rs_counters()?;
-        let rounds = counter(&c1, "rounds")? - counter(&c0, "rounds")?;
-        let inflated = counter(&c1, "inflate_pages")? - counter(&c0, "inflate_pages")?;
+        let rounds = rs_counter(&c1, "rounds")? - rs_counter(&c0, "rounds")?;
+        let inflated = rs_counter(&c1, "inflate_pages")? - rs_counter(&c0, "inflate_pages")?;
         let active = vm.run_ok(&format!("cat {power}/wakeup_active"))?;
         // What the driver said meanwhile, to tell a loop's cause.
         let said: Vec<String> = vm

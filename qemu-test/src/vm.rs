@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod balloon;
+pub use balloon::rs_counter;
 
 /// Printed by the guest's init once the agent is started.
 pub const READY_MARKER: &str = "BALLOON-GUEST-READY";

@@ -166,3 +166,12 @@ impl Vm {
         Ok(ended)
     }
 }
+
+/// Counter `name` of a [`Vm::rs_counters`] snapshot; missing, it is an
+/// error that lists the counters there are.
+pub fn rs_counter(counters: &BTreeMap<String, u64>, name: &str) -> Result<u64> {
+    counters
+        .get(name)
+        .copied()
+        .with_context(|| format!("no {name} in debugfs stats: {counters:?}"))
+}
