@@ -78,12 +78,14 @@ sha12() { sha256sum | cut -c1-12; }
 
 rustc_version() { rustc --version | awk '{print $2}'; }
 
-# Kconfig fragments that apply to $KVER and $TIER: the common one, the one
-# for its major version (Kconfig names differ between 6.x and 7.x) and the
+# Kconfig fragments that apply to $KVER and $TIER: the common one, the
+# architecture's (console, firmware, boot protocol), the one for its major
+# version (Kconfig names differ between 6.x and 7.x) and the
 # tier's.
 config_fragments() {
 	local major=${KVER%%.*}
 	echo "$PROJECT_DIR/scripts/kconfig/common.config"
+	echo "$PROJECT_DIR/scripts/kconfig/arch-x86.config"
 	if [[ -f "$PROJECT_DIR/scripts/kconfig/linux-$major.config" ]]; then
 		echo "$PROJECT_DIR/scripts/kconfig/linux-$major.config"
 	fi
