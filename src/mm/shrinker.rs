@@ -60,8 +60,15 @@ impl<T: Shrink> Registration<T> {
         // failure, and the pointer it publishes (`private_data`) is that of the pinned slot.
         unsafe {
             pin_init::pin_init_from_closure(move |slot: *mut Self| {
-                // SAFETY: `name` is a NUL-terminated string without format directives.
-                let s = NonNull::new(kb::shrinker_alloc(0, name.as_char_ptr())).ok_or(ENOMEM)?;
+                // SAFETY: `shrinker_alloc()` takes a printf format and its arguments (with
+                // `CONFIG_SHRINKER_DEBUG` it formats the shrinker's name from them): the format is
+                // `"%s"`, whose one argument is the NUL-terminated `name`.
+                let s = NonNull::new(kb::shrinker_alloc(
+                    0,
+                    c"%s".as_char_ptr(),
+                    name.as_char_ptr(),
+                ))
+                .ok_or(ENOMEM)?;
                 // Before registering: reclaim may call the shrinker at once.
                 core::ptr::addr_of_mut!((*slot).handler).write(handler);
                 core::ptr::addr_of_mut!((*slot).shrinker).write(s);
@@ -74,6 +81,17 @@ impl<T: Shrink> Registration<T> {
                 Ok(())
             })
         }
+    }
+
+    /// The name the kernel gave the shrinker (in debugfs, `shrinker/<name>-<id>`).
+    #[cfg(CONFIG_SHRINKER_DEBUG)]
+    pub(crate) fn name(&self) -> Option<&CStr> {
+        // SAFETY: The shrinker is alive (type invariant); with `CONFIG_SHRINKER_DEBUG`
+        // `shrinker_alloc()` set `name` to a string it allocated (or left it null), which
+        // `shrinker_free()` frees, after `self` is gone.
+        let name = unsafe { (*self.shrinker.as_ptr()).name };
+        // SAFETY: A non-null `name` is a NUL-terminated string that lives as long as `self`.
+        (!name.is_null()).then(|| unsafe { CStr::from_char_ptr(name) })
     }
 
     /// # Safety
@@ -103,5 +121,42 @@ impl<T: Shrink> PinnedDrop for Registration<T> {
         // SAFETY: The shrinker was registered by `new` and is freed once, here; this waits for
         // running callbacks.
         unsafe { kb::shrinker_free(self.shrinker.as_ptr()) };
+    }
+}
+
+#[kunit_tests(virtio_balloon_rs_shrinker)]
+mod tests {
+    use super::*;
+
+    /// Frees nothing.
+    struct Nothing;
+
+    impl Shrink for Nothing {
+        fn count(&self) -> usize {
+            0
+        }
+
+        fn scan(&self, _nr_to_scan: usize) -> usize {
+            0
+        }
+    }
+
+    /// The name is a name, not a format: one with `%s` and `%d` in it is
+    /// kept as it is (passed as the format, the kernel would read
+    /// arguments that were never passed).
+    #[cfg(CONFIG_SHRINKER_DEBUG)]
+    #[test]
+    fn a_name_with_directives_is_kept_verbatim() -> Result {
+        let name = c"vb-kunit-%s-%d-%p";
+        let r = KBox::pin_init(Registration::new(name, Nothing), GFP_KERNEL)?;
+        assert_eq!(r.name().map(CStr::to_bytes), Some(name.to_bytes()));
+        Ok(())
+    }
+
+    #[test]
+    fn registers_and_unregisters() -> Result {
+        let r = KBox::pin_init(Registration::new(c"vb-kunit", Nothing), GFP_KERNEL)?;
+        drop(r);
+        Ok(())
     }
 }
