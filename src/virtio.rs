@@ -38,9 +38,11 @@
 //! hot-unplug), `shutdown`, or temporarily through `freeze`. What the
 //! abstraction guarantees, in order, for `remove`:
 //!
-//! 1. **Revoke**: [`Binding::access`] returns `None` from now on. Waiters
-//!    on a virtqueue are woken. Transfers of borrowed memory that the device
-//!    still holds ([`SgQueue`]) get [`Driver::host_timeout`] to come back;
+//! 1. **Revoke**: [`Binding::access`] returns `None` from now on, and no
+//!    queue accepts borrowed memory any more ([`SgQueue`] transfers fail
+//!    with [`ENODEV`]), so a guard taken before cannot lend after the count
+//!    below. Transfers of borrowed memory that the device still holds get
+//!    [`Driver::host_timeout`] to come back;
 //!    a device that does not return them in time is broken (every queue
 //!    operation then fails with [`EIO`]) and reset, so that it stops using
 //!    the memory, and the transfers end with [`ENODEV`]. Then the
@@ -92,6 +94,8 @@ pub use id::{
 pub use virtqueue::{
     Buffer,
     DataBuffer,
+    NotReturned,
+    OwnedSgList,
     PageHint,
     Rejected,
     SgList,

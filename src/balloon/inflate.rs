@@ -6,8 +6,10 @@
 //! 256 pages, then puts them on the balloon lists and hands the buffers to
 //! the host at once. As in C, pages are allocated without the balloon lock
 //! held: the allocation may reclaim, and reclaim may call the OOM
-//! notifier, which takes that lock. Each page goes on a balloon list before
-//! the host hears of it, as in C.
+//! notifier, which takes that lock. A buffer's pages go on a balloon list
+//! and into `num_pages` once the inflate queue has accepted the buffer, under
+//! the balloon lock; a buffer the queue refuses frees its pages, never
+//! announced (C counts them as ballooned).
 //!
 //! A round takes whole 2 MiB blocks first ([`super::lists::BLOCK_ORDER`])
 //! while free memory has them at hand (no reclaim, no compaction: a block
@@ -64,13 +66,15 @@ use crate::{
         balloon::{
             BalloonBlock,
             BalloonPage,
-            BlockSg,
-            SgTable, //
+            BlockReport, //
         },
         stat,
         Node, //
     },
-    virtio,
+    virtio::{
+        self,
+        NotReturned, //
+    },
 };
 use kernel::{
     device::Bound,
@@ -120,6 +124,8 @@ impl Round {
 struct Staging {
     /// Whole blocks, until they are reported and split into `block_pages`.
     blocks: KVec<BalloonBlock>,
+    /// Blocks reported, until they all are (room for as many as `blocks`).
+    reported: KVec<BalloonBlock>,
     /// The pages of the round's blocks, block after block, in ascending
     /// order within each.
     block_pages: KVec<BalloonPage>,
@@ -127,8 +133,9 @@ struct Staging {
     pages: KVec<BalloonPage>,
     /// The pages of the buffer being filled.
     buffer: KVec<BalloonPage>,
-    /// Scatterlist entries for reporting blocks.
-    sg: SgTable,
+    /// A report to lend the reporting queue: blocks and their entries
+    /// (`None` after the device kept one).
+    report: Option<KBox<BlockReport>>,
 }
 
 /// The inflating side of a balloon.
@@ -157,29 +164,22 @@ pub(super) struct Inflater {
 ///
 /// A short bulk allocation is not a shortage: the bulk allocator serves
 /// only a zone of the preferred node that is above its low watermark plus
-/// the request, and otherwise hands out one page at a time (which may
-/// reclaim).
+/// the request, and otherwise allocates one page through the normal path
+/// (which may reclaim, on any node). Only a bulk call that allocates
+/// nothing is one: that single page failed, reclaim included, which is
+/// where C's `fill_balloon()` says "Out of puff"; one attempt, as C's,
+/// not one per node.
 fn alloc_pages(into: &mut KVec<BalloonPage>, n: usize) -> usize {
     let start = into.len();
     let need = |into: &KVec<BalloonPage>| n - (into.len() - start);
-    while need(into) > 0 {
-        let before = into.len();
+    'pages: while need(into) > 0 {
         for node in Node::local_first() {
             if need(into) == 0 {
                 break;
             }
-            BalloonPage::alloc_bulk(into, need(into), Some(node));
-        }
-        if into.len() > before {
-            continue;
-        }
-        // Nothing from the bulk allocator, not even through its own
-        // single-page fallback: one more try with reclaim, as C would.
-        let Some(page) = BalloonPage::alloc() else {
-            break;
-        };
-        if into.push_within_capacity(page).is_err() {
-            break;
+            if BalloonPage::alloc_bulk(into, need(into), Some(node)) == 0 {
+                break 'pages;
+            }
         }
     }
     into.len() - start
@@ -198,10 +198,11 @@ impl Inflater {
         try_pin_init!(Self {
             staging <- new_mutex!(Staging {
                 blocks: KVec::with_capacity(pages / BLOCK_PAGES + 1, GFP_KERNEL)?,
+                reported: KVec::with_capacity(pages / BLOCK_PAGES + 1, GFP_KERNEL)?,
                 block_pages: KVec::with_capacity(pages, GFP_KERNEL)?,
                 pages: KVec::with_capacity(pages, GFP_KERNEL)?,
                 buffer: KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?,
-                sg: SgTable::new(REPORT_BLOCKS_MAX)?,
+                report: Some(BlockReport::new(REPORT_BLOCKS_MAX)?),
             }),
             out_of_puff: Atomic::new(0),
             holding: Atomic::new(false),
@@ -358,15 +359,16 @@ impl Inflater {
         let short = self.alloc_round(host, dev, &mut staging, num);
         let Staging {
             blocks,
+            reported,
             block_pages,
             pages,
             buffer,
-            sg,
+            report,
         } = &mut *staging;
         if !blocks.is_empty() {
             host.perf().add(Counter::InflateBlocks, blocks.len() as u64);
             if host.props().report_blocks {
-                report_blocks(host, dev, blocks, sg, &self.report_failed);
+                report_blocks(host, dev, blocks, reported, report, &self.report_failed);
             }
             for block in blocks.drain_all() {
                 // There is room: the round's pages fit in `block_pages`.
@@ -401,22 +403,26 @@ impl Inflater {
 const REPORT_BLOCKS_MAX: usize = 32;
 
 /// Reports `blocks`, whole, on the free page reporting queue, so that a
-/// host backed by huge pages can discard them as such. The blocks are
-/// ours alone until they are ballooned, and the host may discard balloon
-/// pages anyway; a failure only costs the host those huge pages, so this
-/// never waits for anything but its own report: not for a host marked
-/// unresponsive, not behind the page allocator's report in progress, and
-/// not again after a report failed (`failed`, logged once).
+/// host backed by huge pages can discard them as such; they go on to be
+/// ballooned (reported ones pass through `reported`, which has room for
+/// them all). The blocks are ours alone until they are ballooned, and the
+/// host may discard balloon pages anyway; a failure only costs the host
+/// those huge pages, so this never waits for anything but its own report:
+/// not for a host marked unresponsive, not behind the page allocator's
+/// report in progress, not again after a report failed (`failed`, logged
+/// once), and not once unbinding has begun.
 ///
-/// The wait for the host to return a report is not bounded (the memory is
-/// the device's until it does; the kernel's free page reporting waits the
-/// same way): a host that keeps a report stops the size work until the
-/// device is unbound, which resets it.
+/// A report waits for the host at most `host_timeout_ms`: the size work is
+/// freezable, and the system cannot suspend while it waits. A report the
+/// host keeps longer stays the device's (logged): its blocks are neither
+/// ballooned nor reused until the device gives them back (they are freed
+/// then) or is reset (unbind, suspend), and no block is reported meanwhile.
 fn report_blocks(
     host: &Host,
     dev: &virtio::Device<Bound>,
     blocks: &mut KVec<BalloonBlock>,
-    sg: &mut SgTable,
+    reported: &mut KVec<BalloonBlock>,
+    report: &mut Option<KBox<BlockReport>>,
     failed: &Atomic<bool>,
 ) {
     if failed.load(Relaxed) || !host.is_responsive(dev) {
@@ -429,25 +435,59 @@ fn report_blocks(
     if per_report == 0 {
         return;
     }
-    for chunk in blocks.chunks_mut(per_report) {
-        let list = BlockSg::new(sg, chunk);
-        let n = list.len();
-        match q.try_transfer_inbuf(&list) {
-            Ok(()) => host.perf().add(Counter::ReportedBlocks, n as u64),
-            // The page allocator reports free pages right now: skip.
-            Err(e) if e == EBUSY => return,
-            Err(e) => {
-                if !failed.xchg(true, Relaxed) {
+    while !blocks.is_empty() && !host.binding().is_revoked() {
+        let mut r = match report.take() {
+            Some(r) => r,
+            None => match BlockReport::new(REPORT_BLOCKS_MAX) {
+                Ok(r) => r,
+                Err(_) => break,
+            },
+        };
+        let n = r.fill(blocks, per_report);
+        match q.try_transfer_owned(r, host.timeout()) {
+            Ok(mut r) => {
+                host.perf().add(Counter::ReportedBlocks, n as u64);
+                r.empty_into(reported);
+                *report = Some(r);
+            }
+            Err(NotReturned {
+                err,
+                sg: Some(mut r),
+            }) => {
+                r.empty_into(blocks);
+                *report = Some(r);
+                // EBUSY: the page allocator reports free pages right now, or
+                // the device still has a report: skip.
+                if err != EBUSY && !failed.xchg(true, Relaxed) {
                     dev_warn!(
                         dev.as_ref(),
                         "reporting {} inflated blocks on the reporting queue failed ({:?}): not \
                          reporting blocks any more\n",
                         n,
-                        e
+                        err
                     );
                 }
-                return;
+                break;
             }
+            Err(NotReturned { sg: None, .. }) => {
+                host.perf().add(Counter::KeptReports, 1);
+                dev_warn!(
+                    dev.as_ref(),
+                    "the device kept a report of {} inflated blocks ({} KiB) beyond {} ms: they \
+                     stay the device's until it returns them or is reset, and no block is \
+                     reported meanwhile\n",
+                    n,
+                    (n * BLOCK_PAGES) << (kernel::page::PAGE_SHIFT - 10),
+                    host.timeout().as_millis()
+                );
+                break;
+            }
+        }
+    }
+    // There is room: `blocks` held them all before.
+    while let Some(block) = reported.pop() {
+        if let Err(e) = blocks.push_within_capacity(block) {
+            drop(e);
         }
     }
 }
@@ -517,22 +557,29 @@ fn tell_host(
                 b.inflate_buffers.put(buf);
                 continue;
             }
-            // One round of the balloon core's lock for the whole buffer; the
-            // pages are on the list before the host hears of them.
-            lists.enqueue(kind, buffer);
-            b.num_pages += batch.len() as u32;
             if let Err(rejected) = pipe.queue(buf, batch.bytes()) {
-                // The pages stay ballooned (the guest no longer uses them);
-                // the host will hear of them when they are deflated.
+                // The host never hears of these pages: they go back to the
+                // guest, and `actual` never counts them (C counts them and
+                // only warns).
                 dev_warn!(
                     dev.as_ref(),
-                    "inflate queue refused PFNs: {:?}\n",
-                    rejected.err
+                    "inflate queue refused PFNs ({:?}): freeing its {} pages\n",
+                    rejected.err,
+                    buffer.len()
                 );
+                buffer.clear();
                 b.inflate_buffers.put(rejected.buf);
+                host.unresponsive(dev, "inflate", rejected.err, host.timeout());
                 round.stop = Some(Stop::Host);
                 break 'sources;
             }
+            // Queued: the host may read the PFNs from now on (it is notified
+            // below). The pages are the balloon's either way; they go on the
+            // balloon list (one round of the balloon core's lock for the
+            // whole buffer) and into `num_pages` before the balloon lock,
+            // which migration and the OOM notifier take, is released.
+            lists.enqueue(kind, buffer);
+            b.num_pages += batch.len() as u32;
             round.moved += batch.len() as u32;
             host.perf().add(Counter::InflatePages, batch.len() as u64);
             host.perf().add(Counter::InflateBuffers, 1);
@@ -543,7 +590,7 @@ fn tell_host(
         match pipe.complete() {
             Ok(buf) => b.inflate_buffers.put(buf),
             Err(e) => {
-                host.unresponsive(dev, "inflate", e);
+                host.unresponsive(dev, "inflate", e, pipe.timeout());
                 round.stop = Some(Stop::Host);
                 break;
             }

@@ -50,9 +50,15 @@ pub(super) enum Counter {
     InflateBlocks,
     /// Ballooned blocks reported on the free page reporting queue.
     ReportedBlocks,
+    /// Calls of the OOM notifier.
+    OomNotifyCalls,
+    /// The longest call of the OOM notifier (a maximum, not a sum).
+    OomNotifyMaxNs,
+    /// Block reports the device kept beyond the host timeout.
+    KeptReports,
 }
 
-const NAMES: [&str; 13] = [
+const NAMES: [&str; 16] = [
     "inflate_pages",
     "inflate_buffers",
     "inflate_alloc_ns",
@@ -66,6 +72,9 @@ const NAMES: [&str; 13] = [
     "config_ns",
     "inflate_blocks",
     "reported_blocks",
+    "oom_notify_calls",
+    "oom_notify_max_ns",
+    "kept_reports",
 ];
 
 /// The counters of one device.
@@ -81,6 +90,18 @@ impl Counters {
     pub(super) fn add(&self, c: Counter, n: u64) {
         self.0[c as usize].fetch_add(n, Relaxed);
     }
+
+    /// Raises `c` to `n` if it is lower.
+    pub(super) fn max(&self, c: Counter, n: u64) {
+        let v = &self.0[c as usize];
+        let mut old = v.load(Relaxed);
+        while old < n {
+            match v.cmpxchg(old, n, Relaxed) {
+                Ok(_) => break,
+                Err(now) => old = now,
+            }
+        }
+    }
 }
 
 /// A stopwatch for one of the time counters.
@@ -93,7 +114,16 @@ impl Stopwatch {
 
     /// Adds the time since `start` to `c`.
     pub(super) fn stop(self, counters: &Counters, c: Counter) {
-        counters.add(c, u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(0));
+        counters.add(c, self.elapsed_ns());
+    }
+
+    /// Raises `c` to the time since `start`, if it is lower.
+    pub(super) fn stop_max(self, counters: &Counters, c: Counter) {
+        counters.max(c, self.elapsed_ns());
+    }
+
+    fn elapsed_ns(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(0)
     }
 }
 

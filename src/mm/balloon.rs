@@ -52,7 +52,7 @@ pub(crate) struct BalloonPage(NonNull<kb::page>);
 unsafe impl Send for BalloonPage {}
 
 impl BalloonPage {
-    /// Allocates up to `n` (at most 256) movable pages for a balloon with
+    /// Allocates up to `n` movable pages for a balloon with
     /// `balloon_page_alloc()`'s flags in one call (`alloc_pages_bulk()`),
     /// appending them to `into` within its capacity. Returns how many were
     /// allocated.
@@ -62,44 +62,42 @@ impl BalloonPage {
     /// preferred node that is above its low watermark plus `n`; otherwise
     /// (a zone full of page cache, a contended per-CPU lock, a short node)
     /// it allocates a single page through the normal path, which may
-    /// reclaim. Zero means that single allocation failed too.
+    /// reclaim, and falls back to other nodes. Zero means that single
+    /// allocation failed too: what a failed `balloon_page_alloc()` means.
     ///
     /// `node` is the NUMA node to prefer; `None` is the local one.
     pub(crate) fn alloc_bulk(into: &mut KVec<BalloonPage>, n: usize, node: Option<Node>) -> usize {
-        const MAX: usize = 256;
-        let n = n.min(into.capacity() - into.len()).min(MAX);
+        let spare = into.spare_capacity_mut();
+        let n = n.min(spare.len());
         if n == 0 {
             return 0;
         }
-        let mut raw = [core::ptr::null_mut::<kb::page>(); MAX];
+        // CAST: `BalloonPage` is a transparent wrapper of a `struct page` pointer; the spare
+        // capacity is filled in place, without an array on the stack (this runs under reclaim).
+        let raw = spare.as_mut_ptr().cast::<*mut kb::page>();
+        // SAFETY: `raw` points to `n` writable elements of the spare capacity.
+        unsafe { core::ptr::write_bytes(raw, 0, n) };
         let nid = node.map_or(bindings::VB_NUMA_NO_NODE, Node::id);
         // SAFETY: `raw` has room for `n` page pointers, all null, which `alloc_pages_bulk` fills
         // with pages we then own; `nid` is a node with memory or `NUMA_NO_NODE`.
-        unsafe {
-            bindings::rust_vb_balloon_pages_bulk(nid, n as kernel::ffi::c_ulong, raw.as_mut_ptr())
-        };
+        unsafe { bindings::rust_vb_balloon_pages_bulk(nid, n as kernel::ffi::c_ulong, raw) };
+        // The allocator fills the null entries in order; gather whatever it filled at the front
+        // all the same, so that only pages are ever counted in.
         let mut got = 0;
-        for page in raw.iter().take(n).filter_map(|p| NonNull::new(*p)) {
-            // INVARIANT: A freshly allocated page we own. It fits: `n` is within the spare
-            // capacity.
-            // (It cannot fail: there is room for every page, checked above.)
-            if let Err(e) = into.push_within_capacity(BalloonPage(page)) {
-                drop(e);
+        for i in 0..n {
+            // SAFETY: `i < n`: within the `n` entries initialized above.
+            let page = unsafe { raw.add(i).read() };
+            if !page.is_null() {
+                // SAFETY: `got <= i < n`: within the same entries.
+                unsafe { raw.add(got).write(page) };
+                got += 1;
             }
-            got += 1;
         }
+        // INVARIANT: The first `got` spare elements are freshly allocated pages we own, each a
+        // valid `BalloonPage`.
+        // SAFETY: They are initialized (just above), within the capacity (`got <= n`).
+        unsafe { into.inc_len(got) };
         got
-    }
-
-    /// Allocates one movable page for a balloon (`balloon_page_alloc()`,
-    /// what the C driver allocates with): the page allocator may reclaim
-    /// (once: `__GFP_NORETRY`) and compact to find it, but never dips into
-    /// emergency reserves. `None` when even that fails.
-    pub(crate) fn alloc() -> Option<BalloonPage> {
-        // SAFETY: Always safe to call; a returned page is ours.
-        let page = unsafe { bindings::balloon_page_alloc() };
-        // INVARIANT: A freshly allocated page we own, on no list.
-        NonNull::new(page).map(BalloonPage)
     }
 
     /// The page's frame number, in guest pages.
@@ -169,8 +167,10 @@ unsafe impl Send for BalloonBlock {}
 
 impl BalloonBlock {
     /// Allocates a block of `2^order` movable pages on `node` if its free
-    /// memory has one at hand: no reclaim, no compaction, no kswapd wakeup,
-    /// no emergency reserves, no other node. `None` otherwise.
+    /// memory has one at hand above the zone's low watermark: no reclaim,
+    /// no compaction, no kswapd wakeup, no memory below the low watermark
+    /// (which the guest's own allocations would then reclaim for), no
+    /// emergency reserves, no other node. `None` otherwise.
     pub(crate) fn alloc(node: Node, order: u32) -> Option<Self> {
         if order > bindings::VB_MAX_PAGE_ORDER {
             return None;
@@ -217,59 +217,85 @@ impl Drop for BalloonBlock {
     }
 }
 
-/// Room for the scatterlist entries of [`BlockSg`]s.
-pub(crate) struct SgTable(KVec<kb::scatterlist>);
+/// Whole [`BalloonBlock`]s for a device that may overwrite or discard
+/// them (free page reporting of ballooned blocks), with the scatterlist
+/// entries that describe them, one entry per block. It owns the blocks:
+/// dropping it frees them.
+///
+/// # Invariants
+///
+/// The first `blocks.len()` entries of `table` are initialized and describe
+/// the blocks of `blocks`, in order, whole.
+pub(crate) struct BlockReport {
+    blocks: KVec<BalloonBlock>,
+    table: KVec<kb::scatterlist>,
+}
 
-impl SgTable {
-    /// Room for `n` entries.
-    pub(crate) fn new(n: usize) -> Result<Self> {
-        let mut v = KVec::with_capacity(n, GFP_KERNEL)?;
-        while v.len() < n {
-            v.push(pin_init::zeroed(), GFP_KERNEL)?;
+// SAFETY: It owns its blocks and entries, which any thread may use or free.
+unsafe impl Send for BlockReport {}
+
+impl BlockReport {
+    /// An empty report with room for `n` blocks.
+    pub(crate) fn new(n: usize) -> Result<KBox<Self>> {
+        let mut table = KVec::with_capacity(n, GFP_KERNEL)?;
+        while table.len() < n {
+            table.push(pin_init::zeroed(), GFP_KERNEL)?;
         }
-        Ok(Self(v))
+        // INVARIANT: No block, nothing to describe.
+        Ok(KBox::new(
+            Self {
+                blocks: KVec::with_capacity(n, GFP_KERNEL)?,
+                table,
+            },
+            GFP_KERNEL,
+        )?)
     }
-}
 
-/// Scatterlist entries describing whole [`BalloonBlock`]s, one entry per
-/// block, for a device that may overwrite or discard them (free page
-/// reporting of ballooned blocks).
-pub(crate) struct BlockSg<'a> {
-    table: &'a mut [kb::scatterlist],
-    n: usize,
-    _blocks: PhantomData<&'a mut [BalloonBlock]>,
-}
-
-impl<'a> BlockSg<'a> {
-    /// Describes as many of `blocks` as `table` has room for. The blocks
-    /// stay borrowed, so nobody else can use or free them meanwhile.
-    pub(crate) fn new(table: &'a mut SgTable, blocks: &'a mut [BalloonBlock]) -> Self {
-        let table = &mut table.0[..];
-        let n = blocks.len().min(table.len());
+    /// Moves blocks from the end of `from` into the report, as many as it
+    /// has room for and at most `max` in all, and describes them; returns
+    /// how many it holds.
+    pub(crate) fn fill(&mut self, from: &mut KVec<BalloonBlock>, max: usize) -> usize {
+        while self.blocks.len() < self.table.len().min(max) {
+            let Some(block) = from.pop() else {
+                break;
+            };
+            // There is room: `blocks` has the capacity of `table`.
+            if let Err(e) = self.blocks.push_within_capacity(block) {
+                // Not reached; the block goes back.
+                let _ = from.push_within_capacity(e.0);
+                break;
+            }
+        }
+        let n = self.blocks.len();
         if n > 0 {
             // SAFETY: `table` has at least `n` entries.
-            unsafe { bindings::sg_init_table(table.as_mut_ptr(), n as u32) };
+            unsafe { bindings::sg_init_table(self.table.as_mut_ptr(), n as u32) };
         }
-        for (sg, block) in table.iter_mut().zip(blocks.iter()) {
+        for (sg, block) in self.table.iter_mut().zip(self.blocks.iter()) {
             let len = (kernel::page::PAGE_SIZE << block.order) as u32;
             // SAFETY: `sg` is an initialized entry; the block is `len` bytes of pages we own.
             unsafe { bindings::sg_set_page(sg, block.page.as_ptr(), len, 0) };
         }
-        Self {
-            table,
-            n,
-            _blocks: PhantomData,
+        // INVARIANT: The first `n` entries describe the `n` blocks, in order.
+        n
+    }
+
+    /// Gives every block back, appended to `into` within its capacity
+    /// (what does not fit stays in the report).
+    pub(crate) fn empty_into(&mut self, into: &mut KVec<BalloonBlock>) {
+        while let Some(block) = self.blocks.pop() {
+            if let Err(e) = into.push_within_capacity(block) {
+                // No room: keep it (the invariant still holds for a prefix).
+                let _ = self.blocks.push_within_capacity(e.0);
+                break;
+            }
         }
+        // INVARIANT: What is left is a prefix of what was described.
     }
 
     /// The entries and their number.
     pub(crate) fn raw(&self) -> (*mut kb::scatterlist, usize) {
-        (self.table.as_ptr().cast_mut(), self.n)
-    }
-
-    /// Number of blocks described.
-    pub(crate) fn len(&self) -> usize {
-        self.n
+        (self.table.as_ptr().cast_mut(), self.blocks.len())
     }
 }
 
@@ -537,7 +563,7 @@ mod tests {
         while v.len() < n {
             let need = n - v.len();
             if BalloonPage::alloc_bulk(&mut v, need, None) == 0 {
-                v.push(BalloonPage::alloc().ok_or(ENOMEM)?, GFP_KERNEL)?;
+                return Err(ENOMEM);
             }
         }
         Ok(v)

@@ -14,6 +14,8 @@
 use super::{
     device::Device,
     virtqueue::{
+        check_free_page_hints,
+        Kind,
         VqInfo,
         VqSlot, //
     },
@@ -127,11 +129,16 @@ impl BindState {
     }
 
     /// Revokes the binding (step 1 of the unbind protocol): no new
-    /// [`BindingGuard`] from now on; transfers the device still holds get
-    /// `timeout` to come back, else the device is broken and reset; then
-    /// waits for every guard taken before.
+    /// [`BindingGuard`] and no new lend of borrowed memory from now on;
+    /// transfers the device still holds get `timeout` to come back, else the
+    /// device is broken and reset; then waits for every guard taken before.
     pub(super) fn revoke(&self, dev: &Device<device::Core<'_>>, timeout: Delta) {
         self.bound.store(false, Release);
+        // A guard taken before may still try to lend memory: refused from
+        // now on, so the count below only goes down.
+        for slot in self.slots() {
+            slot.revoke();
+        }
         let start = Instant::<Monotonic>::now();
         let lent = || self.slots().iter().map(VqSlot::lent).sum::<usize>();
         while lent() > 0 && start.elapsed() < timeout {
@@ -184,6 +191,15 @@ impl BindState {
             let slots = KBox::pin_slice(|_| VqSlot::new(), infos.len(), GFP_KERNEL)?;
             // Bus callbacks are serialized by the device lock: nobody populates concurrently.
             self.slots.populate(slots);
+        }
+        for (index, info) in infos.iter().enumerate() {
+            if info.kind() == Kind::FreePageHints {
+                check_free_page_hints(
+                    dev.device_id(),
+                    dev.has_feature(bindings::VIRTIO_BALLOON_F_FREE_PAGE_HINT),
+                    index,
+                )?;
+            }
         }
         let slots = self.slots();
         if slots.len() != infos.len() {
@@ -270,8 +286,12 @@ impl Binding {
 
     /// Returns the device while it stays bound, or `None` once unbinding has
     /// started. Unbinding waits for the guard (an SRCU read-side section),
-    /// so hold it for a bounded time; it may sleep.
+    /// so hold it for a bounded time. Process context only (`might_sleep()`):
+    /// what the guard gives access to may sleep.
     pub fn access(&self) -> Option<BindingGuard<'_>> {
+        // The guard hands out a device whose configuration reads and queue
+        // waits sleep: process context only, which the debug kernels check.
+        kernel::task::might_sleep();
         let srcu = self.state.srcu.read_lock();
         if !self.state.bound.load(Acquire) {
             return None;

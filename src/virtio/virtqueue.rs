@@ -33,6 +33,8 @@ pub use buffer::{
 };
 pub use hint::PageHint;
 pub use sg::{
+    NotReturned,
+    OwnedSgList,
     SgList,
     SgQueue, //
 };
@@ -74,7 +76,7 @@ use kernel::{
 };
 
 /// What a queue carries.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Kind {
     /// Buffers, owned or lent.
     Buffers,
@@ -112,9 +114,9 @@ impl VqInfo {
     }
 
     /// The free page hint queue of a balloon device (virtio spec 5.5.6.8),
-    /// polled, which also takes [`PageHint`]s. Creating it fails with
-    /// [`EINVAL`] unless the device is a balloon that negotiated
-    /// `VIRTIO_BALLOON_F_FREE_PAGE_HINT`.
+    /// polled, which also takes [`PageHint`]s. Creating the queues fails
+    /// with [`EINVAL`] unless the device is a balloon that negotiated
+    /// `VIRTIO_BALLOON_F_FREE_PAGE_HINT` and this is its queue 3.
     pub const fn free_page_hints(name: &'static CStr) -> Self {
         Self {
             name: Some(name),
@@ -140,6 +142,22 @@ impl VqInfo {
 
     pub(super) fn kind(&self) -> Kind {
         self.kind
+    }
+}
+
+/// Index of the free page hint queue of a balloon device (virtio spec 5.5.2).
+const BALLOON_FREE_PAGE_VQ: usize = 3;
+
+/// Whether queue `index` of a device of type `device_id` may be a free page
+/// hint queue ([`VqInfo::free_page_hints`]): only the balloon's free page
+/// queue, once `VIRTIO_BALLOON_F_FREE_PAGE_HINT` is negotiated
+/// (`hinting`). A hint names memory without lending it, which only that
+/// queue's device contract allows; anywhere else [`EINVAL`].
+pub(super) fn check_free_page_hints(device_id: u32, hinting: bool, index: usize) -> Result {
+    if device_id == bindings::VIRTIO_ID_BALLOON && hinting && index == BALLOON_FREE_PAGE_VQ {
+        Ok(())
+    } else {
+        Err(EINVAL)
     }
 }
 
@@ -170,6 +188,12 @@ struct SlotState {
     lent: usize,
     /// The device was reset: it uses no buffer any more.
     reset: bool,
+    /// The binding is being revoked: no new borrowed memory is lent.
+    revoked: bool,
+    /// Owned memory the device kept beyond a bounded transfer (counted in
+    /// `lent`): dropped once the device gives it back or the queue is
+    /// deleted after a reset.
+    kept: Option<sg::Kept>,
     /// A used length beyond a buffer was already reported.
     bad_len_reported: bool,
 }
@@ -202,6 +226,8 @@ impl VqSlot {
                 in_flight: 0,
                 lent: 0,
                 reset: false,
+                revoked: false,
+                kept: None,
                 bad_len_reported: false,
             }),
             used <- new_condvar!("virtio::VqSlot::used"),
@@ -265,6 +291,8 @@ impl VqSlot {
     /// buffer and stays valid until [`VqSlot::detach`].
     pub(super) unsafe fn attach(&self, vq: *mut bindings::virtqueue, kind: Kind) {
         let mut s = self.state.lock();
+        // A deleted queue gave up what it kept (`detach`).
+        debug_assert!(s.kept.is_none());
         // INVARIANT: `vq` is null or live by the safety requirements; it holds no tokens yet, and
         // the generation changes with it.
         *s = SlotState {
@@ -276,8 +304,16 @@ impl VqSlot {
             in_flight: 0,
             lent: 0,
             reset: false,
+            revoked: false,
+            kept: None,
             bad_len_reported: false,
         };
+    }
+
+    /// Step 1 of the unbind protocol: lends from now on fail with
+    /// [`ENODEV`], so that [`VqSlot::lent`] can only go down.
+    pub(super) fn revoke(&self) {
+        self.state.lock().revoked = true;
     }
 
     /// The device was reset: wake everyone waiting for it.
@@ -291,12 +327,13 @@ impl VqSlot {
     /// queued (outside the lock). The device must be reset. Returns whether
     /// there was a queue.
     pub(super) fn detach(&self) -> bool {
-        let (vq, drop) = {
+        let (vq, drop, kept) = {
             let mut s = self.state.lock();
             if s.vq.is_null() {
                 return false;
             }
-            let taken = (s.vq, s.drop);
+            // The device is reset: memory it kept is ours again, dropped below.
+            let taken = (s.vq, s.drop, s.kept.take());
             // INVARIANT: The queue leaves the slot and a new generation begins.
             s.vq = ptr::null_mut();
             s.generation = s.generation.wrapping_add(1);
@@ -316,7 +353,9 @@ impl VqSlot {
             let Some(token) = NonNull::new(token) else {
                 break;
             };
-            if token.addr().get() & HINT_TAG != 0 {
+            if token.addr().get() & HINT_TAG != 0
+                || kept.as_ref().is_some_and(|k| k.token() == token)
+            {
                 continue;
             }
             if let Some(drop) = drop {
@@ -325,6 +364,8 @@ impl VqSlot {
                 unsafe { drop(token) };
             }
         }
+        // After the queue no longer refers to it.
+        core::mem::drop(kept);
         true
     }
 
@@ -596,5 +637,37 @@ impl<'a, B: Buffer> Virtqueue<'a, B> {
             Ok(s) => unsafe { bindings::virtqueue_is_broken(s.vq) },
             Err(_) => true,
         }
+    }
+}
+
+#[kunit_tests(virtio_balloon_rs_virtqueue)]
+mod tests {
+    use super::*;
+    use bindings::{
+        VIRTIO_ID_BALLOON,
+        VIRTIO_ID_NET, //
+    };
+
+    #[test]
+    fn free_page_hints_only_on_a_hinting_balloons_free_page_queue() {
+        assert_eq!(
+            check_free_page_hints(VIRTIO_ID_BALLOON, true, BALLOON_FREE_PAGE_VQ),
+            Ok(())
+        );
+        // Not negotiated, another queue, another device type: refused.
+        assert_eq!(
+            check_free_page_hints(VIRTIO_ID_BALLOON, false, BALLOON_FREE_PAGE_VQ),
+            Err(EINVAL)
+        );
+        for index in [0, 1, 2, 4, 5] {
+            assert_eq!(
+                check_free_page_hints(VIRTIO_ID_BALLOON, true, index),
+                Err(EINVAL)
+            );
+        }
+        assert_eq!(
+            check_free_page_hints(VIRTIO_ID_NET, true, BALLOON_FREE_PAGE_VQ),
+            Err(EINVAL)
+        );
     }
 }
