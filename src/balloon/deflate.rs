@@ -152,7 +152,7 @@ pub(super) fn leak_balloon(
             // Only now give the pages back to the page allocator.
             Ok(buf) => round.acked += release(host, b, buf),
             Err(e) => {
-                host.unresponsive(dev, "deflate", e);
+                host.unresponsive(dev, "deflate", e, pipe.timeout());
                 round.stop = Some(Stop::Host);
                 break;
             }
@@ -163,7 +163,7 @@ pub(super) fn leak_balloon(
                 match pipe.complete() {
                     Ok(buf) => round.acked += release(host, b, buf),
                     Err(e) => {
-                        host.unresponsive(dev, "deflate", e);
+                        host.unresponsive(dev, "deflate", e, pipe.timeout());
                         round.stop = Some(Stop::Host);
                         break;
                     }

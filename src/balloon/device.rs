@@ -303,8 +303,10 @@ impl Balloon {
             return 0;
         };
         let round: Round = leak_balloon(&self.host, &mut b, &self.lists, &dev, num, host_patience);
+        // While the lock is still ours: waiting for it again could take as
+        // long as a size round waits for the host.
+        self.host.publish_actual(&dev, &b);
         drop(b);
-        self.host.update_balloon_size(&dev);
         (round.acked / self.host.props().per_page.max(1)) as usize
     }
 

@@ -320,9 +320,16 @@ impl Host {
 
     /// Writes the balloon size to `actual` (C's `update_balloon_size()`).
     pub(super) fn update_balloon_size(&self, dev: &virtio::Device<Bound>) {
-        let actual = self.lock().num_pages;
+        let b = self.lock();
+        self.publish_actual(dev, &b);
+    }
+
+    /// Writes the balloon size to `actual`, the balloon lock held (`b`):
+    /// each write is of the size at that moment, and a size changed later
+    /// is written later, so `actual` never goes back to an older value.
+    pub(super) fn publish_actual(&self, dev: &virtio::Device<Bound>, b: &Ballooned) {
         let sw = Stopwatch::start();
-        if let Err(e) = dev.config_write(ACTUAL, actual) {
+        if let Err(e) = dev.config_write(ACTUAL, b.num_pages) {
             dev_warn!(dev.as_ref(), "cannot write actual: {:?}\n", e);
         }
         sw.stop(&self.perf, Counter::ConfigNs);
@@ -356,13 +363,19 @@ impl Host {
         true
     }
 
-    /// The host did not return a buffer (`err`: timed out, or the queue
-    /// broke): stop asking it.
-    pub(super) fn unresponsive(&self, dev: &virtio::Device<Bound>, what: &str, err: Error) {
+    /// The host did not return a buffer (`err`: timed out after `waited`,
+    /// or the queue broke): stop asking it.
+    pub(super) fn unresponsive(
+        &self,
+        dev: &virtio::Device<Bound>,
+        what: &str,
+        err: Error,
+        waited: Delta,
+    ) {
         if self.unresponsive.xchg(true, Relaxed) {
             return;
         }
-        let timeout = self.timeout.as_millis();
+        let timeout = waited.as_millis();
         if err == ETIMEDOUT {
             dev_err!(
                 dev.as_ref(),
@@ -440,6 +453,11 @@ impl<'a, B: Buffer> Pipeline<'a, B> {
         if self.vq.kick() {
             self.perf.add(Counter::Notifications, 1);
         }
+    }
+
+    /// How long [`Pipeline::complete`] waits for the host.
+    pub(super) fn timeout(&self) -> Delta {
+        self.timeout
     }
 
     /// Sleeps until the host returns a buffer, for at most the timeout.

@@ -128,7 +128,7 @@ fn round_trip<B: Buffer>(
             true
         }
         Err(e) => {
-            host.unresponsive(dev, what, e);
+            host.unresponsive(dev, what, e, timeout);
             false
         }
     }

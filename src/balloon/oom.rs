@@ -11,9 +11,17 @@
 //! Unlike C, the notifier never waits long: every allocation in the guest
 //! may be waiting for it. It gives up on the balloon lock after
 //! [`LOCK_PATIENCE`] (the size work may hold it while waiting for the
-//! host) and waits at most [`HOST_PATIENCE`] for the host.
+//! host), waits at most [`HOST_PATIENCE`] for the host, and writes
+//! `actual` before it lets the lock go, so it never takes it twice. The
+//! longest call is in debugfs (`oom_notify_max_ns`).
 
-use super::device::Balloon;
+use super::{
+    device::Balloon,
+    perf::{
+        Counter,
+        Stopwatch, //
+    },
+};
 use crate::mm::oom::OomHandler;
 use kernel::time::Delta;
 
@@ -31,6 +39,11 @@ const HOST_PATIENCE: Delta = Delta::from_millis(1000);
 
 impl OomHandler for Balloon {
     fn oom_free(&self) -> usize {
-        self.deflate_for_oom(OOM_NR_PAGES, LOCK_PATIENCE, HOST_PATIENCE)
+        let sw = Stopwatch::start();
+        let freed = self.deflate_for_oom(OOM_NR_PAGES, LOCK_PATIENCE, HOST_PATIENCE);
+        let perf = self.host().perf();
+        perf.add(Counter::OomNotifyCalls, 1);
+        sw.stop_max(perf, Counter::OomNotifyMaxNs);
+        freed
     }
 }

@@ -72,14 +72,41 @@ static inline unsigned long rust_vb_balloon_pages_bulk(int nid, unsigned long nr
 }
 
 /*
+ * Whether a zone of node nid that gfp may use keeps its low watermark
+ * (and the lowmem reserve that protects it from gfp's zones) after giving
+ * a block of 2^order pages: the page allocator's fast-path test, roughly.
+ * Without it, a block allocation that may not reclaim still takes memory
+ * down to the min watermark (its slow path tries once there) without
+ * waking kswapd, leaving the guest's own allocations to reclaim directly.
+ */
+static inline bool rust_vb_block_above_low(int nid, unsigned int order, gfp_t gfp)
+{
+	pg_data_t *pgdat = NODE_DATA(nid);
+	int highest = gfp_zone(gfp);
+	int z;
+
+	for (z = highest; z >= 0; z--) {
+		struct zone *zone = &pgdat->node_zones[z];
+		long free;
+
+		if (!populated_zone(zone))
+			continue;
+		free = zone_page_state(zone, NR_FREE_PAGES) - (1L << order);
+		if (free >= (long)low_wmark_pages(zone) + zone->lowmem_reserve[highest])
+			return true;
+	}
+	return false;
+}
+
+/*
  * alloc_pages_node() is a macro. A whole block of 2^order pages on node nid
  * only, with balloon_page_alloc()'s zones and mobility (ZONE_MOVABLE
  * first: GFP_HIGHUSER_MOVABLE keeps __GFP_HIGHMEM, which with
- * __GFP_MOVABLE selects it), and only if free memory has one at hand: no
- * reclaim, no compaction, no kswapd wakeup (a block not at hand is not
- * worth any work: the caller falls back to single pages). Like
- * GFP_TRANSHUGE_LIGHT, the slow path then tries once at the min watermark.
- * Not compound: split_page() takes it apart.
+ * __GFP_MOVABLE selects it), and only if free memory has one at hand above
+ * the low watermark: no reclaim, no compaction, no kswapd wakeup, no
+ * memory the guest's own allocations would have to reclaim for (a block
+ * not at hand is not worth any work: the caller falls back to single
+ * pages). Not compound: split_page() takes it apart.
  */
 static inline struct page *rust_vb_balloon_block_alloc(int nid, unsigned int order)
 {
@@ -87,6 +114,8 @@ static inline struct page *rust_vb_balloon_block_alloc(int nid, unsigned int ord
 
 	gfp &= ~__GFP_RECLAIM;
 	gfp |= __GFP_THISNODE | __GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC;
+	if (!rust_vb_block_above_low(nid, order, gfp))
+		return NULL;
 	return alloc_pages_node(nid, gfp, order);
 }
 
