@@ -16,7 +16,9 @@
 //!   registers it for a module, and the registration unregisters on drop;
 //! - [`Device`] wraps `struct virtio_device` in the kernel's device
 //!   contexts; its configuration space is reached through typed fields
-//!   ([`ConfigField`], [`virtio_config_field!`](crate::virtio_config_field));
+//!   ([`ConfigField`], [`virtio_config_field!`](crate::virtio_config_field))
+//!   of a device type's layout ([`ConfigSpace`]), checked at run time
+//!   against the device's type and negotiated features;
 //! - [`Virtqueue`] moves owned, typed buffers ([`Buffer`]) to the device and
 //!   back; [`SgQueue`] lends it borrowed scatterlists for one transfer;
 //!   [`PageHint`]s name memory to a free page hint queue without lending it.
@@ -76,6 +78,7 @@ pub use binding::{
 };
 pub use config::{
     ConfigField,
+    ConfigSpace,
     ConfigValue, //
 };
 pub use device::{

@@ -18,8 +18,7 @@ use crate::{
     bindings::uapi::{
         virtio_balloon_config,
         VIRTIO_BALLOON_CMD_ID_DONE,
-        VIRTIO_BALLOON_CMD_ID_STOP,
-        VIRTIO_BALLOON_F_FREE_PAGE_HINT, //
+        VIRTIO_BALLOON_CMD_ID_STOP, //
     },
     logic::pfn::Endian,
     mm::{
@@ -61,12 +60,12 @@ use kernel::{
     },
 };
 
-/// The host's command id.
+/// The host's command id (present with `VIRTIO_BALLOON_F_FREE_PAGE_HINT`,
+/// which the layout says).
 const CMD_ID: ConfigField<virtio_balloon_config, u32> = virtio_config_field!(
     virtio_balloon_config,
     __bindgen_anon_1.free_page_hint_cmd_id as u32
-)
-.requires(VIRTIO_BALLOON_F_FREE_PAGE_HINT);
+);
 
 /// Order of a hinted block (C's `VIRTIO_BALLOON_HINT_BLOCK_ORDER`).
 const HINT_BLOCK_ORDER: u32 = crate::bindings::VB_MAX_PAGE_ORDER;

@@ -26,10 +26,10 @@ use kernel::{
     prelude::*, //
 };
 
-/// What freed pages contain, for the host.
+/// What freed pages contain, for the host (present with
+/// `VIRTIO_BALLOON_F_PAGE_POISON`, which the layout says).
 const POISON_VAL: ConfigField<virtio_balloon_config, u32> =
-    virtio_config_field!(virtio_balloon_config, poison_val)
-        .requires(uapi::VIRTIO_BALLOON_F_PAGE_POISON);
+    virtio_config_field!(virtio_balloon_config, poison_val);
 
 /// Adjusts the features to the guest's poisoning (during `validate`).
 pub(super) fn validate(features: &mut Features<'_>) {

@@ -3,11 +3,15 @@
 //! Typed access to a device's configuration space.
 //!
 //! A [`ConfigField`] names one field of a device type's configuration
-//! structure (as bindgen generates it from the uapi header): its offset and
-//! width come from the field itself, and it may name the feature bit
-//! without which the field does not exist (transports treat an access past
-//! the end of their configuration space as a bug, `BUG_ON`). Values are
-//! little-endian on the device, as in every device type that uses this;
+//! layout, a structure as bindgen generates it from the uapi header that
+//! implements [`ConfigSpace`]: its offset and width come from the field
+//! itself. Every access checks at run time that the device is of the
+//! layout's type and that it negotiated the feature without which the
+//! configuration space ends before the field, which the layout says
+//! ([`ConfigSpace::feature_for`]): transports do not check an access
+//! against the end of their configuration space (virtio-mmio and legacy PCI
+//! access whatever the offset names, modern PCI hits a `BUG_ON`). Values
+//! are little-endian on the device, as in every device type that uses this;
 //! the conversion happens here, once.
 //!
 //! ```ignore
@@ -18,7 +22,10 @@
 
 use super::device::Device;
 use crate::bindings;
-use core::marker::PhantomData;
+use core::{
+    marker::PhantomData,
+    mem::offset_of, //
+};
 use kernel::{
     device::Bound,
     prelude::*, //
@@ -65,26 +72,54 @@ macro_rules! config_value {
 
 config_value!(u8, u16, u32, u64);
 
+/// The layout of the configuration space of one virtio device type.
+///
+/// Ties a configuration structure (as bindgen generates it from the uapi
+/// header) to the device type it describes and says, for every prefix of
+/// it, which feature makes that prefix exist: a device's configuration
+/// space is one contiguous range from offset 0, but its length may depend
+/// on the features negotiated. [`ConfigField`]s exist only for such
+/// layouts, and [`Device::config_read`] and [`Device::config_write`] check
+/// both at run time, so that no access reaches past the device's space.
+///
+/// # Safety
+///
+/// `Self` is the layout of the configuration space of virtio devices of
+/// type [`Self::DEVICE_ID`] as the virtio specification defines it, and for
+/// every `end` in `1..=size_of::<Self>()`, the bytes `0..end` exist in the
+/// configuration space of every device of type [`Self::DEVICE_ID`] that
+/// negotiated the feature [`Self::feature_for(end)`](Self::feature_for)
+/// returns (of every device of that type if it returns `None`).
+pub unsafe trait ConfigSpace {
+    /// The virtio device type (`VIRTIO_ID_*`) whose configuration this is.
+    const DEVICE_ID: u32;
+
+    /// The feature bit without which the configuration space may end
+    /// before `end` bytes (`None`: it never does), for `end` in
+    /// `1..=size_of::<Self>()`.
+    fn feature_for(end: usize) -> Option<u32>;
+}
+
 /// A field of type `T` in configuration structure `C`.
 ///
 /// # Invariants
 ///
-/// `offset..offset + T::SIZE` lies within `C`.
-pub struct ConfigField<C, T: ConfigValue> {
+/// `offset..offset + T::SIZE` lies within `C`, and `offset + T::SIZE` fits
+/// in a `u32`.
+pub struct ConfigField<C: ConfigSpace, T: ConfigValue> {
     offset: usize,
-    feature: Option<u32>,
     _field: PhantomData<fn(&C) -> T>,
 }
 
-impl<C, T: ConfigValue> Clone for ConfigField<C, T> {
+impl<C: ConfigSpace, T: ConfigValue> Clone for ConfigField<C, T> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<C, T: ConfigValue> Copy for ConfigField<C, T> {}
+impl<C: ConfigSpace, T: ConfigValue> Copy for ConfigField<C, T> {}
 
-impl<C, T: ConfigValue> ConfigField<C, T> {
+impl<C: ConfigSpace, T: ConfigValue> ConfigField<C, T> {
     /// The field at `offset`, whose type the projection `_field` proves.
     /// Use [`virtio_config_field!`](crate::virtio_config_field).
     pub const fn new(offset: usize, _field: fn(&C) -> &T) -> Self {
@@ -95,26 +130,48 @@ impl<C, T: ConfigValue> ConfigField<C, T> {
     /// projection cannot reach without `unsafe`); the field must fit in `C`.
     /// Use [`virtio_config_field!`](crate::virtio_config_field) with `as`.
     pub const fn sized(offset: usize) -> Self {
-        assert!(offset + T::SIZE <= size_of::<C>());
+        assert!(offset <= size_of::<C>() && T::SIZE <= size_of::<C>() - offset);
+        assert!(size_of::<C>() <= u32::MAX as usize);
         // INVARIANT: checked above (at compile time in a `const`).
         Self {
             offset,
-            feature: None,
             _field: PhantomData,
-        }
-    }
-
-    /// The same field, present only if feature bit `feature` was negotiated.
-    pub const fn requires(self, feature: u32) -> Self {
-        Self {
-            feature: Some(feature),
-            ..self
         }
     }
 
     /// Offset in the configuration space.
     pub const fn offset(&self) -> usize {
         self.offset
+    }
+
+    /// Width in bytes.
+    pub const fn width(&self) -> usize {
+        T::SIZE
+    }
+
+    /// The feature bit without which the field does not exist (`None`: it
+    /// always does), derived from the layout ([`ConfigSpace::feature_for`]
+    /// the end of the field).
+    pub fn feature(&self) -> Option<u32> {
+        C::feature_for(self.offset + T::SIZE)
+    }
+
+    /// Checks that the field exists on a device of type `device_id` whose
+    /// negotiated features `has_feature` tells.
+    ///
+    /// Fails with [`EINVAL`] if `C` is not the layout of device type
+    /// `device_id`, with [`ENODEV`] if the field needs a feature that was
+    /// not negotiated. On success, by the safety requirements of
+    /// [`ConfigSpace`], the bytes `0..self.offset() + self.width()` exist in
+    /// the configuration space of such a device.
+    pub fn check(&self, device_id: u32, has_feature: impl Fn(u32) -> bool) -> Result {
+        if device_id != C::DEVICE_ID {
+            return Err(EINVAL);
+        }
+        match self.feature() {
+            Some(f) if !has_feature(f) => Err(ENODEV),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -141,14 +198,12 @@ macro_rules! virtio_config_field {
 }
 
 impl Device<Bound> {
-    /// Fails with [`ENODEV`] if `field` needs a feature that was not
-    /// negotiated, or if the transport has no configuration access.
-    fn config_check<C, T: ConfigValue>(&self, field: &ConfigField<C, T>) -> Result {
-        if let Some(f) = field.feature {
-            if !self.has_feature(f) {
-                return Err(ENODEV);
-            }
-        }
+    /// Checks that `field` exists on this device ([`ConfigField::check`]:
+    /// [`EINVAL`] if `C` is another device type's layout, [`ENODEV`] if the
+    /// field's feature was not negotiated) and that the transport has
+    /// configuration access ([`ENODEV`] otherwise).
+    fn config_check<C: ConfigSpace, T: ConfigValue>(&self, field: &ConfigField<C, T>) -> Result {
+        field.check(self.device_id(), |f| self.has_feature(f))?;
         if !self.has_config_access() {
             return Err(ENODEV);
         }
@@ -157,14 +212,26 @@ impl Device<Bound> {
 
     /// Reads `field` (`virtio_cread_bytes()`, consistent across the
     /// device's configuration generation). May sleep.
-    pub fn config_read<C, T: ConfigValue>(&self, field: ConfigField<C, T>) -> Result<T> {
+    ///
+    /// Fails with [`EINVAL`] if `C` is not the layout of this device's type,
+    /// with [`ENODEV`] if the field does not exist on this device (its
+    /// feature was not negotiated) or the transport has no configuration
+    /// access.
+    pub fn config_read<C: ConfigSpace, T: ConfigValue>(
+        &self,
+        field: ConfigField<C, T>,
+    ) -> Result<T> {
         self.config_check(&field)?;
         let mut b = [0u8; 8];
         // SAFETY: `self.as_raw()` is a bound device whose transport is live (type invariant of
-        // `Device`); the field lies within the device's configuration space: within `C`
-        // (invariant of `ConfigField`) and present (feature checked above); `b` holds
-        // `T::SIZE <= 8` bytes. `Device<Bound>` is only handed out in process context, where
-        // configuration reads may sleep.
+        // `Device`), and its `config->get` is set (checked by `config_check`). `config_check` also
+        // checked that the device is of type `C::DEVICE_ID` and negotiated
+        // `C::feature_for(end)` (if any), where `end = field.offset + T::SIZE` is in
+        // `1..=size_of::<C>()` (invariant of `ConfigField`); so by the safety requirements of
+        // `ConfigSpace` the bytes `0..end`, which hold the field, exist in the device's
+        // configuration space. The read is byte-wise, `end` fits in a `u32` (invariant of
+        // `ConfigField`), and `b` holds `T::SIZE <= 8` bytes. `Device<Bound>` is only handed out
+        // in process context, where configuration reads may sleep.
         unsafe {
             bindings::virtio_cread_bytes(
                 self.as_raw(),
@@ -177,13 +244,23 @@ impl Device<Bound> {
     }
 
     /// Writes `field` (`virtio_cwrite_le()`). May sleep.
-    pub fn config_write<C, T: ConfigValue>(&self, field: ConfigField<C, T>, value: T) -> Result {
+    ///
+    /// Fails like [`Self::config_read`], and with [`ENODEV`] if the
+    /// transport cannot write the configuration.
+    pub fn config_write<C: ConfigSpace, T: ConfigValue>(
+        &self,
+        field: ConfigField<C, T>,
+        value: T,
+    ) -> Result {
         self.config_check(&field)?;
         // SAFETY: The transport's `config` ops table is valid for a bound device.
         let set = unsafe { (*(*self.as_raw()).config).set }.ok_or(ENODEV)?;
         let b = value.to_le();
-        // SAFETY: `set` is the transport's configuration writer for this bound device; the field
-        // lies within the present configuration space as above; `b` holds `T::SIZE` bytes.
+        // SAFETY: `set` is the transport's configuration writer for this bound device, called in
+        // process context. As in `config_read`, `config_check` and the safety requirements of
+        // `ConfigSpace` make the bytes `field.offset..field.offset + T::SIZE` part of the device's
+        // configuration space, and the offset fits in a `u32` (invariant of `ConfigField`); `b`
+        // holds `T::SIZE` bytes, a width (1, 2, 4 or 8) every transport supports.
         unsafe {
             set(
                 self.as_raw(),
@@ -195,3 +272,43 @@ impl Device<Bound> {
         Ok(())
     }
 }
+
+// SAFETY: `virtio_balloon_config` is bindgen's translation of the uapi
+// `struct virtio_balloon_config`, the layout of the configuration space of the traditional memory
+// balloon device (`VIRTIO_ID_BALLOON`) in the virtio specification, 5.5.4 "Device configuration
+// layout" (offsets checked below): "`num_pages` [at 0] and `actual` [at 4] are always
+// available", "`free_page_hint_cmd_id` [at 8] is available if VIRTIO_BALLOON_F_FREE_PAGE_HINT has
+// been negotiated", "`poison_val` [at 12] is available if VIRTIO_BALLOON_F_PAGE_POISON has been
+// negotiated". A transport exposes the configuration space as one range from offset 0, so a
+// device that has a field has every byte before it. Hence the bytes `0..end` exist on every
+// balloon for `end <= 8`, on one that negotiated FREE_PAGE_HINT for `end <= 12`, and on one that
+// negotiated PAGE_POISON for `end <= 16 = size_of::<Self>()`. (QEMU sizes the space accordingly,
+// `virtio_balloon_config_size()`: 8 bytes without either feature, 12 with FREE_PAGE_HINT, 16
+// with PAGE_POISON.)
+unsafe impl ConfigSpace for bindings::virtio_balloon_config {
+    const DEVICE_ID: u32 = bindings::VIRTIO_ID_BALLOON;
+
+    fn feature_for(end: usize) -> Option<u32> {
+        if end <= BALLOON_CMD_ID {
+            None
+        } else if end <= BALLOON_POISON_VAL {
+            Some(bindings::VIRTIO_BALLOON_F_FREE_PAGE_HINT)
+        } else {
+            Some(bindings::VIRTIO_BALLOON_F_PAGE_POISON)
+        }
+    }
+}
+
+/// Offset of the balloon's `free_page_hint_cmd_id`.
+const BALLOON_CMD_ID: usize = offset_of!(bindings::virtio_balloon_config, __bindgen_anon_1);
+/// Offset of the balloon's `poison_val`.
+const BALLOON_POISON_VAL: usize = offset_of!(bindings::virtio_balloon_config, poison_val);
+
+// The layout of the spec that the `ConfigSpace` implementation above relies on.
+const _: () = {
+    assert!(offset_of!(bindings::virtio_balloon_config, num_pages) == 0);
+    assert!(offset_of!(bindings::virtio_balloon_config, actual) == 4);
+    assert!(BALLOON_CMD_ID == 8);
+    assert!(BALLOON_POISON_VAL == 12);
+    assert!(size_of::<bindings::virtio_balloon_config>() == 16);
+};
