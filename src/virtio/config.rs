@@ -104,8 +104,8 @@ pub unsafe trait ConfigSpace {
 ///
 /// # Invariants
 ///
-/// `offset..offset + T::SIZE` lies within `C`, and `offset + T::SIZE` fits
-/// in a `u32`.
+/// `offset..offset + T::SIZE` lies within `C`, `offset` is a multiple of
+/// `T::SIZE`, and `offset + T::SIZE` fits in a `u32`.
 pub struct ConfigField<C: ConfigSpace, T: ConfigValue> {
     offset: usize,
     _field: PhantomData<fn(&C) -> T>,
@@ -127,10 +127,14 @@ impl<C: ConfigSpace, T: ConfigValue> ConfigField<C, T> {
     }
 
     /// A field of type `T` at `offset`, for members of unions (which a
-    /// projection cannot reach without `unsafe`); the field must fit in `C`.
-    /// Use [`virtio_config_field!`](crate::virtio_config_field) with `as`.
+    /// projection cannot reach without `unsafe`); the field must fit in `C`
+    /// and be naturally aligned (transports access a field with one access
+    /// of its width, which some architectures fault on when misaligned; the
+    /// virtio device types align every field). Use
+    /// [`virtio_config_field!`](crate::virtio_config_field) with `as`.
     pub const fn sized(offset: usize) -> Self {
         assert!(offset <= size_of::<C>() && T::SIZE <= size_of::<C>() - offset);
+        assert!(offset % T::SIZE == 0);
         assert!(size_of::<C>() <= u32::MAX as usize);
         // INVARIANT: checked above (at compile time in a `const`).
         Self {
@@ -259,8 +263,10 @@ impl Device<Bound> {
         // SAFETY: `set` is the transport's configuration writer for this bound device, called in
         // process context. As in `config_read`, `config_check` and the safety requirements of
         // `ConfigSpace` make the bytes `field.offset..field.offset + T::SIZE` part of the device's
-        // configuration space, and the offset fits in a `u32` (invariant of `ConfigField`); `b`
-        // holds `T::SIZE` bytes, a width (1, 2, 4 or 8) every transport supports.
+        // configuration space; the field is naturally aligned, so the transport's single access of
+        // `T::SIZE` bytes is too, and the offset fits in a `u32` (invariants of `ConfigField`).
+        // `T::SIZE` is 1, 2, 4 or 8 (`ConfigValue` is sealed to `u8`..`u64`), the widths
+        // transports write; `b` holds `T::SIZE` bytes.
         unsafe {
             set(
                 self.as_raw(),
