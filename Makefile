@@ -55,7 +55,7 @@ C_MODULE  := $(KDIR)/drivers/virtio/virtio_balloon.ko
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=-$(LLVM_VERSION)
 
 .PHONY: all modules setup check-kdir clean initramfs test unit-test qemu-test \
-	run bench fmt lint test-debug test-debug-quick qemu-test-debug qemu-test-debug-quick \
+	run bench fmt lint must-not-build test-debug test-debug-quick qemu-test-debug qemu-test-debug-quick \
 	check-matrix matrix qemu-test-smoke
 
 all: modules
@@ -177,10 +177,12 @@ test-distro:
 			-- --test-threads=$${QEMU_TEST_THREADS:-2} $$DISTRO_SKIP $(TESTS) || rc=$$?; } && \
 		sed 's/^/NOT APPLICABLE: /' "$(DISTRO_OUT)/not-applicable.txt" && exit $$rc
 
-# Kernel rustfmt and clippy on the module, clippy on the host crates.
+# Kernel rustfmt, the must-not-build check and clippy on the module, clippy
+# on the host crates.
 lint: check-kdir
 	rustfmt --check --config-path $(KDIR)/source/.rustfmt.toml --edition 2021 \
 		$(RUST_MODULE_SOURCES)
+	$(MAKE) must-not-build
 	@mkdir -p $(BUILD_DIR)
 	@# Recompile the Rust crates so that clippy speaks even when they are up to date.
 	rm -f src/virtio_balloon_rs.o qemu-test/fake-device/virtio_balloon_fake.o
@@ -190,6 +192,14 @@ lint: check-kdir
 		echo "clippy/rustc warnings in the module (see above)"; exit 1; fi
 	cargo fmt --all --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
+
+# What must not compile does not (src/virtio/must_not_build.rs): the crate
+# alone, with --cfg must_not_build, must fail for the expected reasons. The
+# failed compile writes neither object nor command record (.cmd), so the
+# normal build's products, and what the next build makes of them, stay.
+must-not-build: check-kdir
+	scripts/must-not-build.sh $(BUILD_DIR)/must-not-build.log \
+		$(KMAKE) MUST_NOT_BUILD=1 src/virtio_balloon_rs.o
 
 run: initramfs
 	BALLOON_KDIR="$(KDIR)" BALLOON_INITRAMFS="$(INITRAMFS)" scripts/run.sh

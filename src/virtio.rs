@@ -70,6 +70,8 @@ mod config;
 mod device;
 mod driver;
 mod id;
+#[cfg(must_not_build)]
+mod must_not_build;
 mod virtqueue;
 
 pub use binding::{
