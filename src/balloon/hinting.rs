@@ -62,7 +62,7 @@ use kernel::{
 
 /// The host's command id (present with `VIRTIO_BALLOON_F_FREE_PAGE_HINT`,
 /// which the layout says).
-const CMD_ID: ConfigField<virtio_balloon_config, u32> = virtio_config_field!(
+pub(super) const CMD_ID: ConfigField<virtio_balloon_config, u32> = virtio_config_field!(
     virtio_balloon_config,
     __bindgen_anon_1.free_page_hint_cmd_id as u32
 );

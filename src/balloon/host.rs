@@ -468,3 +468,45 @@ impl<'a, B: Buffer> Pipeline<'a, B> {
         done.map(|used| used.buf)
     }
 }
+
+#[kunit_tests(virtio_balloon_rs_config_fields)]
+mod tests {
+    use super::{
+        super::{
+            hinting::CMD_ID,
+            poison::POISON_VAL, //
+        },
+        *,
+    };
+
+    /// Offset, width and the feature without which the field does not exist.
+    fn layout(field: ConfigField<virtio_balloon_config, u32>) -> (usize, usize, Option<u32>) {
+        (field.offset(), field.width(), field.feature())
+    }
+
+    #[test]
+    fn num_pages_always_exists() {
+        assert_eq!(layout(NUM_PAGES), (0, 4, None));
+    }
+
+    #[test]
+    fn actual_always_exists() {
+        assert_eq!(layout(ACTUAL), (4, 4, None));
+    }
+
+    #[test]
+    fn free_page_hint_cmd_id_needs_free_page_hint() {
+        assert_eq!(
+            layout(CMD_ID),
+            (8, 4, Some(uapi::VIRTIO_BALLOON_F_FREE_PAGE_HINT))
+        );
+    }
+
+    #[test]
+    fn poison_val_needs_page_poison() {
+        assert_eq!(
+            layout(POISON_VAL),
+            (12, 4, Some(uapi::VIRTIO_BALLOON_F_PAGE_POISON))
+        );
+    }
+}

@@ -28,7 +28,7 @@ use kernel::{
 
 /// What freed pages contain, for the host (present with
 /// `VIRTIO_BALLOON_F_PAGE_POISON`, which the layout says).
-const POISON_VAL: ConfigField<virtio_balloon_config, u32> =
+pub(super) const POISON_VAL: ConfigField<virtio_balloon_config, u32> =
     virtio_config_field!(virtio_balloon_config, poison_val);
 
 /// Adjusts the features to the guest's poisoning (during `validate`).

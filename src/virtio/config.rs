@@ -318,3 +318,61 @@ const _: () = {
     assert!(BALLOON_POISON_VAL == 12);
     assert!(size_of::<bindings::virtio_balloon_config>() == 16);
 };
+
+#[kunit_tests(virtio_balloon_rs_virtio_config)]
+mod tests {
+    use super::*;
+    use crate::virtio_config_field;
+    use bindings::{
+        virtio_balloon_config as Balloon,
+        VIRTIO_BALLOON_F_FREE_PAGE_HINT as FREE_PAGE_HINT,
+        VIRTIO_BALLOON_F_PAGE_POISON as PAGE_POISON,
+        VIRTIO_ID_BALLOON, //
+    };
+
+    #[test]
+    fn balloon_space_grows_with_its_features() {
+        for end in 1..=size_of::<Balloon>() {
+            let feature = match end {
+                1..=8 => None,
+                9..=12 => Some(FREE_PAGE_HINT),
+                _ => Some(PAGE_POISON),
+            };
+            assert_eq!(Balloon::feature_for(end), feature);
+        }
+    }
+
+    #[test]
+    fn another_device_type_is_refused() {
+        let num_pages = virtio_config_field!(Balloon, num_pages);
+        assert_eq!(num_pages.check(VIRTIO_ID_BALLOON, |_| false), Ok(()));
+        assert_eq!(
+            num_pages.check(VIRTIO_ID_BALLOON + 1, |_| true),
+            Err(EINVAL)
+        );
+    }
+
+    #[test]
+    fn a_field_needs_the_feature_of_its_end() {
+        let cmd_id = virtio_config_field!(Balloon, __bindgen_anon_1.free_page_hint_cmd_id as u32);
+        let poison_val = virtio_config_field!(Balloon, poison_val);
+        let only = |bit: u32| move |f: u32| f == bit;
+        assert_eq!(cmd_id.check(VIRTIO_ID_BALLOON, |_| false), Err(ENODEV));
+        assert_eq!(
+            cmd_id.check(VIRTIO_ID_BALLOON, only(PAGE_POISON)),
+            Err(ENODEV)
+        );
+        assert_eq!(
+            cmd_id.check(VIRTIO_ID_BALLOON, only(FREE_PAGE_HINT)),
+            Ok(())
+        );
+        assert_eq!(
+            poison_val.check(VIRTIO_ID_BALLOON, only(FREE_PAGE_HINT)),
+            Err(ENODEV)
+        );
+        assert_eq!(
+            poison_val.check(VIRTIO_ID_BALLOON, only(PAGE_POISON)),
+            Ok(())
+        );
+    }
+}
