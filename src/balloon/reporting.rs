@@ -33,12 +33,16 @@ impl Report for Host {
         let dev = self.binding().access().ok_or(ENODEV)?;
         let q = dev.sg_vq(vq::REPORTING)?;
         q.transfer_inbuf(pages).inspect_err(|e| {
-            dev_warn!(
-                dev.as_ref(),
-                "free page report of {} blocks failed: {:?}\n",
-                pages.len(),
-                e
-            );
+            // EBUSY: the device still has a block report it kept, which was
+            // logged then; the page allocator tries again later.
+            if *e != EBUSY {
+                dev_warn!(
+                    dev.as_ref(),
+                    "free page report of {} blocks failed: {:?}\n",
+                    pages.len(),
+                    e
+                );
+            }
         })
     }
 }
