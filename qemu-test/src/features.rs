@@ -555,6 +555,49 @@ pub fn balloon_page_migration(driver: Driver) -> Result<()> {
 
 // ---- freeze / restore -------------------------------------------------------------
 
+/// What a [`pm_test_suspend`] run gave.
+#[derive(Debug)]
+pub struct PmTest {
+    /// Exit status of `echo <state> > /sys/power/state`.
+    pub rc: i32,
+    /// How long that write took, by the guest's clock (`/proc/uptime`).
+    pub took: Duration,
+}
+
+/// Runs a system sleep test: `echo <level> > /sys/power/pm_test`, then
+/// `echo <state> > /sys/power/state`, in the background (with `devices`
+/// the agent's own virtio-serial port is frozen and reset too, so no reply
+/// must be in flight then); waits up to `timeout` for the kernel's "PM:
+/// suspend exit", reconnects the agent (its port was reset) unless the test
+/// stops before the devices (`freezer`, `core` is not), and returns the
+/// write's exit status and duration.
+pub fn pm_test_suspend(vm: &mut Vm, level: &str, state: &str, timeout: Duration) -> Result<PmTest> {
+    let mark = vm.console_mark();
+    vm.run_ok(&format!(
+        "rm -f /tmp/pm.rc; (sleep 1; echo {level} > /sys/power/pm_test && \
+         t0=$(cut -d' ' -f1 /proc/uptime) && echo {state} > /sys/power/state; rc=$?; \
+         t1=$(cut -d' ' -f1 /proc/uptime); echo \"$rc $t0 $t1\" > /tmp/pm.rc; \
+         echo none > /sys/power/pm_test) >/dev/null 2>&1 &"
+    ))?;
+    vm.wait_console(mark, "PM: suspend exit", timeout)
+        .with_context(|| format!("the suspend test ({level}, {state}) did not finish"))?;
+    if level != "freezer" {
+        vm.reconnect_agent()?;
+    }
+    let out = vm.run_ok("sleep 1; cat /tmp/pm.rc")?;
+    let f: Vec<&str> = out.split_whitespace().collect();
+    let parse = || -> Option<PmTest> {
+        let rc = f.first()?.parse().ok()?;
+        let t0: f64 = f.get(1)?.parse().ok()?;
+        let t1: f64 = f.get(2)?.parse().ok()?;
+        Some(PmTest {
+            rc,
+            took: Duration::from_secs_f64((t1 - t0).max(0.0)),
+        })
+    };
+    parse().with_context(|| format!("unexpected suspend test result {out:?}"))
+}
+
 /// System sleep with the balloon inflated: `pm_test=devices` runs the
 /// devices' freeze and restore callbacks (suspend-to-idle without sleeping).
 /// The driver empties the balloon on freeze (QEMU sees `actual` back at
@@ -566,20 +609,11 @@ pub fn freeze_restore(driver: Driver) -> Result<()> {
     let target = target_for(ram, 25);
     balloon_to(&mut vm, target)?;
     vm.qmp().drain_events();
-    // Suspend in the background: the agent's own virtio-serial port is
-    // frozen and reset too, so no reply must be in flight then.
-    let mark = vm.console_mark();
-    vm.run_ok(
-        "(sleep 1; echo devices > /sys/power/pm_test && echo freeze > /sys/power/state; \
-         echo $? > /tmp/pm.rc; echo none > /sys/power/pm_test) >/dev/null 2>&1 &",
-    )?;
-    vm.wait_console(mark, "PM: suspend exit", Duration::from_secs(60))
-        .context("the suspend test did not finish")?;
-    vm.reconnect_agent()?;
-    let rc = vm.run_ok("sleep 1; cat /tmp/pm.rc")?;
+    let pm = pm_test_suspend(&mut vm, "devices", "freeze", Duration::from_secs(60))?;
     ensure!(
-        rc.trim() == "0",
-        "echo freeze > /sys/power/state failed: {rc}"
+        pm.rc == 0,
+        "echo freeze > /sys/power/state failed: exit {}",
+        pm.rc
     );
     // The balloon emptied while frozen and filled again after restore.
     vm.wait_balloon_actual(target, BALLOON_TIMEOUT)
