@@ -18,16 +18,29 @@
 //! - `mode` (read/write): `normal`, `silent` (never return an inflate or
 //!   deflate buffer), `bogus-id` (return an id the ring never had),
 //!   `twice` (return each buffer twice), `oversize` (report 1 MiB used in
-//!   each buffer), `broken` (break the device at the next request);
-//! - `release` (write): return the buffers kept back so far;
+//!   each buffer), `broken` (break the device at the next request),
+//!   `keep-reports` (keep the buffers of the free page reporting queue, the
+//!   first `keep_reports` of them or all; inflate and deflate normal), `late` (return each inflate and deflate
+//!   buffer `delay_ms` after the device saw it). The modes apply to the
+//!   inflate and deflate queues, `keep-reports` to the reporting queue;
+//!   the other queues always answer at once;
+//! - `delay_ms` (read/write): the delay of `late`, in milliseconds;
+//! - `keep_reports` (read/write): how many reporting buffers
+//!   `keep-reports` keeps (counting from the device's start), 0 for all;
+//!   the others are returned at once;
+//! - `release` (write): return the buffers kept back so far (and the late
+//!   ones at once);
 //! - `unplug` (write): unregister the device (what a hot-unplug does), and
 //!   log how long the driver's removal took;
 //! - `stats` (read): `actual`, PFNs inflated and deflated, PFNs deflated
-//!   that were never inflated (a driver bug), buffers returned and kept.
+//!   that were never inflated (a driver bug), buffers returned and kept,
+//!   reporting buffers seen, kept and held now, bytes reported, buffers
+//!   delayed and pending.
 //!
 //! Module parameters: `features` (balloon feature bits offered; default
-//! `MUST_TELL_HOST | DEFLATE_ON_OOM`), `mode` (initial mode, as a number in
-//! the order above).
+//! `MUST_TELL_HOST | DEFLATE_ON_OOM`; `0x25` adds `REPORTING`), `mode`
+//! (initial mode, as a number in the order above), `delay_ms` (initial
+//! delay of `late`), `keep_reports`, `deflate_ring`.
 
 #[path = "../../src/bindings.rs"]
 #[allow(unused_imports)]
@@ -65,6 +78,8 @@ use kernel::{
         Mutex, //
     },
     time::{
+        delay::fsleep,
+        Delta,
         Instant,
         Monotonic, //
     },
@@ -92,7 +107,16 @@ module! {
         },
         mode: u32 {
             default: 0,
-            description: "0 normal, 1 silent, 2 bogus-id, 3 twice, 4 oversize, 5 broken",
+            description: "0 normal, 1 silent, 2 bogus-id, 3 twice, 4 oversize, 5 broken, \
+                6 keep-reports, 7 late",
+        },
+        delay_ms: u32 {
+            default: 500,
+            description: "How long mode late keeps each inflate and deflate buffer, in ms",
+        },
+        keep_reports: u32 {
+            default: 0,
+            description: "How many reporting buffers mode keep-reports keeps (0: all)",
         },
         deflate_ring: u32 {
             default: 256,
@@ -102,8 +126,11 @@ module! {
     },
 }
 
-/// Queues of a balloon device (the driver's `find_vqs` order).
+/// Queues of a balloon device (the driver's `find_vqs` order: inflate,
+/// deflate, stats, free page hinting, free page reporting).
 const MAX_QUEUES: usize = 5;
+/// The free page reporting queue (`VIRTIO_BALLOON_VQ_REPORTING`).
+const REPORTING: usize = 4;
 /// Ring size offered.
 const RING_SIZE: u32 = 256;
 
@@ -132,15 +159,19 @@ enum Mode {
     Twice,
     Oversize,
     Broken,
+    KeepReports,
+    Late,
 }
 
-const MODES: [(&str, Mode); 6] = [
+const MODES: [(&str, Mode); 8] = [
     ("normal", Mode::Normal),
     ("silent", Mode::Silent),
     ("bogus-id", Mode::BogusId),
     ("twice", Mode::Twice),
     ("oversize", Mode::Oversize),
     ("broken", Mode::Broken),
+    ("keep-reports", Mode::KeepReports),
+    ("late", Mode::Late),
 ];
 
 impl Mode {
@@ -151,7 +182,23 @@ impl Mode {
     fn name(self) -> &'static str {
         MODES.iter().find(|m| m.1 == self).map_or("?", |m| m.0)
     }
+
+    /// How the device answers a buffer of queue `qi` in this mode.
+    fn for_queue(self, qi: usize) -> Mode {
+        match (qi, self) {
+            (0 | 1, Mode::KeepReports) => Mode::Normal,
+            (0 | 1, m) => m,
+            (REPORTING, Mode::KeepReports) => Mode::KeepReports,
+            _ => Mode::Normal,
+        }
+    }
 }
+
+/// Most buffers the device can have at once: every ring full.
+const MAX_BUFFERS: usize = MAX_QUEUES * RING_SIZE as usize;
+
+/// How often the work item looks for new buffers while late ones wait.
+const LATE_POLL: Delta = Delta::from_millis(10);
 
 /// One queue as the device sees it.
 #[derive(Clone, Copy)]
@@ -169,8 +216,12 @@ const NO_QUEUE: Queue = Queue {
 
 struct State {
     queues: [Queue; MAX_QUEUES],
-    /// Buffers not returned: (queue, head).
+    /// Buffers not returned: (queue, head). Room for [`MAX_BUFFERS`] is
+    /// reserved, so that the device never allocates while playing the host
+    /// (the guest may be out of memory, waiting for the driver).
     held: KVec<(usize, u16)>,
+    /// Buffers to return later (mode `late`): (queue, head, when).
+    late: KVec<(usize, u16, Instant<Monotonic>)>,
     /// Balloon PFNs inflated and not deflated.
     inflated: KVVec<u64>,
     broken: bool,
@@ -201,6 +252,12 @@ struct FakeDevice {
     unknown_deflated: Atomic<u64>,
     returned: Atomic<u64>,
     kept: Atomic<u64>,
+    delay_ms: Atomic<u32>,
+    keep_reports: Atomic<u32>,
+    reports: Atomic<u64>,
+    reports_kept: Atomic<u64>,
+    reported_bytes: Atomic<u64>,
+    delayed: Atomic<u64>,
     #[pin]
     _pin: PhantomPinned,
 }
@@ -242,6 +299,8 @@ impl FakeDevice {
         inflated.resize(TRACKED_PFNS / 64, 0u64, GFP_KERNEL)?;
         let features =
             u64::from(module_parameters::features.get()) | (1u64 << bindings::VIRTIO_F_VERSION_1);
+        let held = KVec::with_capacity(MAX_BUFFERS, GFP_KERNEL)?;
+        let late = KVec::with_capacity(MAX_BUFFERS, GFP_KERNEL)?;
         Arc::pin_init(
             pin_init!(Self {
                 vdev <- Opaque::ffi_init(|slot: *mut bindings::virtio_device| {
@@ -257,7 +316,8 @@ impl FakeDevice {
                 }),
                 state <- new_mutex!(State {
                     queues: [NO_QUEUE; MAX_QUEUES],
-                    held: KVec::new(),
+                    held,
+                    late,
                     inflated,
                     broken: false,
                 }),
@@ -273,6 +333,12 @@ impl FakeDevice {
                 unknown_deflated: Atomic::new(0),
                 returned: Atomic::new(0),
                 kept: Atomic::new(0),
+                delay_ms: Atomic::new(module_parameters::delay_ms.get()),
+                keep_reports: Atomic::new(module_parameters::keep_reports.get()),
+                reports: Atomic::new(0),
+                reports_kept: Atomic::new(0),
+                reported_bytes: Atomic::new(0),
+                delayed: Atomic::new(0),
                 _pin: PhantomPinned,
             }),
             GFP_KERNEL,
@@ -397,6 +463,7 @@ impl FakeDevice {
         // A reset device forgets the buffers it kept.
         let mut st = this.state.lock();
         st.held.clear();
+        st.late.clear();
         for q in st.queues.iter_mut() {
             q.vq = ptr::null_mut();
         }
@@ -493,6 +560,7 @@ impl FakeDevice {
         let mut st = this.state.lock();
         st.queues = [NO_QUEUE; MAX_QUEUES];
         st.held.clear();
+        st.late.clear();
     }
 
     /// The driver notified a queue (any context): play the host later.
@@ -564,10 +632,13 @@ impl FakeDevice {
     }
 
     /// Plays the host: consumes what the driver made available, answers as
-    /// the mode says, then interrupts.
-    fn process(&self) {
+    /// the mode says, returns the late buffers whose time has come, then
+    /// interrupts. Returns when the next late buffer is due, if any.
+    fn process(&self) -> Option<Instant<Monotonic>> {
         let mut st = self.state.lock();
         let mode = self.mode();
+        let now = Instant::<Monotonic>::now();
+        let delay = Delta::from_millis(self.delay_ms.load(Relaxed).into());
         for qi in 0..MAX_QUEUES {
             let q = st.queues[qi];
             if q.vq.is_null() {
@@ -604,20 +675,32 @@ impl FakeDevice {
                     // SAFETY: `d < num`, within the descriptor table.
                     let desc = unsafe { ptr::read_volatile(vring.desc.add(d as usize)) };
                     let flags = u16::from_le(desc.flags);
-                    if qi < 2 && u32::from(flags) & bindings::VRING_DESC_F_WRITE == 0 {
+                    let write = u32::from(flags) & bindings::VRING_DESC_F_WRITE != 0;
+                    if qi < 2 && !write {
                         self.record(
                             &mut st,
                             u64::from_le(desc.addr),
                             u32::from_le(desc.len),
                             qi == 0,
                         );
+                    } else if qi == REPORTING && write {
+                        self.reported_bytes
+                            .fetch_add(u32::from_le(desc.len).into(), Relaxed);
                     }
                     if u32::from(flags) & bindings::VRING_DESC_F_NEXT == 0 {
                         break;
                     }
                     d = u16::from_le(desc.next);
                 }
-                let mode = if qi < 2 { mode } else { Mode::Normal };
+                if qi == REPORTING {
+                    self.reports.fetch_add(1, Relaxed);
+                }
+                let mut mode = mode.for_queue(qi);
+                let keep = u64::from(self.keep_reports.load(Relaxed));
+                if mode == Mode::KeepReports && keep != 0 && self.reports_kept.load(Relaxed) >= keep
+                {
+                    mode = Mode::Normal;
+                }
                 let qs = &mut st.queues[qi];
                 // SAFETY: `vring` is the live ring of `qs`.
                 unsafe {
@@ -629,13 +712,21 @@ impl FakeDevice {
                             Self::push_used(&vring, qs, head.into(), 0);
                         }
                         Mode::Oversize => Self::push_used(&vring, qs, head.into(), 1 << 20),
-                        Mode::Silent | Mode::Broken => {}
+                        Mode::Silent | Mode::Broken | Mode::KeepReports | Mode::Late => {}
                     }
                 }
                 match mode {
-                    Mode::Silent | Mode::Broken => {
-                        let _ = st.held.push((qi, head), GFP_KERNEL);
+                    Mode::Silent | Mode::Broken | Mode::KeepReports => {
+                        // Room is reserved for every buffer the rings hold.
+                        let _ = st.held.push_within_capacity((qi, head));
                         self.kept.fetch_add(1, Relaxed);
+                        if qi == REPORTING {
+                            self.reports_kept.fetch_add(1, Relaxed);
+                        }
+                    }
+                    Mode::Late => {
+                        let _ = st.late.push_within_capacity((qi, head, now + delay));
+                        self.delayed.fetch_add(1, Relaxed);
                     }
                     _ => {
                         interrupt = true;
@@ -653,6 +744,38 @@ impl FakeDevice {
                 Self::interrupt(q.vq);
             }
         }
+        self.return_late(&mut st, now)
+    }
+
+    /// Returns the late buffers due by `now` and interrupts their queues;
+    /// returns when the next one is due, if any.
+    fn return_late(&self, st: &mut State, now: Instant<Monotonic>) -> Option<Instant<Monotonic>> {
+        let mut touched = [false; MAX_QUEUES];
+        let mut next: Option<Instant<Monotonic>> = None;
+        let State { queues, late, .. } = st;
+        late.retain(|&mut (qi, head, due)| {
+            // (`Instant<Monotonic>` is not `Ord`; their differences are.)
+            if due - now > Delta::ZERO {
+                next = Some(next.map_or(due, |n| if due - n < Delta::ZERO { due } else { n }));
+                return true;
+            }
+            let q = &mut queues[qi];
+            if !q.vq.is_null() {
+                // SAFETY: `q.vq` is live (see `process`).
+                let vring = unsafe { *bindings::virtqueue_get_vring(q.vq) };
+                // SAFETY: `vring` is the live ring of `q`.
+                unsafe { Self::push_used(&vring, q, head.into(), 0) };
+                self.returned.fetch_add(1, Relaxed);
+                touched[qi] = true;
+            }
+            false
+        });
+        for (qi, q) in queues.iter().enumerate() {
+            if touched[qi] && !q.vq.is_null() {
+                Self::interrupt(q.vq);
+            }
+        }
+        next
     }
 
     /// Raises the queue's interrupt, from process context.
@@ -666,13 +789,16 @@ impl FakeDevice {
         }
     }
 
-    /// Returns every buffer kept back.
+    /// Returns every buffer kept back, and the late ones.
     fn release_held(&self) {
         let mut st = self.state.lock();
-        let held: KVec<(usize, u16)> = core::mem::take(&mut st.held);
+        let far = Instant::<Monotonic>::now() + Delta::from_secs(3600);
+        self.return_late(&mut st, far);
         let mut touched = [false; MAX_QUEUES];
-        for (qi, head) in held.iter().copied() {
-            let q = &mut st.queues[qi];
+        let State { queues, held, .. } = &mut *st;
+        // `drain_all` keeps the vector's reserved room.
+        for (qi, head) in held.drain_all() {
+            let q = &mut queues[qi];
             if q.vq.is_null() {
                 continue;
             }
@@ -682,8 +808,8 @@ impl FakeDevice {
             unsafe { Self::push_used(&vring, q, head.into(), 0) };
             touched[qi] = true;
         }
-        let queues = st.queues;
-        drop(st);
+        // Interrupt under the lock, as `process` does: the queues cannot be
+        // deleted meanwhile.
         for (qi, q) in queues.iter().enumerate() {
             if touched[qi] && !q.vq.is_null() {
                 Self::interrupt(q.vq);
@@ -703,8 +829,14 @@ impl FakeDevice {
 impl WorkItem for FakeDevice {
     type Pointer = Arc<FakeDevice>;
 
+    /// Plays the host; while late buffers wait, sleeps (here, in process
+    /// context, never in the notify callback) and looks again every
+    /// [`LATE_POLL`] for new buffers, until the last late one is returned.
     fn run(this: Arc<FakeDevice>) {
-        this.process();
+        while let Some(due) = this.process() {
+            let left = due - Instant::<Monotonic>::now();
+            fsleep(left.min(LATE_POLL));
+        }
     }
 }
 
@@ -771,7 +903,43 @@ fn read_stats(dev: &Arc<FakeDevice>, f: &mut core::fmt::Formatter<'_>) -> core::
     )?;
     writeln!(f, "buffers_returned: {}", dev.returned.load(Relaxed))?;
     writeln!(f, "buffers_kept: {}", dev.kept.load(Relaxed))?;
+    let (reports_held, late_pending) = {
+        let st = dev.state.lock();
+        let held = st.held.iter().filter(|h| h.0 == REPORTING).count();
+        (held, st.late.len())
+    };
+    writeln!(f, "reports: {}", dev.reports.load(Relaxed))?;
+    writeln!(f, "reports_kept: {}", dev.reports_kept.load(Relaxed))?;
+    writeln!(f, "reports_held: {reports_held}")?;
+    writeln!(f, "reported_bytes: {}", dev.reported_bytes.load(Relaxed))?;
+    writeln!(f, "buffers_delayed: {}", dev.delayed.load(Relaxed))?;
+    writeln!(f, "buffers_late_pending: {late_pending}")?;
     writeln!(f, "registered: {}", dev.registered.load(Relaxed))
+}
+
+/// Reads a number written to a debugfs file.
+fn read_u32(reader: &mut UserSliceReader) -> Result<u32> {
+    let (w, n) = read_word(reader)?;
+    let s = core::str::from_utf8(&w[..n]).map_err(|_| EINVAL)?;
+    s.parse().map_err(|_| EINVAL)
+}
+
+fn write_delay(dev: &Arc<FakeDevice>, reader: &mut UserSliceReader) -> Result {
+    dev.delay_ms.store(read_u32(reader)?, Relaxed);
+    Ok(())
+}
+
+fn read_delay(dev: &Arc<FakeDevice>, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    writeln!(f, "{}", dev.delay_ms.load(Relaxed))
+}
+
+fn write_keep_reports(dev: &Arc<FakeDevice>, reader: &mut UserSliceReader) -> Result {
+    dev.keep_reports.store(read_u32(reader)?, Relaxed);
+    Ok(())
+}
+
+fn read_keep_reports(dev: &Arc<FakeDevice>, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+    writeln!(f, "{}", dev.keep_reports.load(Relaxed))
 }
 
 type DevFile = Pin<KBox<debugfs::File<Arc<FakeDevice>>>>;
@@ -796,6 +964,25 @@ impl kernel::Module for FakeModule {
         files.push(
             KBox::pin_init(
                 dir.read_write_callback_file(c"mode", dev.clone(), &read_mode, &write_mode),
+                GFP_KERNEL,
+            )?,
+            GFP_KERNEL,
+        )?;
+        files.push(
+            KBox::pin_init(
+                dir.read_write_callback_file(c"delay_ms", dev.clone(), &read_delay, &write_delay),
+                GFP_KERNEL,
+            )?,
+            GFP_KERNEL,
+        )?;
+        files.push(
+            KBox::pin_init(
+                dir.read_write_callback_file(
+                    c"keep_reports",
+                    dev.clone(),
+                    &read_keep_reports,
+                    &write_keep_reports,
+                ),
                 GFP_KERNEL,
             )?,
             GFP_KERNEL,
@@ -834,5 +1021,10 @@ impl kernel::Module for FakeModule {
 impl Drop for FakeModule {
     fn drop(&mut self) {
         self.dev.unplug();
+        // The driver is gone and the queues with it: nothing queues the work
+        // again. Wait for a run in progress (it may be sleeping for late
+        // buffers) before the module's code goes.
+        // SAFETY: `work` is a field of the live, pinned device.
+        unsafe { kb::flush_work(Work::raw_get(&self.dev.work)) };
     }
 }
