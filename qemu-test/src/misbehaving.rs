@@ -17,7 +17,7 @@
 
 use crate::realistic::vmstat;
 use crate::units::{format_bytes, MIB};
-use crate::vm::{Vm, Wait};
+use crate::vm::{rs_counter, Vm, Wait};
 use crate::{Driver, VmConfig};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeMap;
@@ -40,8 +40,13 @@ pub fn config(test: &str) -> VmConfig {
 
 /// Loads `driver` (ours with a short host timeout).
 pub fn load_driver(vm: &mut Vm, driver: Driver) -> Result<()> {
+    load_driver_timeout(vm, driver, HOST_TIMEOUT_MS)
+}
+
+/// Loads `driver` (ours with a host timeout of `host_timeout_ms`).
+pub fn load_driver_timeout(vm: &mut Vm, driver: Driver, host_timeout_ms: u64) -> Result<()> {
     let args = match driver {
-        Driver::Rust => format!("host_timeout_ms={HOST_TIMEOUT_MS}"),
+        Driver::Rust => format!("host_timeout_ms={host_timeout_ms}"),
         Driver::C => String::new(),
     };
     vm.run_ok(&format!("modprobe {} {args}", driver.module_name()))?;
@@ -79,6 +84,31 @@ fn stat_u64(s: &BTreeMap<String, String>, k: &str) -> Result<u64> {
 pub fn fake_target(vm: &mut Vm, pages: u64) -> Result<()> {
     vm.run_ok(&format!("echo {pages} > {FAKE}/target"))?;
     Ok(())
+}
+
+/// Our driver's debugfs counters ([`Vm::rs_counters`]) for the fake
+/// device alone: the directory of the virtio device that is not on PCI
+/// (QEMU's balloon is).
+pub fn fake_rs_counters(vm: &mut Vm) -> Result<BTreeMap<String, u64>> {
+    let out = vm.run_ok(
+        "for d in /sys/bus/virtio/devices/*; do \
+           case \"$(readlink -f $d)\" in */pci*) continue;; esac; \
+           f=/sys/kernel/debug/virtio_balloon_rs-$(basename $d)/stats; \
+           [ -e $f ] && cat $f; \
+         done",
+    )?;
+    let counters: BTreeMap<String, u64> = out
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.trim().to_string(), v.trim().parse().ok()?))
+        })
+        .collect();
+    ensure!(
+        !counters.is_empty(),
+        "no debugfs stats of virtio_balloon_rs for the fake device: {out:?}"
+    );
+    Ok(counters)
 }
 
 /// Waits until the fake device's `actual` is `pages`.
@@ -325,5 +355,320 @@ pub fn device_recovers() -> Result<()> {
         "deflated PFNs never inflated: {s:?}"
     );
     vm.note(&format!("recovered: {s:?}"));
+    vm.shutdown()
+}
+
+// ---- a free page report the host keeps --------------------------------------
+
+/// Feature bits of the fake device for a held report: `MUST_TELL_HOST |
+/// DEFLATE_ON_OOM | REPORTING` (bit 5).
+pub const FEATURES_REPORTING: u32 = 0x5 | 1 << 5;
+
+/// How long a system sleep test (`pm_test=freezer`: freeze the tasks, wait
+/// `pm_test_delay`, 5 s, thaw) may take with a report held. The freezer
+/// gives up after 20 s (`freeze_timeout_msecs`) when a task or a freezable
+/// work item does not freeze.
+pub const FREEZER_TEST_LIMIT: Duration = Duration::from_secs(12);
+
+/// Boots a guest whose fake device keeps free page reports (mode
+/// `keep-reports`, `REPORTING` offered; the first `keep` reports, or all
+/// with 0), loads `driver`, and asks at once for a balloon of 64 MiB, so
+/// that ours inflates whole 2 MiB blocks and reports them (a block report)
+/// before the page allocator's own first report (2 s after the driver
+/// registered); returns once the device holds a report.
+///
+/// The C driver makes no block reports: what it holds is the page
+/// allocator's report.
+fn boot_with_report_held(driver: Driver, test: &str, keep: u32) -> Result<Vm> {
+    let mut vm = Vm::boot(config(&format!("{}-fake-{test}", driver.load_param())).subject(driver))?;
+    load_driver(&mut vm, driver)?;
+    vm.run_ok(&format!(
+        "insmod /lib/modules/$(uname -r)/extra/virtio_balloon_fake.ko \
+         features={FEATURES_REPORTING} keep_reports={keep} && \
+         echo keep-reports > {FAKE}/mode && echo {} > {FAKE}/target",
+        64 * MIB / 4096
+    ))?;
+    vm.wait_until(
+        "the fake device to hold a free page report",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        |vm| {
+            let s = fake_stats(vm)?;
+            let held = stat_u64(&s, "reports_held")?;
+            Ok(Wait::when(held >= 1, s))
+        },
+    )?;
+    // Let the other reporter (the page allocator's report, or ours) run into
+    // the held one too.
+    std::thread::sleep(Duration::from_secs(3));
+    let s = fake_stats(&mut vm)?;
+    vm.note(&format!("{driver}: report held; fake device stats {s:?}"));
+    if driver == Driver::Rust {
+        let c = fake_rs_counters(&mut vm)?;
+        vm.note(&format!(
+            "ours: inflate_blocks {:?}, reported_blocks {:?}, inflate_pages {:?}",
+            c.get("inflate_blocks"),
+            c.get("reported_blocks"),
+            c.get("inflate_pages")
+        ));
+    }
+    Ok(vm)
+}
+
+/// Our driver's log lines since `mark` about a report or a buffer the
+/// device did not return.
+fn report_lines(vm: &Vm, mark: usize) -> Vec<String> {
+    vm.console_since(mark)
+        .into_iter()
+        .filter(|l| {
+            l.contains("virtio_balloon_rs")
+                && (l.to_lowercase().contains("report") || l.contains("did not return"))
+        })
+        .collect()
+}
+
+/// `rmmod` while the host keeps a free page report (a block report of
+/// ours, and the page allocator's report): ours must finish within
+/// [`RMMOD_LIMIT`] and log why the report is abandoned; C's outcome is
+/// recorded (it waits for its report with `wait_event()`, and unregistering
+/// free page reporting waits for that).
+pub fn rmmod_with_report_held(driver: Driver) -> Result<()> {
+    let mut vm = boot_with_report_held(driver, "rmmod-report-held", 0)?;
+    let mark = vm.console_mark();
+    let t0 = Instant::now();
+    let rm = vm.run_timeout(&format!("rmmod {}", driver.module_name()), RMMOD_LIMIT * 2);
+    let rm_time = t0.elapsed();
+    match (&rm, driver) {
+        (Ok(out), _) => vm.note(&format!(
+            "{driver}: rmmod with a report held took {rm_time:.2?} (exit {}): {}",
+            out.code,
+            out.output.trim()
+        )),
+        (Err(e), Driver::C) => {
+            vm.note(&format!(
+                "virtio_balloon: rmmod with a report held did not finish in {:?}: {e:#}",
+                RMMOD_LIMIT * 2
+            ));
+            return vm.abandon();
+        }
+        (Err(e), Driver::Rust) => bail!(
+            "rmmod with a free page report held did not finish in {:?}: {e:#}",
+            RMMOD_LIMIT * 2
+        ),
+    }
+    if driver == Driver::Rust {
+        let out = rm.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        ensure!(
+            out.code == 0,
+            "rmmod failed (exit {}): {}",
+            out.code,
+            out.output
+        );
+        ensure!(
+            rm_time < RMMOD_LIMIT,
+            "rmmod with a report held took {rm_time:.2?} (limit {RMMOD_LIMIT:?})"
+        );
+        let lines = report_lines(&vm, mark);
+        ensure!(
+            !lines.is_empty(),
+            "rmmod with a report held finished in {rm_time:.2?} but ours logged nothing about the \
+             report it gave up on"
+        );
+        vm.note(&format!("ours: {}", lines.join(" | ")));
+    }
+    let s = fake_stats(&mut vm)?;
+    vm.note(&format!("{driver}: after rmmod, fake device stats {s:?}"));
+    vm.shutdown()
+}
+
+/// A system sleep test (`pm_test=freezer`, `freeze`) while the host keeps a
+/// free page report (the first one only: ours' block report; C's is the
+/// page allocator's): ours must let the guest freeze (the write to
+/// `/sys/power/state` returns 0 within [`FREEZER_TEST_LIMIT`]); C's outcome
+/// is recorded. Then the device returns the report and the balloon
+/// reaches its target.
+///
+/// Only the first report is held: the page allocator's reporting work runs
+/// on the freezable system workqueue (`page_reporting_process`), and a
+/// report of its that the host keeps blocks the freezer whatever the
+/// driver does (it cannot give those pages back to the allocator while the
+/// host may still discard them; C fails the same way). Ours must not make
+/// the page allocator's later reports, or its own size work, wait behind
+/// its held block report.
+pub fn suspend_with_report_held(driver: Driver) -> Result<()> {
+    let mut vm = boot_with_report_held(driver, "suspend-report-held", 1)?;
+    let mark = vm.console_mark();
+    let pm =
+        crate::features::pm_test_suspend(&mut vm, "freezer", "freeze", Duration::from_secs(60));
+    let freezer_lines = vm
+        .console_since(mark)
+        .into_iter()
+        .filter(|l| {
+            l.contains("Freezing")
+                || l.contains("freezable")
+                || l.contains("in-flight:")
+                || l.contains("refusing to freeze")
+        })
+        .collect::<Vec<_>>();
+    match (&pm, driver) {
+        (Ok(pm), _) => vm.note(&format!(
+            "{driver}: suspend test (freezer) with a report held: exit {} in {:.2?}{}",
+            pm.rc,
+            pm.took,
+            if freezer_lines.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", freezer_lines.join(" | "))
+            }
+        )),
+        (Err(e), Driver::C) => {
+            vm.note(&format!(
+                "virtio_balloon: the suspend test with a report held did not finish: {e:#}"
+            ));
+            return vm.abandon();
+        }
+        (Err(e), Driver::Rust) => {
+            bail!("the suspend test with a report held did not finish: {e:#}")
+        }
+    }
+    if driver == Driver::Rust {
+        let pm = pm.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        ensure!(
+            pm.rc == 0 && pm.took < FREEZER_TEST_LIMIT,
+            "with a free page report held the guest did not freeze: echo freeze > \
+             /sys/power/state exited {} after {:.2?} (limit {FREEZER_TEST_LIMIT:?}){}",
+            pm.rc,
+            pm.took,
+            if freezer_lines.is_empty() {
+                String::new()
+            } else {
+                format!(":\n{}", freezer_lines.join("\n"))
+            }
+        );
+    }
+    // The host answers again: the balloon reaches its target.
+    vm.run_ok(&format!(
+        "echo normal > {FAKE}/mode && echo 1 > {FAKE}/release"
+    ))?;
+    let reached = wait_fake_actual(&mut vm, 64 * MIB / 4096, Duration::from_secs(60));
+    match (reached, driver) {
+        (Ok(()), _) => vm.note(&format!("{driver}: reached the target after the release")),
+        (Err(e), Driver::C) => vm.note(&format!(
+            "virtio_balloon: did not reach the target after the release: {e:#}"
+        )),
+        (Err(e), Driver::Rust) => {
+            return Err(e.context("ours did not reach the target once the reports came back"))
+        }
+    }
+    let s = fake_stats(&mut vm)?;
+    vm.note(&format!("{driver}: fake device stats {s:?}"));
+    vm.shutdown()
+}
+
+// ---- the OOM notifier against a slow host ------------------------------------
+
+/// How late the fake host returns each inflate and deflate buffer: below
+/// the notifier's patience for the host (1 s, past which ours marks the
+/// device unresponsive), and long enough that a deflate round of ours (64
+/// buffers, 32 in flight: two waits) holds the balloon lock about 1 s, so
+/// that a notifier waiting for a whole round would exceed
+/// [`OOM_NOTIFY_LIMIT`].
+pub const LATE_MS: u64 = 500;
+/// Our driver's host timeout in the slow-host scenario: far above
+/// [`LATE_MS`], so that the device is never marked unresponsive.
+pub const LATE_HOST_TIMEOUT_MS: u64 = 10_000;
+/// The longest an OOM notifier call of ours may take: the balloon lock
+/// (100 ms, `LOCK_PATIENCE` in `src/balloon/oom.rs`) plus the host (1 s,
+/// `HOST_PATIENCE`) plus 200 ms of scheduling slack.
+pub const OOM_NOTIFY_LIMIT: Duration = Duration::from_millis(100 + 1000 + 200);
+/// How long the out-of-memory workload may run.
+const OOM_WORKLOAD_LIMIT: Duration = Duration::from_secs(120);
+
+/// The OOM notifier while a size round waits for a slow host: the fake
+/// device (`DEFLATE_ON_OOM`) holds 60 % of RAM in the balloon, then returns
+/// every buffer [`LATE_MS`] late; the host asks for the balloon back
+/// (target 0), so the size work deflates round after round, holding the
+/// balloon lock while it waits, and meanwhile a workload needing more than
+/// the guest's memory makes the OOM notifier run again and again. Ours:
+/// the workload ends (OOM-killed once the balloon is empty), and the
+/// longest notifier call (`oom_notify_max_ns` in debugfs) stays within
+/// [`OOM_NOTIFY_LIMIT`]. C: the workload's duration and OOM kills are
+/// recorded.
+pub fn oom_with_late_host(driver: Driver) -> Result<()> {
+    let mut vm =
+        Vm::boot(config(&format!("{}-fake-oom-late-host", driver.load_param())).subject(driver))?;
+    load_driver_timeout(&mut vm, driver, LATE_HOST_TIMEOUT_MS)?;
+    load_fake(&mut vm, "normal", 0x5)?;
+    let big = vm.ram_bytes() / 4096 * 60 / 100;
+    fake_target(&mut vm, big)?;
+    wait_fake_actual(&mut vm, big, Duration::from_secs(120))?;
+    let avail = vm.meminfo_field("MemAvailable")?;
+    vm.note(&format!(
+        "{driver}: balloon {} on the fake device, MemAvailable {}",
+        format_bytes(big * 4096),
+        format_bytes(avail)
+    ));
+    vm.run_ok(&format!(
+        "echo {LATE_MS} > {FAKE}/delay_ms && echo late > {FAKE}/mode && \
+         echo 1 > /proc/sys/vm/overcommit_memory"
+    ))?;
+    let kills = vmstat(&mut vm, "oom_kill")?;
+    // More than the guest has even with the balloon empty: the notifier
+    // runs until the balloon is empty, then the workload is OOM-killed.
+    let hog_mib = vm.ram_bytes() / MIB + 200;
+    fake_target(&mut vm, 0)?;
+    let t0 = Instant::now();
+    let oom = vm.run_timeout(
+        &format!("memhog -m {hog_mib} > /dev/null 2>&1; echo rc=$?"),
+        OOM_WORKLOAD_LIMIT,
+    );
+    let oom_time = t0.elapsed();
+    match (&oom, driver) {
+        (Ok(out), _) => vm.note(&format!(
+            "{driver}: a {hog_mib} MiB workload against a host {LATE_MS} ms late ended in \
+             {oom_time:.2?}: {}",
+            out.output.trim()
+        )),
+        (Err(e), Driver::C) => {
+            vm.note(&format!(
+                "virtio_balloon: a {hog_mib} MiB workload against a host {LATE_MS} ms late did \
+                 not end in {OOM_WORKLOAD_LIMIT:?}: {e:#}"
+            ));
+            return vm.abandon();
+        }
+        (Err(e), Driver::Rust) => bail!(
+            "a {hog_mib} MiB workload against a host {LATE_MS} ms late did not end in \
+             {OOM_WORKLOAD_LIMIT:?}: {e:#}"
+        ),
+    }
+    let killed = vmstat(&mut vm, "oom_kill")? - kills;
+    let s = fake_stats(&mut vm)?;
+    vm.note(&format!(
+        "{driver}: {killed} OOM kill(s) in {oom_time:.2?}; fake device stats {s:?}"
+    ));
+    if driver == Driver::Rust {
+        let c = fake_rs_counters(&mut vm)?;
+        let field = |name: &str| {
+            rs_counter(&c, name).context(
+                "ours has no OOM notifier timing in its debugfs stats (the counters \
+                 oom_notify_calls and oom_notify_max_ns, src/balloon/perf.rs)",
+            )
+        };
+        let calls = field("oom_notify_calls")?;
+        let max = Duration::from_nanos(field("oom_notify_max_ns")?);
+        vm.note(&format!(
+            "ours: {calls} OOM notifier calls, the longest {max:.2?} (limit {OOM_NOTIFY_LIMIT:?})"
+        ));
+        ensure!(
+            calls >= 1,
+            "the OOM notifier never ran: the scenario did not happen ({killed} OOM kills)"
+        );
+        ensure!(
+            max <= OOM_NOTIFY_LIMIT,
+            "an OOM notifier call took {max:.2?} with a host {LATE_MS} ms late (limit \
+             {OOM_NOTIFY_LIMIT:?}): the guest's allocations waited for it"
+        );
+        ensure!(killed >= 1, "the workload was not OOM-killed");
+    }
     vm.shutdown()
 }

@@ -62,3 +62,36 @@ fn broken_queue() -> Result<()> {
 fn device_recovers() -> Result<()> {
     misbehaving::device_recovers()
 }
+
+/// Recorded, not asserted: C waits for its free page report forever.
+#[test]
+fn rmmod_with_report_held_c() -> Result<()> {
+    misbehaving::rmmod_with_report_held(Driver::C)
+}
+
+#[test]
+fn rmmod_with_report_held_rs() -> Result<()> {
+    misbehaving::rmmod_with_report_held(Driver::Rust)
+}
+
+/// Recorded, not asserted.
+#[test]
+fn suspend_with_report_held_c() -> Result<()> {
+    misbehaving::suspend_with_report_held(Driver::C)
+}
+
+#[test]
+fn suspend_with_report_held_rs() -> Result<()> {
+    misbehaving::suspend_with_report_held(Driver::Rust)
+}
+
+/// Recorded, not asserted: the workload's duration and OOM kills.
+#[test]
+fn oom_with_late_host_c() -> Result<()> {
+    misbehaving::oom_with_late_host(Driver::C)
+}
+
+#[test]
+fn oom_with_late_host_rs() -> Result<()> {
+    misbehaving::oom_with_late_host(Driver::Rust)
+}
