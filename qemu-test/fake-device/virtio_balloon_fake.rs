@@ -32,6 +32,8 @@
 //!   ones at once);
 //! - `unplug` (write): unregister the device (what a hot-unplug does), and
 //!   log how long the driver's removal took;
+//! - `break` (write): break the device now (`virtio_break_device()`): the
+//!   driver's next buffers are refused (`EIO`) before the device sees them;
 //! - `stats` (read): `actual`, PFNs inflated and deflated, PFNs deflated
 //!   that were never inflated (a driver bug), buffers returned and kept,
 //!   reporting buffers seen, kept and held now, bytes reported, buffers
@@ -885,6 +887,17 @@ fn write_release(dev: &Arc<FakeDevice>, _reader: &mut UserSliceReader) -> Result
     Ok(())
 }
 
+fn write_break(dev: &Arc<FakeDevice>, _reader: &mut UserSliceReader) -> Result {
+    if dev.registered.load(Relaxed) {
+        let mut st = dev.state.lock();
+        st.broken = true;
+        pr_info!("breaking the device\n");
+        // SAFETY: Our registered device.
+        unsafe { bindings::virtio_break_device(dev.vdev()) };
+    }
+    Ok(())
+}
+
 fn write_unplug(dev: &Arc<FakeDevice>, _reader: &mut UserSliceReader) -> Result {
     if let Some(ms) = dev.unplug() {
         pr_info!("unplugged; the driver's removal took {ms} ms\n");
@@ -997,6 +1010,13 @@ impl kernel::Module for FakeModule {
         files.push(
             KBox::pin_init(
                 dir.write_callback_file(c"unplug", dev.clone(), &write_unplug),
+                GFP_KERNEL,
+            )?,
+            GFP_KERNEL,
+        )?;
+        files.push(
+            KBox::pin_init(
+                dir.write_callback_file(c"break", dev.clone(), &write_break),
                 GFP_KERNEL,
             )?,
             GFP_KERNEL,

@@ -362,6 +362,10 @@ pub struct VmConfig {
     pub swap_mib: Option<u64>,
     /// Transparent huge page mode; `None` = the kernel's default (always).
     pub thp: Option<ThpMode>,
+    /// Kernel problems of the C driver are what the scenario shows (a
+    /// warning C gives on a device that misbehaves): recorded on every
+    /// tier, not failed on.
+    pub c_problems_expected: bool,
 }
 
 /// Where the guest mounts its data disk.
@@ -391,6 +395,7 @@ impl VmConfig {
             data_disk_mib: Some(4096),
             swap_mib: Some(1024),
             thp: None,
+            c_problems_expected: false,
         }
     }
 
@@ -460,6 +465,13 @@ impl VmConfig {
     /// The driver under test, when the test loads it itself.
     pub fn subject(mut self, driver: Driver) -> Self {
         self.subject = Some(driver);
+        self
+    }
+
+    /// The C driver's kernel problems are part of what the scenario shows:
+    /// record them (`c-driver-reports.txt`) on every tier.
+    pub fn c_problems_expected(mut self) -> Self {
+        self.c_problems_expected = true;
         self
     }
 

@@ -565,6 +565,75 @@ pub fn suspend_with_report_held(driver: Driver) -> Result<()> {
     vm.shutdown()
 }
 
+// ---- a buffer the queue refuses ------------------------------------------------
+
+/// A device that is broken before the driver sends anything (`break`):
+/// every buffer the driver adds is refused (`EIO`) before the device sees
+/// it. Ours must not count the pages of a refused buffer as ballooned:
+/// `actual` stays 0 (the device saw no PFN), and `rmmod` has no ballooned
+/// page to keep (before the fix it counted 256, wrote them to `actual`, and
+/// leaked them at `rmmod` as "never freed"). C is recorded: it warns at
+/// each refused add and counts the pages all the same (measured: `actual`
+/// 4096 for a 16 MiB target, the device having seen no PFN).
+pub fn refused_inflate_buffer(driver: Driver) -> Result<()> {
+    // C warns when the add fails (`tell_host()`): recorded, not failed on.
+    let mut vm = Vm::boot(
+        config(&format!("{}-fake-refused", driver.load_param()))
+            .subject(driver)
+            .c_problems_expected(),
+    )?;
+    load_driver(&mut vm, driver)?;
+    load_fake(&mut vm, "normal", 0x5)?;
+    vm.run_ok(&format!("echo 1 > {FAKE}/break"))?;
+    let mark = vm.console_mark();
+    fake_target(&mut vm, 16 * MIB / 4096)?;
+    let refused = logged(
+        &mut vm,
+        mark,
+        "refused PFNs",
+        Duration::from_millis(HOST_TIMEOUT_MS) * 5,
+    );
+    // Whatever the driver does next, it has had time to write `actual`.
+    std::thread::sleep(Duration::from_secs(2));
+    let s = fake_stats(&mut vm)?;
+    vm.note(&format!(
+        "{driver}: after the refusal, fake device stats {s:?}"
+    ));
+    if driver == Driver::C {
+        vm.note(&format!(
+            "virtio_balloon: {}; actual {:?} with {:?} PFNs seen by the device",
+            match &refused {
+                Ok(line) => line.clone(),
+                Err(_) => "no log line about the refused buffer".into(),
+            },
+            s.get("actual"),
+            s.get("inflated_pfns")
+        ));
+        return vm.shutdown();
+    }
+    let line = refused.context("ours did not log the refused inflate buffer")?;
+    vm.note(&format!("ours: {line}"));
+    let (actual, seen) = (stat_u64(&s, "actual")?, stat_u64(&s, "inflated_pfns")?);
+    ensure!(
+        actual == seen,
+        "ours wrote actual = {actual} balloon pages, but the device saw {seen} PFNs: pages of a \
+         refused buffer were counted"
+    );
+    let mark = vm.console_mark();
+    vm.run_timeout(&format!("rmmod {}", driver.module_name()), RMMOD_LIMIT)?;
+    let leaked: Vec<String> = vm
+        .console_since(mark)
+        .into_iter()
+        .filter(|l| l.contains("never freed") || l.contains("leaked"))
+        .collect();
+    ensure!(
+        leaked.is_empty(),
+        "rmmod kept pages the device never saw: {}",
+        leaked.join(" | ")
+    );
+    vm.shutdown()
+}
+
 // ---- the OOM notifier against a slow host ------------------------------------
 
 /// How late the fake host returns each inflate and deflate buffer: below

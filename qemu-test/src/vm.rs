@@ -718,10 +718,12 @@ impl Vm {
     /// Whether kernel problems in this VM are recorded rather than failed
     /// on: the C driver's on the debug tier, where the tests' purpose is
     /// our driver's reports (issue: "reports from the C driver are recorded
-    /// beside ours, not hidden").
+    /// beside ours, not hidden"), and where a scenario expects them
+    /// ([`VmConfig::c_problems_expected`]).
     fn records_problems(&self) -> bool {
         self.cfg.subject == Some(crate::Driver::C)
-            && crate::config::Tier::current().ok() == Some(crate::config::Tier::Debug)
+            && (self.cfg.c_problems_expected
+                || crate::config::Tier::current().ok() == Some(crate::config::Tier::Debug))
     }
 
     /// Ends a VM the test leaves without a clean shutdown (the C driver left

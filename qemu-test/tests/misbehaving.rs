@@ -95,3 +95,14 @@ fn oom_with_late_host_c() -> Result<()> {
 fn oom_with_late_host_rs() -> Result<()> {
     misbehaving::oom_with_late_host(Driver::Rust)
 }
+
+/// Recorded, not asserted: C ignores the refused buffer and waits forever.
+#[test]
+fn refused_inflate_buffer_c() -> Result<()> {
+    misbehaving::refused_inflate_buffer(Driver::C)
+}
+
+#[test]
+fn refused_inflate_buffer_rs() -> Result<()> {
+    misbehaving::refused_inflate_buffer(Driver::Rust)
+}
