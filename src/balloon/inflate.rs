@@ -457,8 +457,9 @@ fn report_blocks(
                 r.empty_into(blocks);
                 *report = Some(r);
                 // EBUSY: the page allocator reports free pages right now, or
-                // the device still has a report: skip.
-                if err != EBUSY && !failed.xchg(true, Relaxed) {
+                // the device still has a report; ENODEV: unbinding began or
+                // the queue is gone. Skip.
+                if err != EBUSY && err != ENODEV && !failed.xchg(true, Relaxed) {
                     dev_warn!(
                         dev.as_ref(),
                         "reporting {} inflated blocks on the reporting queue failed ({:?}): not \
@@ -563,13 +564,12 @@ fn tell_host(
                 // only warns).
                 dev_warn!(
                     dev.as_ref(),
-                    "inflate queue refused PFNs ({:?}): freeing its {} pages\n",
+                    "inflate queue refused PFNs ({:?}): freeing its {} pages, never announced\n",
                     rejected.err,
                     buffer.len()
                 );
                 buffer.clear();
                 b.inflate_buffers.put(rejected.buf);
-                host.unresponsive(dev, "inflate", rejected.err, host.timeout());
                 round.stop = Some(Stop::Host);
                 break 'sources;
             }

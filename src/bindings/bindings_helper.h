@@ -79,6 +79,12 @@ static inline unsigned long rust_vb_balloon_pages_bulk(int nid, unsigned long nr
  * down to the min watermark (its slow path tries once there) without
  * waking kswapd, leaving the guest's own allocations to reclaim directly.
  */
+static inline bool rust_vb_zone_above_low(struct zone *zone, long taken, int highest)
+{
+	return (long)zone_page_state(zone, NR_FREE_PAGES) - taken >=
+	       (long)low_wmark_pages(zone) + zone->lowmem_reserve[highest];
+}
+
 static inline bool rust_vb_block_above_low(int nid, unsigned int order, gfp_t gfp)
 {
 	pg_data_t *pgdat = NODE_DATA(nid);
@@ -87,12 +93,8 @@ static inline bool rust_vb_block_above_low(int nid, unsigned int order, gfp_t gf
 
 	for (z = highest; z >= 0; z--) {
 		struct zone *zone = &pgdat->node_zones[z];
-		long free;
 
-		if (!populated_zone(zone))
-			continue;
-		free = zone_page_state(zone, NR_FREE_PAGES) - (1L << order);
-		if (free >= (long)low_wmark_pages(zone) + zone->lowmem_reserve[highest])
+		if (populated_zone(zone) && rust_vb_zone_above_low(zone, 1L << order, highest))
 			return true;
 	}
 	return false;
@@ -114,9 +116,21 @@ static inline struct page *rust_vb_balloon_block_alloc(int nid, unsigned int ord
 
 	gfp &= ~__GFP_RECLAIM;
 	gfp |= __GFP_THISNODE | __GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC;
+	struct page *page;
+
 	if (!rust_vb_block_above_low(nid, order, gfp))
 		return NULL;
-	return alloc_pages_node(nid, gfp, order);
+	page = alloc_pages_node(nid, gfp, order);
+	/*
+	 * The allocation may have come from another zone than the one found
+	 * above low, at the min watermark: the zone it came from must still
+	 * be above low, else the block goes back.
+	 */
+	if (page && !rust_vb_zone_above_low(page_zone(page), 0, gfp_zone(gfp))) {
+		__free_pages(page, order);
+		return NULL;
+	}
+	return page;
 }
 
 static inline int rust_vb_numa_mem_id(void)

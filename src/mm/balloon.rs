@@ -52,7 +52,7 @@ pub(crate) struct BalloonPage(NonNull<kb::page>);
 unsafe impl Send for BalloonPage {}
 
 impl BalloonPage {
-    /// Allocates up to `n` movable pages for a balloon with
+    /// Allocates up to `n` (at most 256) movable pages for a balloon with
     /// `balloon_page_alloc()`'s flags in one call (`alloc_pages_bulk()`),
     /// appending them to `into` within its capacity. Returns how many were
     /// allocated.
@@ -67,8 +67,10 @@ impl BalloonPage {
     ///
     /// `node` is the NUMA node to prefer; `None` is the local one.
     pub(crate) fn alloc_bulk(into: &mut KVec<BalloonPage>, n: usize, node: Option<Node>) -> usize {
+        // The bulk allocator holds the per-CPU list lock for the whole call.
+        const MAX: usize = 256;
         let spare = into.spare_capacity_mut();
-        let n = n.min(spare.len());
+        let n = n.min(spare.len()).min(MAX);
         if n == 0 {
             return 0;
         }
@@ -225,7 +227,8 @@ impl Drop for BalloonBlock {
 /// # Invariants
 ///
 /// The first `blocks.len()` entries of `table` are initialized and describe
-/// the blocks of `blocks`, in order, whole.
+/// the blocks of `blocks`, in order, whole; when there are blocks, the last
+/// of those entries ends the list (`sg_mark_end()`).
 pub(crate) struct BlockReport {
     blocks: KVec<BalloonBlock>,
     table: KVec<kb::scatterlist>,
@@ -266,9 +269,16 @@ impl BlockReport {
                 break;
             }
         }
+        self.describe();
+        self.blocks.len()
+    }
+
+    /// Describes the blocks held, one entry each, the last ending the list.
+    fn describe(&mut self) {
         let n = self.blocks.len();
         if n > 0 {
-            // SAFETY: `table` has at least `n` entries.
+            // SAFETY: `table` has at least `n` entries (`blocks` never holds more); this marks
+            // entry `n - 1` as the end.
             unsafe { bindings::sg_init_table(self.table.as_mut_ptr(), n as u32) };
         }
         for (sg, block) in self.table.iter_mut().zip(self.blocks.iter()) {
@@ -276,8 +286,8 @@ impl BlockReport {
             // SAFETY: `sg` is an initialized entry; the block is `len` bytes of pages we own.
             unsafe { bindings::sg_set_page(sg, block.page.as_ptr(), len, 0) };
         }
-        // INVARIANT: The first `n` entries describe the `n` blocks, in order.
-        n
+        // INVARIANT: The first `n` entries describe the `n` blocks, in order, the last ending the
+        // list.
     }
 
     /// Gives every block back, appended to `into` within its capacity
@@ -285,12 +295,13 @@ impl BlockReport {
     pub(crate) fn empty_into(&mut self, into: &mut KVec<BalloonBlock>) {
         while let Some(block) = self.blocks.pop() {
             if let Err(e) = into.push_within_capacity(block) {
-                // No room: keep it (the invariant still holds for a prefix).
+                // No room: keep it.
                 let _ = self.blocks.push_within_capacity(e.0);
                 break;
             }
         }
-        // INVARIANT: What is left is a prefix of what was described.
+        // What is left must end the list where it ends now.
+        self.describe();
     }
 
     /// The entries and their number.

@@ -187,11 +187,6 @@ impl BindState {
         if infos.is_empty() || infos.len() > u32::MAX as usize {
             return Err(EINVAL);
         }
-        if self.slots.as_ref().is_none() {
-            let slots = KBox::pin_slice(|_| VqSlot::new(), infos.len(), GFP_KERNEL)?;
-            // Bus callbacks are serialized by the device lock: nobody populates concurrently.
-            self.slots.populate(slots);
-        }
         for (index, info) in infos.iter().enumerate() {
             if info.kind() == Kind::FreePageHints {
                 check_free_page_hints(
@@ -200,6 +195,11 @@ impl BindState {
                     index,
                 )?;
             }
+        }
+        if self.slots.as_ref().is_none() {
+            let slots = KBox::pin_slice(|_| VqSlot::new(), infos.len(), GFP_KERNEL)?;
+            // Bus callbacks are serialized by the device lock: nobody populates concurrently.
+            self.slots.populate(slots);
         }
         let slots = self.slots();
         if slots.len() != infos.len() {

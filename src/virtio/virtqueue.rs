@@ -172,10 +172,14 @@ const WAIT_SLICE_MS: u32 = 100;
 /// # Invariants
 ///
 /// `vq` is null or a live virtqueue of the bound device, created for this
-/// slot. Every untagged token queued in `vq` came from `Buffer::into_token`
-/// of the type `ty` names, and `drop` drops such a token; tagged tokens are
-/// [`PageHint`]s, which own nothing. `generation` changes whenever `vq`
-/// does.
+/// slot. On a slot of owned buffers, every untagged token queued in `vq`
+/// came from `Buffer::into_token` of the type `ty` names, and `drop` drops
+/// such a token; tagged tokens are [`PageHint`]s, which own nothing. On a
+/// slot of [`SgQueue`] transfers (`drop` is `None`), a queued token is the
+/// transfer in progress (borrowed entries, or a leaked box of owned ones),
+/// or, while `kept` is `Some`, the kept one alone; `lent` counts them,
+/// `kept` included. `revoked`, once set, stays set until the next
+/// [`VqSlot::attach`]. `generation` changes whenever `vq` does.
 struct SlotState {
     vq: *mut bindings::virtqueue,
     generation: u64,
@@ -278,9 +282,12 @@ impl VqSlot {
         !self.state.lock().vq.is_null()
     }
 
-    /// Borrowed transfers the device holds.
+    /// Borrowed memory the device holds, which unbinding must wait for.
+    /// Owned memory the device kept ([`SgQueue::try_transfer_owned`]) is
+    /// not counted: the slot owns it and drops it once the device is reset.
     pub(super) fn lent(&self) -> usize {
-        self.state.lock().lent
+        let s = self.state.lock();
+        s.lent - usize::from(s.kept.is_some())
     }
 
     /// Installs a virtqueue created by `virtio_find_vqs`.
@@ -291,8 +298,9 @@ impl VqSlot {
     /// buffer and stays valid until [`VqSlot::detach`].
     pub(super) unsafe fn attach(&self, vq: *mut bindings::virtqueue, kind: Kind) {
         let mut s = self.state.lock();
-        // A deleted queue gave up what it kept (`detach`).
-        debug_assert!(s.kept.is_none());
+        // A deleted queue gave up what it kept (`detach`); should anything be
+        // left, it is dropped below, outside the lock (the device is reset).
+        let stale = s.kept.take();
         // INVARIANT: `vq` is null or live by the safety requirements; it holds no tokens yet, and
         // the generation changes with it.
         *s = SlotState {
@@ -308,6 +316,10 @@ impl VqSlot {
             kept: None,
             bad_len_reported: false,
         };
+        drop(s);
+        if stale.is_some() {
+            pr_warn!("virtio: a queue was created again with kept memory left; freeing it\n");
+        }
     }
 
     /// Step 1 of the unbind protocol: lends from now on fail with
@@ -365,6 +377,9 @@ impl VqSlot {
             }
         }
         // After the queue no longer refers to it.
+        if kept.is_some() {
+            pr_info!("virtio: freeing memory the device kept past a transfer: it was reset\n");
+        }
         core::mem::drop(kept);
         true
     }

@@ -27,9 +27,11 @@ use kernel::{
 /// # Safety
 ///
 /// [`SgList::as_raw`] must return a valid array of that many initialized
-/// scatterlist entries, describing whole pages or parts of pages (by `struct
-/// page`, offset and length; high memory too) that the device may write and
-/// that nobody else uses while `self` is borrowed.
+/// scatterlist entries, one list whose last entry is the last of the array
+/// (`sg_mark_end()`, no chain or end before it: the virtio core follows
+/// `sg_next()`), describing whole pages or parts of pages (by `struct page`,
+/// offset and length; high memory too) that the device may write and that
+/// nobody else uses while `self` is borrowed.
 pub unsafe trait SgList {
     /// The entries and their number.
     fn as_raw(&self) -> (*mut kernel::bindings::scatterlist, usize);
@@ -85,8 +87,9 @@ type DropToken = unsafe fn(NonNull<c_void>);
 ///
 /// # Invariants
 ///
-/// `token` came from `KBox::into_raw` of the type `drop` drops, and is queued
-/// on (or was used by) the slot's device; it is dropped once, by `drop`.
+/// `token` is a leaked `KBox` of an [`OwnedSgList`] type (`Send + 'static`)
+/// that `drop` drops, and is queued on (or was used by) the slot's device;
+/// it is dropped once, by `drop`.
 pub(super) struct Kept {
     token: NonNull<c_void>,
     drop: DropToken,
@@ -163,8 +166,11 @@ impl<'a> SgQueue<'a> {
     /// not when the queue breaks (a broken device may still be running).
     /// It returns [`ENODEV`] once the device is reset (unbind, suspend, or
     /// the unbind protocol resetting a device that keeps lent memory too
-    /// long), and at once, lending nothing, once unbinding has begun; [`ENOSPC`] if the ring has fewer free descriptors than `sg`
-    /// has entries, [`EIO`] if the queue was already broken.
+    /// long), and at once, lending nothing, once unbinding has begun;
+    /// [`ENOSPC`] if the ring has fewer free descriptors than `sg` has
+    /// entries, [`EIO`] if the queue was already broken, [`EBUSY`] while
+    /// the device still has memory it kept from
+    /// [`SgQueue::try_transfer_owned`].
     pub fn transfer_inbuf<S: SgList>(&self, sg: &S) -> Result {
         let turn = self.slot.transfer.lock();
         self.transfer_in_turn(&turn, sg)
@@ -200,9 +206,14 @@ impl<'a> SgQueue<'a> {
                 sg: Some(sg),
             });
         };
-        let (list, n) = sg.as_raw();
-        let token = NonNull::from(KBox::leak(sg)).cast::<c_void>();
-        // SAFETY: `token` is the box of `S` leaked just above, which `drop_box::<S>` drops.
+        let raw = KBox::into_raw(sg);
+        // SAFETY: `raw` is the box just given up, valid and unaliased; its entries are read
+        // through it, not through a reference that the token would outlive.
+        let (list, n) = unsafe { (*raw).as_raw() };
+        // SAFETY: A box pointer is not null.
+        let token = unsafe { NonNull::new_unchecked(raw.cast::<c_void>()) };
+        // SAFETY: `list` holds `n` entries of `*raw` (`OwnedSgList`: for as long as it lives),
+        // and `token` is the box of `S` given up above, which `drop_box::<S>` drops.
         let end = unsafe { self.lend(&turn, list, n, token, Some((timeout, drop_box::<S>))) };
         // SAFETY: Unless the device kept it (then the slot holds `token` and nothing is returned
         // here), the memory is ours again and `token` is the box leaked above, taken back once.
@@ -258,7 +269,7 @@ impl<'a> SgQueue<'a> {
         }
         // A kept memory's return noticed below is dropped after the lock is released (declared
         // before the guard, so dropped after it).
-        let returned: Option<Kept>;
+        let mut returned: Option<Kept>;
         let mut s = self
             .slot
             .lock_for(self.generation, TypeId::of::<SgMarker>())
@@ -307,13 +318,24 @@ impl<'a> SgQueue<'a> {
         // SAFETY: `s.vq` is live.
         unsafe { bindings::virtqueue_kick(s.vq) };
         let start = Instant::<Monotonic>::now();
+        if returned.is_some() {
+            // Memory kept before and given back since: freed now, outside the lock (the wait
+            // below may be long), not when this transfer ends.
+            drop(s);
+            drop(returned.take());
+            s = self.slot.state.lock();
+        }
         let end = loop {
             if s.vq.is_null() || s.generation != self.generation {
                 // The queue was deleted after a device reset: it no longer uses the memory.
                 break Err(Lend::Back(ENODEV));
             }
             if s.reset {
-                // The device was reset: it no longer uses the memory.
+                // The device was reset: it no longer uses the memory. The token may stay in the
+                // ring until the queue is deleted, which looks at it only to skip it, and no other
+                // lend can queue the same token meanwhile: a live queue is marked reset only by
+                // the unbind protocol, after it was revoked (`revoked`: no new lend); otherwise
+                // the mark comes with the queue's deletion.
                 s.lent = s.lent.saturating_sub(1);
                 break Err(Lend::Back(ENODEV));
             }
