@@ -170,7 +170,9 @@ fn alternating() -> impl Iterator<Item = Driver> {
 /// read (the page cache keeps it: no `drop_caches`), leaving free memory
 /// near the low watermark. Inflating half of RAM must then reclaim page
 /// cache. Ours must take at most [`TIME_RATIO_MAX`] × C's time, with no OOM
-/// kill, then deflate.
+/// kill, then deflate. The log shows, for each driver, how close free
+/// memory came to each zone's low watermark during the inflate
+/// (`/proc/zoneinfo` every 50 ms).
 pub fn page_cache_full() -> Result<()> {
     let mut vm = Vm::boot(config("page-cache-full"))?;
     let ram = vm.ram_bytes();
@@ -196,11 +198,14 @@ pub fn page_cache_full() -> Result<()> {
             format_bytes(free)
         );
         let kills = vmstat(&mut vm, "oom_kill")?;
+        start_zone_sampler(&mut vm)?;
         let t = time_balloon_to(&mut vm, target, INFLATE_TIMEOUT)
             .with_context(|| format!("{driver}: inflating half of RAM full of page cache"))?;
+        let zones = stop_zone_sampler(&mut vm)?;
         let killed = vmstat(&mut vm, "oom_kill")? - kills;
         vm.note(&format!(
-            "{driver}: inflated {} in {}, OOM kills {killed}",
+            "{driver}: inflated {} in {}, OOM kills {killed}; free pages above the low \
+             watermark during the inflate, lowest per zone: {zones}",
             format_bytes(ram / 2),
             secs(t)
         ));
@@ -211,6 +216,32 @@ pub fn page_cache_full() -> Result<()> {
     }
     times.check(&vm, "inflate half of RAM, page cache full")?;
     vm.shutdown()
+}
+
+/// Samples `/proc/zoneinfo` in the guest every 50 ms, in the background,
+/// until [`stop_zone_sampler`]: each populated zone's free pages minus its
+/// low watermark.
+fn start_zone_sampler(vm: &mut Vm) -> Result<()> {
+    vm.run_ok(
+        "rm -f /tmp/zi.stop /tmp/zi.log; \
+         (while [ ! -e /tmp/zi.stop ]; do \
+            awk '/^Node/ { z = $2 $4 } /pages free/ { f = $3 } \
+                 /^ +low / { if ($2 > 0) print z, f - $2 }' /proc/zoneinfo; \
+            sleep 0.05; done > /tmp/zi.log 2>&1 &)",
+    )?;
+    Ok(())
+}
+
+/// Stops the sampler of [`start_zone_sampler`]; returns, per zone, the
+/// lowest free-minus-low seen and how many samples were below low.
+fn stop_zone_sampler(vm: &mut Vm) -> Result<String> {
+    let out = vm.run_ok(
+        "touch /tmp/zi.stop; sleep 0.2; \
+         awk '{ n[$1]++; if (!($1 in m) || $2 < m[$1]) m[$1] = $2; if ($2 < 0) b[$1]++ } \
+              END { for (z in m) printf \"%s %d pages (%d of %d samples below low); \", \
+                    z, m[z], b[z], n[z] }' /tmp/zi.log",
+    )?;
+    Ok(out.trim().to_string())
 }
 
 // ---- NUMA -----------------------------------------------------------------------
