@@ -23,7 +23,10 @@
 //!
 //! Optional features, as in C: deflate on OOM ([`oom`]), free page
 //! reporting ([`reporting`]), free page hinting for live migration
-//! ([`hinting`]), page poisoning ([`poison`]); and system sleep.
+//! ([`hinting`]), page poisoning ([`poison`]); and system sleep. The
+//! driver's data for a device is the balloon with the kernel registrations
+//! these features call for ([`registrations`]); [`vq`] names the queues.
+//! This file only declares the parts and wires them to the virtio bus.
 //!
 //! All of this is safe Rust over `crate::virtio` and `crate::mm`; the
 //! compiler checks it (`deny(unsafe_code)` below).
@@ -40,19 +43,15 @@ mod migrate;
 mod oom;
 mod perf;
 mod poison;
+mod registrations;
 mod reporting;
 mod stats;
+mod vq;
 mod wakeup;
 
 use crate::{
     bindings::uapi,
     compat::Param,
-    mm::{
-        balloon::BalloonDevInfo,
-        oom as oom_notifier,
-        page_reporting,
-        shrinker, //
-    },
     virtio::{
         self,
         Features, //
@@ -61,30 +60,15 @@ use crate::{
 };
 use core::pin::Pin;
 use device::Balloon;
-use hinting::FreePageHints;
-use host::Host;
 use kernel::{
     device::Core,
     prelude::*,
-    sync::Arc,
     time::Delta, //
 };
-
-/// Virtqueue indexes, in the order of the virtio spec (5.5.2).
-mod vq {
-    pub(super) const INFLATE: usize = 0;
-    pub(super) const DEFLATE: usize = 1;
-    pub(super) const STATS: usize = 2;
-    pub(super) const FREE_PAGE: usize = 3;
-    pub(super) const REPORTING: usize = 4;
-}
+use registrations::Registrations;
 
 const _: () = assert!(crate::logic::pfn::BALLOON_PFN_SHIFT == uapi::VIRTIO_BALLOON_PFN_SHIFT);
 const _: () = assert!(crate::logic::stats::tag::NR == uapi::VIRTIO_BALLOON_S_NR as usize);
-
-/// The kernel's list of the pages a balloon holds, whose migration goes
-/// through the host.
-type BalloonList = BalloonDevInfo<Arc<Host>>;
 
 /// The virtio balloon driver.
 pub(crate) struct VirtioBalloon;
@@ -98,64 +82,10 @@ virtio_device_table!(
     )]
 );
 
-/// The driver's data for one device: the balloon, and the kernel
-/// registrations that call into it, unregistered (first) when it is dropped.
-#[pin_data]
-pub(crate) struct BalloonDevice {
-    /// Free page reporting (`VIRTIO_BALLOON_F_REPORTING`).
-    reporting: Option<Pin<KBox<page_reporting::Registration<Arc<Host>>>>>,
-    /// Deflate on OOM (`VIRTIO_BALLOON_F_DEFLATE_ON_OOM`).
-    oom: Option<Pin<KBox<oom_notifier::Registration<Arc<Balloon>>>>>,
-    /// Hinted blocks are reclaimable (`VIRTIO_BALLOON_F_FREE_PAGE_HINT`).
-    shrinker: Option<Pin<KBox<shrinker::Registration<Arc<FreePageHints>>>>>,
-    balloon: Arc<Balloon>,
-}
-
-impl BalloonDevice {
-    /// Registers what the negotiated features call for.
-    fn new(dev: &virtio::Device<Core<'_>>, balloon: Arc<Balloon>) -> Result<Self> {
-        let props = *balloon.host().props();
-        let reporting = if props.reporting {
-            let capacity = dev.sg_vq(vq::REPORTING)?.size();
-            Some(KBox::pin_init(
-                page_reporting::Registration::new(
-                    reporting::REPORTING_ORDER,
-                    capacity,
-                    balloon.host().clone(),
-                ),
-                GFP_KERNEL,
-            )?)
-        } else {
-            None
-        };
-        let oom = if props.deflate_on_oom {
-            Some(KBox::pin_init(
-                oom_notifier::Registration::new(oom::OOM_NOTIFY_PRIORITY, balloon.clone()),
-                GFP_KERNEL,
-            )?)
-        } else {
-            None
-        };
-        let shrinker = match balloon.hints() {
-            Some(hints) => Some(KBox::pin_init(
-                shrinker::Registration::new(c"virtio-balloon-rs", hints.clone()),
-                GFP_KERNEL,
-            )?),
-            None => None,
-        };
-        Ok(Self {
-            reporting,
-            oom,
-            shrinker,
-            balloon,
-        })
-    }
-}
-
 #[vtable]
 impl virtio::Driver for VirtioBalloon {
     type IdInfo = ();
-    type Data<'bound> = BalloonDevice;
+    type Data<'bound> = Registrations;
 
     const ID_TABLE: virtio::IdTable<Self::IdInfo> = VIRTIO_BALLOON_ID_TABLE;
 
@@ -184,7 +114,7 @@ impl virtio::Driver for VirtioBalloon {
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
         // Set up at once; a `Result` is an initializer.
         Balloon::probe(dev, Self::host_timeout())
-            .and_then(|balloon| BalloonDevice::new(dev, balloon))
+            .and_then(|balloon| Registrations::new(dev, balloon))
     }
 
     fn ready(dev: &virtio::Device<Core<'_>>, data: Pin<&Self::Data<'_>>) {

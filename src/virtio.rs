@@ -31,7 +31,7 @@
 //! (configuration change, used buffers) get a plain [`Device`]: they may
 //! only look at feature bits and defer work. Deferred work reaches a
 //! [`Device<Bound>`](Device), with configuration space and virtqueues,
-//! through [`Binding::access`], which only ever hands one out in process
+//! through [`Binding::try_access`], which only ever hands one out in process
 //! context; configuration access may sleep.
 //!
 //! # Unbinding
@@ -40,7 +40,7 @@
 //! hot-unplug), `shutdown`, or temporarily through `freeze`. What the
 //! abstraction guarantees, in order, for `remove`:
 //!
-//! 1. **Revoke**: [`Binding::access`] returns `None` from now on, and no
+//! 1. **Revoke**: [`Binding::try_access`] returns `None` from now on, and no
 //!    queue accepts borrowed memory any more ([`SgQueue`] transfers fail
 //!    with [`ENODEV`]), so a guard taken before cannot lend after the count
 //!    below. Transfers of borrowed memory that the device still holds get

@@ -10,16 +10,19 @@
 
 use super::{
     buffers::DeflateBuffer,
+    device::{
+        Round,
+        Stop, //
+    },
     host::{
         Ballooned,
         Host,
         Pipeline, //
     },
-    inflate::{
-        Round,
-        Stop, //
+    lists::{
+        Lists,
+        BALLOON_PAGES_PER_PAGE, //
     },
-    lists::Lists,
     perf::{
         Counter,
         Stopwatch, //
@@ -50,7 +53,7 @@ fn release(host: &Host, b: &mut Ballooned, mut buf: DeflateBuffer) -> u32 {
     buf.ctx().release();
     sw.stop(host.perf(), Counter::DeflateFreeNs);
     b.deflate_buffers.put(buf);
-    n as u32 * host.props().per_page
+    n as u32 * BALLOON_PAGES_PER_PAGE
 }
 
 /// Deflates by up to `2 * deflate_depth` buffers of `num` balloon pages in
@@ -69,7 +72,7 @@ pub(super) fn leak_balloon(
     num: u32,
     wait: Delta,
 ) -> Round {
-    let props = host.props();
+    let depth = host.batching().deflate_depth;
     // We can't release more pages than taken.
     let num = num.min(b.num_pages);
     if num == 0 {
@@ -78,7 +81,7 @@ pub(super) fn leak_balloon(
     let mut pipe = match Pipeline::<DeflateBuffer>::new(
         dev,
         vq::DEFLATE,
-        props.deflate_depth,
+        depth,
         wait,
         host.perf(),
         Counter::DeflateWaitNs,
@@ -95,7 +98,7 @@ pub(super) fn leak_balloon(
     let shift = kernel::page::PAGE_SHIFT as u32;
     // A round ends after `2 * depth` buffers, so that `actual` follows and
     // a new target is seen every few dozen MiB, as on the inflate side.
-    let mut budget = 2 * props.deflate_depth;
+    let mut budget = 2 * depth.get();
     let mut round = Round::NOTHING;
     loop {
         while pipe.has_room() && round.moved < num && budget > 0 && round.stop.is_none() {
@@ -103,8 +106,8 @@ pub(super) fn leak_balloon(
                 break;
             };
             budget -= 1;
-            let want = batch_pages(num - round.moved, props.per_page, PFNS_PER_BUFFER);
-            let mut batch = PfnBatch::new(shift, props.endian);
+            let want = batch_pages(num - round.moved, BALLOON_PAGES_PER_PAGE, PFNS_PER_BUFFER);
+            let mut batch = PfnBatch::new(shift, host.negotiated().endian);
             let (pfns, pages) = buf.parts();
             // One round of the balloon core's lock for the whole buffer. The
             // balloon holds `num_pages`, so fewer pages than asked means the

@@ -9,15 +9,15 @@ use super::{
     deflate::leak_balloon,
     hinting::FreePageHints,
     host::{
+        Batching,
         Host,
-        Props, //
+        Negotiated, //
     },
-    inflate::{
-        Inflater,
-        Round,
-        Stop, //
+    inflate::Inflater,
+    lists::{
+        Lists,
+        BALLOON_PAGES_PER_PAGE, //
     },
-    lists::Lists,
     perf::{
         self,
         Counter, //
@@ -84,6 +84,37 @@ const HOLD_RECHECK_MS: u32 = 5000;
 /// How long to wait for pages compaction has isolated.
 const ISOLATED_RECHECK_MS: u32 = 10;
 
+/// Why a round of the balloon stopped before its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stop {
+    /// Inflating further would cut into the guest's reserve.
+    Hold,
+    /// A single-page allocation failed, even after reclaim (C's "Out of
+    /// puff").
+    OutOfPuff,
+    /// The host did not take or return a buffer.
+    Host,
+}
+
+/// What a round of inflating or deflating did.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Round {
+    /// Balloon pages the host was told about.
+    pub(super) moved: u32,
+    /// Balloon pages the host acknowledged (deflate: freed to the guest).
+    pub(super) acked: u32,
+    /// Why it stopped short, if it did.
+    pub(super) stop: Option<Stop>,
+}
+
+impl Round {
+    pub(super) const NOTHING: Round = Round {
+        moved: 0,
+        acked: 0,
+        stop: None,
+    };
+}
+
 /// What the size work does after a round.
 enum Next {
     /// Run again at once.
@@ -132,17 +163,17 @@ impl_has_delayed_work! {
 
 /// Creates the virtqueues the negotiated features call for (C's `init_vqs()`,
 /// without the statistics buffer).
-fn init_vqs(dev: &virtio::Device<Core<'_>>, props: &Props) -> Result {
+fn init_vqs(dev: &virtio::Device<Core<'_>>, negotiated: &Negotiated) -> Result {
     let used = |on: bool, info: VqInfo| if on { info } else { VqInfo::UNUSED };
     dev.find_vqs(&[
         VqInfo::new(c"inflate"),
         VqInfo::new(c"deflate"),
-        used(props.stats, VqInfo::new(c"stats")),
+        used(negotiated.stats, VqInfo::new(c"stats")),
         used(
-            props.free_page_hint,
+            negotiated.free_page_hint,
             VqInfo::free_page_hints(c"free_page_vq"),
         ),
-        used(props.reporting, VqInfo::new(c"reporting_vq")),
+        used(negotiated.reporting, VqInfo::new(c"reporting_vq")),
     ])
 }
 
@@ -156,27 +187,34 @@ impl Balloon {
             dev_err!(dev.as_ref(), "config access disabled\n");
             return Err(EINVAL);
         }
-        let props = Props::of(dev);
-        init_vqs(dev, &props)?;
+        let negotiated = Negotiated::of(dev);
+        init_vqs(dev, &negotiated)?;
         // Never more buffers in flight than a queue holds.
-        let props = props.with_depths(dev)?;
-        let hints = if props.free_page_hint {
+        let batching = Batching::of(dev, &negotiated)?;
+        let hints = if negotiated.free_page_hint {
             // One entry is always reserved for the command id.
             if dev.vq::<KBox<u32>>(vq::FREE_PAGE).map_or(0, |q| q.size()) < 2 {
                 return Err(ENOSPC);
             }
-            Some(FreePageHints::new(dev.binding(), props.endian, timeout)?)
+            Some(FreePageHints::new(
+                dev.binding(),
+                negotiated.endian,
+                timeout,
+            )?)
         } else {
             None
         };
         let debugfs = perf::debugfs_dir(dev.as_ref().name());
-        let host = Arc::pin_init(Host::new(dev, props, timeout, &debugfs), GFP_KERNEL)?;
+        let host = Arc::pin_init(
+            Host::new(dev, negotiated, batching, timeout, &debugfs),
+            GFP_KERNEL,
+        )?;
         let this = Arc::pin_init(
             try_pin_init!(Self {
                 // Without deflate-on-OOM, ballooned pages leave MemTotal.
-                lists <- Lists::new(!props.deflate_on_oom, host.clone()),
+                lists <- Lists::new(!negotiated.deflate_on_oom, host.clone()),
                 host,
-                inflater <- Inflater::new(props.inflate_depth),
+                inflater <- Inflater::new(batching.inflate_depth),
                 stop_update <- new_spinlock_irq!(false),
                 wakeup <- Wakeup::new(),
                 size_work <- new_work!("virtio_balloon_rs::size_work"),
@@ -186,12 +224,12 @@ impl Balloon {
             }? Error),
             GFP_KERNEL,
         )?;
-        if props.stats {
+        if negotiated.stats {
             // Prime the stats queue with one buffer so the host can use it
             // to ask for statistics later.
-            stats::prime(dev, props.endian)?;
+            stats::prime(dev, negotiated.endian)?;
         }
-        if props.page_poison {
+        if negotiated.page_poison {
             poison::write_poison_val(dev);
         }
         dev.set_wakeup_capable(true);
@@ -244,7 +282,7 @@ impl Balloon {
     /// One round of the size work (C's `update_balloon_size_func()`): move
     /// up to a few dozen buffers towards the target, write `actual`.
     fn update_balloon_size_func(&self, dev: &virtio::Device<Bound>) -> Next {
-        if !self.host.is_responsive(dev) {
+        if !self.host.recover(dev) {
             return Next::Idle;
         }
         let current = self.host.lock().num_pages;
@@ -293,7 +331,7 @@ impl Balloon {
         lock_patience: Delta,
         host_patience: Delta,
     ) -> usize {
-        let Some(dev) = self.host.binding().access() else {
+        let Some(dev) = self.host.binding().try_access() else {
             return 0;
         };
         if self.host.is_marked_unresponsive() {
@@ -307,7 +345,7 @@ impl Balloon {
         // long as a size round waits for the host.
         self.host.publish_actual(&dev, &b);
         drop(b);
-        (round.acked / self.host.props().per_page.max(1)) as usize
+        (round.acked / BALLOON_PAGES_PER_PAGE) as usize
     }
 
     /// Stops all asynchronous work (C's `stop_update` and `cancel_work_sync()`s).
@@ -332,7 +370,7 @@ impl Balloon {
     /// (`MUST_TELL_HOST` forbids reusing them), which is logged.
     pub(super) fn release_all(&self, dev: &virtio::Device<Bound>) {
         loop {
-            if !self.host.is_responsive(dev) {
+            if !self.host.recover(dev) {
                 break;
             }
             let mut b = self.host.lock();
@@ -398,10 +436,10 @@ impl Balloon {
     /// System resume (C's `virtballoon_restore()`): queues again, then
     /// follow the target.
     pub(super) fn restore(self: &Arc<Self>, dev: &virtio::Device<Core<'_>>) -> Result {
-        init_vqs(dev, self.host.props())?;
+        init_vqs(dev, self.host.negotiated())?;
         self.host.refill_buffers()?;
-        if self.host.props().stats {
-            stats::prime(dev, self.host.props().endian)?;
+        if self.host.negotiated().stats {
+            stats::prime(dev, self.host.negotiated().endian)?;
         }
         dev.ready();
         self.ready(dev);
@@ -415,7 +453,7 @@ impl WorkItem<SIZE_WORK> for Balloon {
 
     fn run(this: Arc<Balloon>) {
         this.wakeup.process(WakeupSignal::Adjust);
-        let next = match this.host.binding().access() {
+        let next = match this.host.binding().try_access() {
             Some(dev) => this.update_balloon_size_func(&dev),
             None => Next::Idle,
         };
@@ -455,8 +493,8 @@ impl WorkItem<STATS_WORK> for Balloon {
 
     fn run(this: Arc<Balloon>) {
         this.wakeup.process(WakeupSignal::Stats);
-        if let Some(dev) = this.host.binding().access() {
-            stats::handle_request(&dev, this.host.props().endian);
+        if let Some(dev) = this.host.binding().try_access() {
+            stats::handle_request(&dev, this.host.negotiated().endian);
         }
         this.wakeup.finish(this.host.binding().device());
     }

@@ -284,7 +284,7 @@ impl WorkItem for FreePageHints {
     type Pointer = Arc<FreePageHints>;
 
     fn run(this: Arc<FreePageHints>) {
-        if let Some(dev) = this.binding.access() {
+        if let Some(dev) = this.binding.try_access() {
             this.report_free_page_func(&dev);
         }
     }

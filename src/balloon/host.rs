@@ -19,6 +19,7 @@ use super::{
         DeflateBuffer,
         InflateBuffer, //
     },
+    lists::BALLOON_PAGES_PER_PAGE,
     perf::{
         Counter,
         Counters,
@@ -33,10 +34,7 @@ use crate::{
     },
     compat::Param,
     logic::{
-        pfn::{
-            pages_per_page,
-            Endian, //
-        },
+        pfn::Endian,
         target::{
             Step,
             Target, //
@@ -52,6 +50,7 @@ use crate::{
     },
     virtio_config_field,
 };
+use core::num::NonZeroUsize;
 use kernel::{
     debugfs,
     device::{
@@ -83,9 +82,9 @@ const NUM_PAGES: ConfigField<virtio_balloon_config, u32> =
 const ACTUAL: ConfigField<virtio_balloon_config, u32> =
     virtio_config_field!(virtio_balloon_config, actual);
 
-/// Negotiated features and fixed properties of the device.
+/// What the negotiated features decide.
 #[derive(Clone, Copy)]
-pub(super) struct Props {
+pub(super) struct Negotiated {
     /// `VIRTIO_BALLOON_F_STATS_VQ`.
     pub(super) stats: bool,
     /// `VIRTIO_BALLOON_F_DEFLATE_ON_OOM`.
@@ -96,24 +95,12 @@ pub(super) struct Props {
     pub(super) page_poison: bool,
     /// `VIRTIO_BALLOON_F_REPORTING`.
     pub(super) reporting: bool,
-    /// Balloon pages (4 KiB) per guest page.
-    pub(super) per_page: u32,
     /// Byte order of the queues' PFNs and statistics.
     pub(super) endian: Endian,
-    /// PFN buffers that may be on the inflate queue at once.
-    pub(super) inflate_depth: usize,
-    /// PFN buffers that may be on the deflate queue at once.
-    pub(super) deflate_depth: usize,
-    /// Inflate whole blocks when free memory has them (module parameter
-    /// `blocks`, and two buffers in flight at least).
-    pub(super) blocks: bool,
-    /// Report the blocks inflated on the free page reporting queue.
-    pub(super) report_blocks: bool,
 }
 
-impl Props {
-    /// The negotiated features of `dev`; queue depths come later
-    /// ([`Props::with_depths`]), once the queues exist.
+impl Negotiated {
+    /// The negotiated features of `dev`.
     pub(super) fn of(dev: &virtio::Device<Core<'_>>) -> Self {
         Self {
             stats: dev.has_feature(uapi::VIRTIO_BALLOON_F_STATS_VQ),
@@ -121,47 +108,60 @@ impl Props {
             free_page_hint: dev.has_feature(uapi::VIRTIO_BALLOON_F_FREE_PAGE_HINT),
             page_poison: dev.has_feature(uapi::VIRTIO_BALLOON_F_PAGE_POISON),
             reporting: dev.has_feature(uapi::VIRTIO_BALLOON_F_REPORTING),
-            per_page: pages_per_page(kernel::page::PAGE_SHIFT as u32),
             endian: if dev.is_little_endian() {
                 Endian::Little
             } else {
                 Endian::Native
             },
-            inflate_depth: 1,
-            deflate_depth: 1,
-            blocks: false,
-            report_blocks: false,
         }
     }
+}
 
-    /// With the PFN buffers in flight per queue: the `buffers` module
-    /// parameter (0: [`DEFAULT_BUFFERS_IN_FLIGHT`]), at most each ring's size.
-    pub(super) fn with_depths(self, dev: &virtio::Device<Bound>) -> Result<Self> {
+/// How the balloon batches its work, which the queues decide: PFN buffers
+/// in flight per queue, and whole blocks.
+#[derive(Clone, Copy)]
+pub(super) struct Batching {
+    /// PFN buffers that may be on the inflate queue at once.
+    pub(super) inflate_depth: NonZeroUsize,
+    /// PFN buffers that may be on the deflate queue at once.
+    pub(super) deflate_depth: NonZeroUsize,
+    /// Inflate whole blocks when free memory has them (module parameter
+    /// `blocks`, and two buffers in flight at least).
+    pub(super) blocks: bool,
+    /// Report the blocks inflated on the free page reporting queue.
+    pub(super) report_blocks: bool,
+}
+
+impl Batching {
+    /// For `dev`, whose queues exist, with the features `negotiated`: the
+    /// `buffers` module parameter (0: [`DEFAULT_BUFFERS_IN_FLIGHT`]) in
+    /// flight per queue, at most each ring's size.
+    pub(super) fn of(dev: &virtio::Device<Bound>, negotiated: &Negotiated) -> Result<Self> {
         let want = match crate::module_parameters::buffers.get() {
             0 => DEFAULT_BUFFERS_IN_FLIGHT,
-            n => n as usize,
+            n => NonZeroUsize::new(n as usize).unwrap_or(DEFAULT_BUFFERS_IN_FLIGHT),
         };
-        let inflate_ring = dev.vq::<InflateBuffer>(vq::INFLATE)?.size() as usize;
-        let deflate_ring = dev.vq::<DeflateBuffer>(vq::DEFLATE)?.size() as usize;
-        let inflate_depth = want.clamp(1, inflate_ring.max(1));
-        let blocks = crate::module_parameters::blocks.get() != 0 && inflate_depth >= 2;
+        let depth = |ring: u32| {
+            NonZeroUsize::new(ring as usize).map_or(NonZeroUsize::MIN, |ring| want.min(ring))
+        };
+        let inflate_depth = depth(dev.vq::<InflateBuffer>(vq::INFLATE)?.size());
+        let blocks = crate::module_parameters::blocks.get() != 0 && inflate_depth.get() >= 2;
         Ok(Self {
             inflate_depth,
-            deflate_depth: want.clamp(1, deflate_ring.max(1)),
+            deflate_depth: depth(dev.vq::<DeflateBuffer>(vq::DEFLATE)?.size()),
             blocks,
             // QEMU discards a reported range only if `poison_val` is 0
             // (`virtio_balloon_handle_report()`): else reporting is wasted.
             report_blocks: blocks
-                && self.reporting
-                && !(self.page_poison && super::poison::poison_val() != 0),
-            ..self
+                && negotiated.reporting
+                && !(negotiated.page_poison && super::poison::poison_val() != 0),
         })
     }
 }
 
 /// Buffers in flight by default: enough to keep the host busy while the
 /// guest prepares the next ones.
-const DEFAULT_BUFFERS_IN_FLIGHT: usize = 32;
+const DEFAULT_BUFFERS_IN_FLIGHT: NonZeroUsize = NonZeroUsize::new(32).unwrap();
 
 /// What the balloon lock protects (C's `balloon_lock`).
 pub(super) struct Ballooned {
@@ -178,7 +178,8 @@ pub(super) struct Ballooned {
 #[pin_data]
 pub(crate) struct Host {
     binding: virtio::Binding,
-    props: Props,
+    negotiated: Negotiated,
+    batching: Batching,
     /// The balloon lock.
     #[pin]
     ballooned: Mutex<Ballooned>,
@@ -194,22 +195,24 @@ pub(crate) struct Host {
 }
 
 impl Host {
-    /// The host side of `dev`, whose queues exist, with `props`; its
-    /// counters go in `debugfs`.
+    /// The host side of `dev`, whose queues exist; its counters go in
+    /// `debugfs`.
     pub(super) fn new<'a>(
         dev: &virtio::Device<Core<'_>>,
-        props: Props,
+        negotiated: Negotiated,
+        batching: Batching,
         timeout: Delta,
         debugfs: &'a debugfs::Dir,
     ) -> impl PinInit<Self, Error> + 'a {
         let binding = dev.binding();
         try_pin_init!(Self {
             binding,
-            props,
+            negotiated,
+            batching,
             ballooned <- new_mutex!(Ballooned {
                 num_pages: 0,
-                inflate_buffers: BufferPool::new(props.inflate_depth, inflate_buffer)?,
-                deflate_buffers: BufferPool::new(props.deflate_depth, deflate_buffer)?,
+                inflate_buffers: BufferPool::new(batching.inflate_depth.get(), inflate_buffer)?,
+                deflate_buffers: BufferPool::new(batching.deflate_depth.get(), deflate_buffer)?,
             }),
             timeout,
             unresponsive: Atomic::new(false),
@@ -223,9 +226,14 @@ impl Host {
         &self.binding
     }
 
-    /// Negotiated features and queue depths.
-    pub(super) fn props(&self) -> &Props {
-        &self.props
+    /// What the negotiated features decide.
+    pub(super) fn negotiated(&self) -> &Negotiated {
+        &self.negotiated
+    }
+
+    /// How the balloon batches its work.
+    pub(super) fn batching(&self) -> &Batching {
+        &self.batching
     }
 
     /// The performance counters.
@@ -289,10 +297,10 @@ impl Host {
     /// (without deflate-on-OOM ballooned pages leave the managed count).
     pub(super) fn guest_pages(&self, ballooned: u32) -> u64 {
         let managed = stat::totalram_pages();
-        if self.props.deflate_on_oom {
+        if self.negotiated.deflate_on_oom {
             managed
         } else {
-            managed + u64::from(ballooned / self.props.per_page.max(1))
+            managed + u64::from(ballooned / BALLOON_PAGES_PER_PAGE)
         }
     }
 
@@ -304,8 +312,8 @@ impl Host {
         let num_pages = dev.config_read(NUM_PAGES);
         sw.stop(&self.perf, Counter::ConfigNs);
         let num_pages = num_pages?;
-        let guest = self.guest_pages(current) * u64::from(self.props.per_page);
-        let target = Target::from_host(num_pages, self.props.per_page, guest);
+        let guest = self.guest_pages(current) * u64::from(BALLOON_PAGES_PER_PAGE);
+        let target = Target::from_host(num_pages, BALLOON_PAGES_PER_PAGE, guest);
         if target.clamped && !self.clamp_reported.xchg(true, Relaxed) {
             dev_warn!(
                 dev.as_ref(),
@@ -335,9 +343,10 @@ impl Host {
         sw.stop(&self.perf, Counter::ConfigNs);
     }
 
-    /// Whether the host answers. A host marked unresponsive answers again
-    /// once it has returned every buffer it kept; that takes them back.
-    pub(super) fn is_responsive(&self, dev: &virtio::Device<Bound>) -> bool {
+    /// Whether the host answers, after trying to recover one marked
+    /// unresponsive: that takes back (under the balloon lock) the buffers
+    /// it has returned since, and clears the mark once it holds none.
+    pub(super) fn recover(&self, dev: &virtio::Device<Bound>) -> bool {
         if !self.unresponsive.load(Relaxed) {
             return true;
         }
@@ -406,7 +415,7 @@ impl Host {
 /// notification).
 pub(super) struct Pipeline<'a, B: Buffer> {
     vq: Virtqueue<'a, B>,
-    depth: usize,
+    depth: NonZeroUsize,
     timeout: Delta,
     perf: &'a Counters,
     wait: Counter,
@@ -419,14 +428,14 @@ impl<'a, B: Buffer> Pipeline<'a, B> {
     pub(super) fn new(
         dev: &'a virtio::Device<Bound>,
         index: usize,
-        depth: usize,
+        depth: NonZeroUsize,
         timeout: Delta,
         perf: &'a Counters,
         wait: Counter,
     ) -> Result<Self> {
         Ok(Self {
             vq: dev.vq::<B>(index)?,
-            depth: depth.max(1),
+            depth,
             timeout,
             perf,
             wait,
@@ -435,7 +444,7 @@ impl<'a, B: Buffer> Pipeline<'a, B> {
 
     /// Whether another buffer may be sent now.
     pub(super) fn has_room(&self) -> bool {
-        self.vq.in_flight() < self.depth
+        self.vq.in_flight() < self.depth.get()
     }
 
     /// Buffers sent and not yet returned.

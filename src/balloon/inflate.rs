@@ -31,13 +31,18 @@
 
 use super::{
     buffers::InflateBuffer,
+    device::{
+        Round,
+        Stop, //
+    },
     host::{
         Host,
         Pipeline, //
     },
     lists::{
-        Kind,
+        ListKind,
         Lists,
+        BALLOON_PAGES_PER_PAGE,
         BLOCK_ORDER,
         BLOCK_PAGES, //
     },
@@ -76,10 +81,12 @@ use crate::{
         NotReturned, //
     },
 };
+use core::num::NonZeroUsize;
 use kernel::{
     device::Bound,
     new_mutex,
     prelude::*,
+    sizes::SizeConstants,
     sync::{
         atomic::{
             Atomic,
@@ -88,37 +95,6 @@ use kernel::{
         Mutex,
     },
 };
-
-/// Why a round of the balloon stopped before its target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Stop {
-    /// Inflating further would cut into the guest's reserve.
-    Hold,
-    /// A single-page allocation failed, even after reclaim (C's "Out of
-    /// puff").
-    OutOfPuff,
-    /// The host did not take or return a buffer.
-    Host,
-}
-
-/// What a round of inflating or deflating did.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Round {
-    /// Balloon pages the host was told about.
-    pub(super) moved: u32,
-    /// Balloon pages the host acknowledged (deflate: freed to the guest).
-    pub(super) acked: u32,
-    /// Why it stopped short, if it did.
-    pub(super) stop: Option<Stop>,
-}
-
-impl Round {
-    pub(super) const NOTHING: Round = Round {
-        moved: 0,
-        acked: 0,
-        stop: None,
-    };
-}
 
 /// Pages allocated for one inflate round, before the host hears of them.
 struct Staging {
@@ -193,8 +169,8 @@ fn alloc_block() -> Option<BalloonBlock> {
 
 impl Inflater {
     /// Room for `depth` buffers of pages.
-    pub(super) fn new(depth: usize) -> impl PinInit<Self, Error> {
-        let pages = depth * PFNS_PER_BUFFER;
+    pub(super) fn new(depth: NonZeroUsize) -> impl PinInit<Self, Error> {
+        let pages = depth.get() * PFNS_PER_BUFFER;
         try_pin_init!(Self {
             staging <- new_mutex!(Staging {
                 blocks: KVec::with_capacity(pages / BLOCK_PAGES + 1, GFP_KERNEL)?,
@@ -210,21 +186,22 @@ impl Inflater {
         }? Error)
     }
 
-    /// Guest pages the balloon may take now, with `ballooned` balloon pages
-    /// inflated and `left` more wanted, without cutting into the reserve the
-    /// guest needs to keep running; logs when it starts and stops holding
-    /// back. Once holding, it waits for a margin ([`held_allowance`]).
+    /// Guest pages the balloon may take now, with `num_pages` balloon pages
+    /// inflated and `left` more balloon pages wanted, without cutting into
+    /// the reserve the guest needs to keep running; logs when it starts and
+    /// stops holding back. Once holding, it waits for a margin
+    /// ([`held_allowance`]).
     fn allowance(
         &self,
         host: &Host,
         dev: &virtio::Device<Bound>,
-        ballooned: u32,
+        num_pages: u32,
         left: u32,
     ) -> usize {
-        let per = host.props().per_page.max(1);
-        let guest_pages = host.guest_pages(ballooned);
-        let ballooned = u64::from(ballooned / per);
+        let per = BALLOON_PAGES_PER_PAGE;
+        let guest_pages = host.guest_pages(num_pages);
         let shift = kernel::page::PAGE_SHIFT as u32;
+        let mib = |guest_pages: u64| (guest_pages << shift) / u64::SZ_1M;
         let reserve = reserve_pages(
             guest_pages,
             shift,
@@ -242,8 +219,8 @@ impl Inflater {
                     dev.as_ref(),
                     "holding the balloon at {} MiB: inflating further would leave the guest less \
                      than {} MiB available\n",
-                    ballooned << shift >> 20,
-                    reserve << shift >> 20
+                    mib(u64::from(num_pages / per)),
+                    mib(reserve)
                 );
             } else {
                 dev_info!(dev.as_ref(), "inflating again\n");
@@ -266,13 +243,13 @@ impl Inflater {
     }
 
     /// Logs an allocation failure, rate-limited.
-    fn out_of_puff(&self, host: &Host, dev: &virtio::Device<Bound>) {
+    fn out_of_puff(&self, dev: &virtio::Device<Bound>) {
         let fails = self.out_of_puff.fetch_add(1, Relaxed) + 1;
         if fails.is_power_of_two() {
             dev_info!(
                 dev.as_ref(),
                 "Out of puff! Can't get {} pages ({} times)\n",
-                host.props().per_page,
+                BALLOON_PAGES_PER_PAGE,
                 fails
             );
         }
@@ -289,18 +266,18 @@ impl Inflater {
         staging: &mut Staging,
         num: u32,
     ) -> Option<Stop> {
-        let props = host.props();
-        let per = props.per_page.max(1);
-        let ballooned = host.lock().num_pages;
+        let batching = host.batching();
+        let per = BALLOON_PAGES_PER_PAGE;
+        let num_pages = host.lock().num_pages;
         let sw = Stopwatch::start();
         let mut left = num;
-        let mut buffers = props.inflate_depth;
+        let mut buffers = batching.inflate_depth.get();
         let mut stop = None;
-        if props.blocks {
+        if batching.blocks {
             let block = BLOCK_PAGES as u32 * per;
             let buffers_per_block = (BLOCK_PAGES * per as usize).div_ceil(PFNS_PER_BUFFER);
             while left >= block && buffers >= buffers_per_block {
-                if self.allowance(host, dev, ballooned, left) < BLOCK_PAGES {
+                if self.allowance(host, dev, num_pages, left) < BLOCK_PAGES {
                     break;
                 }
                 let Some(b) = alloc_block() else {
@@ -319,7 +296,7 @@ impl Inflater {
                 break;
             }
             let want = batch_pages(left, per, PFNS_PER_BUFFER)
-                .min(self.allowance(host, dev, ballooned, left));
+                .min(self.allowance(host, dev, num_pages, left));
             if want == 0 {
                 stop = Some(Stop::Hold);
                 break;
@@ -333,7 +310,7 @@ impl Inflater {
         }
         sw.stop(host.perf(), Counter::InflateAllocNs);
         match stop {
-            Some(Stop::OutOfPuff) => self.out_of_puff(host, dev),
+            Some(Stop::OutOfPuff) => self.out_of_puff(dev),
             _ => self.out_of_puff.store(0, Relaxed),
         }
         stop
@@ -367,7 +344,7 @@ impl Inflater {
         } = &mut *staging;
         if !blocks.is_empty() {
             host.perf().add(Counter::InflateBlocks, blocks.len() as u64);
-            if host.props().report_blocks {
+            if host.batching().report_blocks {
                 report_blocks(host, dev, blocks, reported, report, &self.report_failed);
             }
             for block in blocks.drain_all() {
@@ -384,8 +361,8 @@ impl Inflater {
             lists,
             dev,
             [
-                (Kind::Blocks, &mut *block_pages),
-                (Kind::Singles, &mut *pages),
+                (ListKind::Blocks, &mut *block_pages),
+                (ListKind::Singles, &mut *pages),
             ],
             buffer,
         );
@@ -425,7 +402,7 @@ fn report_blocks(
     report: &mut Option<KBox<BlockReport>>,
     failed: &Atomic<bool>,
 ) {
-    if failed.load(Relaxed) || !host.is_responsive(dev) {
+    if failed.load(Relaxed) || !host.recover(dev) {
         return;
     }
     let Ok(q) = dev.sg_vq(vq::REPORTING) else {
@@ -500,20 +477,20 @@ fn tell_host(
     host: &Host,
     lists: &Lists,
     dev: &virtio::Device<Bound>,
-    sources: [(Kind, &mut KVec<BalloonPage>); 2],
+    sources: [(ListKind, &mut KVec<BalloonPage>); 2],
     buffer: &mut KVec<BalloonPage>,
 ) -> Round {
     if sources.iter().all(|(_, pages)| pages.is_empty()) {
         return Round::NOTHING;
     }
-    let props = host.props();
+    let endian = host.negotiated().endian;
     let shift = kernel::page::PAGE_SHIFT as u32;
-    let per_buffer = PFNS_PER_BUFFER / props.per_page.max(1) as usize;
+    let per_buffer = PFNS_PER_BUFFER / BALLOON_PAGES_PER_PAGE as usize;
     let mut b = host.lock();
     let mut pipe = match Pipeline::<InflateBuffer>::new(
         dev,
         vq::INFLATE,
-        props.inflate_depth,
+        host.batching().inflate_depth,
         host.timeout(),
         host.perf(),
         Counter::InflateWaitNs,
@@ -533,7 +510,7 @@ fn tell_host(
             let Some(mut buf) = b.inflate_buffers.take() else {
                 break 'sources;
             };
-            let mut batch = PfnBatch::new(shift, props.endian);
+            let mut batch = PfnBatch::new(shift, endian);
             while buffer.len() < per_buffer {
                 let Some(page) = pages.pop() else {
                     break;

@@ -17,10 +17,7 @@
 //! on the blocks list by its new page: it is then deflated early, which
 //! costs nothing.
 
-use super::{
-    host::Host,
-    BalloonList, //
-};
+use super::host::Host;
 use crate::mm::balloon::{
     BalloonDevInfo,
     BalloonPage, //
@@ -45,9 +42,19 @@ pub(super) const BLOCK_ORDER: u32 = {
 /// Guest pages in a block.
 pub(super) const BLOCK_PAGES: usize = 1 << BLOCK_ORDER;
 
+/// Balloon pages (4 KiB, the device's unit for `num_pages`, `actual` and
+/// PFNs) per guest page: 1 with 4 KiB pages, 4 with 16 KiB, 16 with 64 KiB.
+pub(super) const BALLOON_PAGES_PER_PAGE: u32 =
+    crate::logic::pfn::pages_per_page(kernel::page::PAGE_SHIFT as u32);
+const _: () = assert!(BALLOON_PAGES_PER_PAGE > 0);
+
+/// The kernel's list of the pages a balloon holds, whose migration goes
+/// through the host.
+type BalloonList = BalloonDevInfo<Arc<Host>>;
+
 /// Which list pages go on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Kind {
+pub(super) enum ListKind {
     /// Pages of whole blocks.
     Blocks,
     /// Pages taken one at a time.
@@ -76,10 +83,10 @@ impl Lists {
     }
 
     /// Puts all of `pages` on the `kind` list, leaving the vector empty.
-    pub(super) fn enqueue(&self, kind: Kind, pages: &mut KVec<BalloonPage>) {
+    pub(super) fn enqueue(&self, kind: ListKind, pages: &mut KVec<BalloonPage>) {
         match kind {
-            Kind::Blocks => self.blocks.enqueue(pages),
-            Kind::Singles => self.singles.enqueue(pages),
+            ListKind::Blocks => self.blocks.enqueue(pages),
+            ListKind::Singles => self.singles.enqueue(pages),
         }
     }
 
@@ -88,13 +95,13 @@ impl Lists {
     /// pages would go back to (blocks if any came from there, so that pages
     /// the host refused keep their place at the front of a deflate).
     /// Fewer than asked if the rest is isolated for migration right now.
-    pub(super) fn dequeue(&self, into: &mut KVec<BalloonPage>, n: usize) -> Kind {
+    pub(super) fn dequeue(&self, into: &mut KVec<BalloonPage>, n: usize) -> ListKind {
         let got = self.blocks.dequeue(into, n);
         self.singles.dequeue(into, n - got);
         if got > 0 {
-            Kind::Blocks
+            ListKind::Blocks
         } else {
-            Kind::Singles
+            ListKind::Singles
         }
     }
 }

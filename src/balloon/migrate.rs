@@ -52,7 +52,7 @@ impl MigratePage for Host {
         if self.is_marked_unresponsive() {
             return Migrated::Retry;
         }
-        let Some(dev) = self.binding().access() else {
+        let Some(dev) = self.binding().try_access() else {
             return Migrated::Retry;
         };
         let (Ok(iq), Ok(dq)) = (
@@ -69,11 +69,11 @@ impl MigratePage for Host {
             b.inflate_buffers.put(ibuf);
             return Migrated::Retry;
         };
-        let props = self.props();
+        let endian = self.negotiated().endian;
         let shift = kernel::page::PAGE_SHIFT as u32;
 
         // 1st step: inflate the new page.
-        let mut batch = PfnBatch::new(shift, props.endian);
+        let mut batch = PfnBatch::new(shift, endian);
         if batch.push(&mut ibuf, new.pfn()).is_err() {
             // Beyond 32-bit balloon PFNs: it cannot be ballooned.
             b.inflate_buffers.put(ibuf);
@@ -88,7 +88,7 @@ impl MigratePage for Host {
         let timeout = self.timeout();
         if round_trip(self, &dev, &iq, timeout, &mut b.inflate_buffers, "inflate") {
             // 2nd step: deflate the old page (the balloon core frees it).
-            let mut batch = PfnBatch::new(shift, props.endian);
+            let mut batch = PfnBatch::new(shift, endian);
             // The old page was reachable when it was inflated.
             let _ = batch.push(dbuf.data(), old.pfn());
             match dq.add_outbuf(dbuf, batch.bytes()) {

@@ -30,7 +30,7 @@ pub(super) const REPORTING_ORDER: Option<u32> = if cfg!(all(CONFIG_ARM64, CONFIG
 
 impl Report for Host {
     fn report(&self, pages: &ReportedPages<'_>) -> Result {
-        let dev = self.binding().access().ok_or(ENODEV)?;
+        let dev = self.binding().try_access().ok_or(ENODEV)?;
         let q = dev.sg_vq(vq::REPORTING)?;
         q.transfer_inbuf(pages).inspect_err(|e| {
             // EBUSY: the device still has a block report it kept, which was

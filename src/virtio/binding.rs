@@ -15,7 +15,7 @@ use super::{
     device::Device,
     virtqueue::{
         check_free_page_hints,
-        Kind,
+        QueueKind,
         VqInfo,
         VqSlot, //
     },
@@ -66,7 +66,7 @@ pub(crate) struct BindState {
     /// Readers of the binding ([`BindingGuard`]s).
     #[pin]
     srcu: Srcu,
-    /// Whether [`Binding::access`] may still succeed.
+    /// Whether [`Binding::try_access`] may still succeed.
     bound: Atomic<bool>,
     /// One slot per virtqueue, created by the first `find_vqs`.
     slots: SetOnce<Pin<KBox<[VqSlot]>>>,
@@ -188,7 +188,7 @@ impl BindState {
             return Err(EINVAL);
         }
         for (index, info) in infos.iter().enumerate() {
-            if info.kind() == Kind::FreePageHints {
+            if info.kind() == QueueKind::FreePageHints {
                 check_free_page_hints(
                     dev.device_id(),
                     dev.has_feature(bindings::VIRTIO_BALLOON_F_FREE_PAGE_HINT),
@@ -268,7 +268,7 @@ impl BindState {
 /// A handle that lets deferred work reach a bound virtio device.
 ///
 /// Obtained from [`Device::binding`] in a bus callback; cheap to clone.
-/// [`Binding::access`] succeeds only while the device stays bound to the
+/// [`Binding::try_access`] succeeds only while the device stays bound to the
 /// driver that created the handle.
 #[derive(Clone)]
 pub struct Binding {
@@ -288,7 +288,8 @@ impl Binding {
     /// started. Unbinding waits for the guard (an SRCU read-side section),
     /// so hold it for a bounded time. Process context only (`might_sleep()`):
     /// what the guard gives access to may sleep.
-    pub fn access(&self) -> Option<BindingGuard<'_>> {
+    #[doc(alias = "srcu_read_lock")]
+    pub fn try_access(&self) -> Option<BindingGuard<'_>> {
         // The guard hands out a device whose configuration reads and queue
         // waits sleep: process context only, which the debug kernels check.
         kernel::task::might_sleep();
@@ -318,7 +319,7 @@ impl Binding {
     }
 }
 
-/// Proof that a device is bound, from [`Binding::access`].
+/// Proof that a device is bound, from [`Binding::try_access`].
 ///
 /// # Invariants
 ///

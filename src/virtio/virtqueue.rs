@@ -77,7 +77,7 @@ use kernel::{
 
 /// What a queue carries.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Kind {
+pub(super) enum QueueKind {
     /// Buffers, owned or lent.
     Buffers,
     /// The free page hint queue of a balloon device: buffers and
@@ -90,7 +90,7 @@ pub(super) enum Kind {
 pub struct VqInfo {
     name: Option<&'static CStr>,
     callback: bool,
-    kind: Kind,
+    kind: QueueKind,
 }
 
 impl VqInfo {
@@ -100,7 +100,7 @@ impl VqInfo {
         Self {
             name: Some(name),
             callback: true,
-            kind: Kind::Buffers,
+            kind: QueueKind::Buffers,
         }
     }
 
@@ -109,7 +109,7 @@ impl VqInfo {
         Self {
             name: Some(name),
             callback: false,
-            kind: Kind::Buffers,
+            kind: QueueKind::Buffers,
         }
     }
 
@@ -121,7 +121,7 @@ impl VqInfo {
         Self {
             name: Some(name),
             callback: false,
-            kind: Kind::FreePageHints,
+            kind: QueueKind::FreePageHints,
         }
     }
 
@@ -129,7 +129,7 @@ impl VqInfo {
     pub const UNUSED: Self = Self {
         name: None,
         callback: false,
-        kind: Kind::Buffers,
+        kind: QueueKind::Buffers,
     };
 
     pub(super) fn name(&self) -> Option<&'static CStr> {
@@ -140,7 +140,7 @@ impl VqInfo {
         self.callback
     }
 
-    pub(super) fn kind(&self) -> Kind {
+    pub(super) fn kind(&self) -> QueueKind {
         self.kind
     }
 }
@@ -183,7 +183,7 @@ const WAIT_SLICE_MS: u32 = 100;
 struct SlotState {
     vq: *mut bindings::virtqueue,
     generation: u64,
-    kind: Kind,
+    kind: QueueKind,
     ty: Option<TypeId>,
     drop: Option<unsafe fn(NonNull<c_void>)>,
     /// Owned buffers queued.
@@ -224,7 +224,7 @@ impl VqSlot {
             state <- new_spinlock_irq!(SlotState {
                 vq: ptr::null_mut(),
                 generation: 0,
-                kind: Kind::Buffers,
+                kind: QueueKind::Buffers,
                 ty: None,
                 drop: None,
                 in_flight: 0,
@@ -296,7 +296,7 @@ impl VqSlot {
     ///
     /// `vq` must be null or a virtqueue of the bound device that holds no
     /// buffer and stays valid until [`VqSlot::detach`].
-    pub(super) unsafe fn attach(&self, vq: *mut bindings::virtqueue, kind: Kind) {
+    pub(super) unsafe fn attach(&self, vq: *mut bindings::virtqueue, kind: QueueKind) {
         let mut s = self.state.lock();
         // A deleted queue gave up what it kept (`detach`); should anything be
         // left, it is dropped below, outside the lock (the device is reset).
@@ -506,7 +506,7 @@ impl<'a, B: Buffer> Virtqueue<'a, B> {
     /// with [`VqInfo::free_page_hints`] ([`EINVAL`] otherwise).
     pub fn add_hint(&self, hint: PageHint) -> Result {
         let s = self.lock()?;
-        if s.kind != Kind::FreePageHints {
+        if s.kind != QueueKind::FreePageHints {
             return Err(EINVAL);
         }
         let mut sg = MaybeUninit::<kernel::bindings::scatterlist>::zeroed();

@@ -3,7 +3,7 @@
 //! Lending borrowed scatterlists to the device, one transfer at a time.
 
 use super::{
-    Kind,
+    QueueKind,
     VqSlot, //
 };
 use crate::bindings;
@@ -274,7 +274,7 @@ impl<'a> SgQueue<'a> {
             .slot
             .lock_for(self.generation, TypeId::of::<SgMarker>())
             .map_err(Lend::Back)?;
-        if s.kind != Kind::Buffers {
+        if s.kind != QueueKind::Buffers {
             return Err(Lend::Back(EINVAL));
         }
         if s.revoked {
