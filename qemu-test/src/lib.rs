@@ -16,48 +16,40 @@
 //!   `$BALLOON_LOG_DIR/<test-name>.log` and kept in memory
 //!   ([`Vm::console_tail`]).
 //!
-//! The reusable QEMU tests live in [`suite`], parametrized by [`Driver`], so
-//! the C driver's results are the baseline the Rust driver is held to.
+//! The crate is in two parts, as crosvm's `e2e_tests` (`fixture/` beside the
+//! tests) and cloud-hypervisor's `test_infra`:
+//!
+//! - [`rig`]: what boots and drives a guest, and nothing about what a test
+//!   checks (QEMU command line, QMP, the agent, the console, the
+//!   initramfs, host memory, KTAP, the accelerator);
+//! - [`scenarios`]: the tests themselves, parametrized by [`Driver`] where
+//!   both drivers run, so the C driver's results are the baseline the Rust
+//!   driver is held to; `tests/*.rs` only lists them.
+//!
+//! [`bench`] measures the drivers side by side (`make bench`).
 //!
 //! Environment: `BALLOON_KDIR`, `BALLOON_INITRAMFS` (required, `make test`
-//! sets them; `BALLOON_KERNEL` instead of the first), `ACCEL=tcg|kvm|auto` (see [`accel`]), `BALLOON_QEMU` (binary,
+//! sets them; `BALLOON_KERNEL` instead of the first), `ACCEL=tcg|kvm|auto` (see [`rig::accel`]), `BALLOON_QEMU` (binary,
 //! else `QEMU`, else `qemu-system-x86_64`), `BALLOON_QEMU_DATA` (`-L`
 //! directories), `BALLOON_LOG_DIR` (default `target/qemu-logs`),
 //! `BALLOON_CACHE`.
 
 #![warn(missing_docs)]
 
-pub mod accel;
-pub mod agent;
 pub mod bench;
-pub mod config;
-pub mod console;
-pub mod cpio;
-pub mod faults;
-pub mod features;
-pub mod hostmem;
-pub mod hotplug;
-pub mod hugepages;
-pub mod ktap;
-pub mod misbehaving;
-pub mod qemu;
-pub mod qmp;
-pub mod realistic;
-pub mod stats;
-pub mod suite;
-pub mod units;
-pub mod vm;
+pub mod rig;
+pub mod scenarios;
 
-pub use accel::Accel;
-pub use agent::CmdOutput;
-pub use config::{
+pub use rig::accel::Accel;
+pub use rig::agent::CmdOutput;
+pub use rig::config::{
     scaled, Backing, BalloonOptions, Driver, GuestImage, KernelFormat, ThpMode, Tier, VmConfig,
     DATA_MOUNT,
 };
-pub use qmp::{QmpClient, QmpEvent};
-pub use stats::GuestStats;
-pub use units::{format_bytes, parse_size, GIB, KIB, MIB, PAGE_SIZE};
-pub use vm::{Vm, Wait};
+pub use rig::qmp::{QmpClient, QmpEvent};
+pub use rig::stats::GuestStats;
+pub use rig::units::{format_bytes, parse_size, GIB, KIB, MIB, PAGE_SIZE};
+pub use rig::vm::{Vm, Wait};
 
 /// Declares, in a test file, the QEMU tests every driver must pass, for the
 /// given [`Driver`]: the same functions and thresholds for the C baseline
@@ -84,49 +76,49 @@ macro_rules! driver_tests {
 
         #[test]
         fn deflate_on_oom_on() -> anyhow::Result<()> {
-            $crate::features::deflate_on_oom($driver, true)
+            $crate::scenarios::features::deflate_on_oom($driver, true)
         }
 
         #[test]
         fn deflate_on_oom_off() -> anyhow::Result<()> {
-            $crate::features::deflate_on_oom($driver, false)
+            $crate::scenarios::features::deflate_on_oom($driver, false)
         }
 
         #[test]
         fn page_poison_none() -> anyhow::Result<()> {
-            $crate::features::page_poison($driver, $crate::features::Poisoning::None)
+            $crate::scenarios::features::page_poison($driver, $crate::scenarios::features::Poisoning::None)
         }
 
         #[test]
         fn page_poison_on() -> anyhow::Result<()> {
-            $crate::features::page_poison($driver, $crate::features::Poisoning::Poison)
+            $crate::scenarios::features::page_poison($driver, $crate::scenarios::features::Poisoning::Poison)
         }
 
         #[test]
         fn page_poison_init_on_free() -> anyhow::Result<()> {
-            $crate::features::page_poison($driver, $crate::features::Poisoning::InitOnFree)
+            $crate::scenarios::features::page_poison($driver, $crate::scenarios::features::Poisoning::InitOnFree)
         }
 
         #[test]
         fn unplug_while_inflating() -> anyhow::Result<()> {
-            $crate::hotplug::unplug_while($driver, $crate::hotplug::Busy::Inflating)
+            $crate::scenarios::hotplug::unplug_while($driver, $crate::scenarios::hotplug::Busy::Inflating)
         }
 
         #[test]
         fn unplug_while_deflating() -> anyhow::Result<()> {
-            $crate::hotplug::unplug_while($driver, $crate::hotplug::Busy::Deflating)
+            $crate::scenarios::hotplug::unplug_while($driver, $crate::scenarios::hotplug::Busy::Deflating)
         }
 
         #[test]
         fn unplug_during_stats() -> anyhow::Result<()> {
-            $crate::hotplug::unplug_while($driver, $crate::hotplug::Busy::Stats)
+            $crate::scenarios::hotplug::unplug_while($driver, $crate::scenarios::hotplug::Busy::Stats)
         }
     };
     (@tests $driver:expr; $($module:ident :: $test:ident),* $(,)?) => {
         $(
             #[test]
             fn $test() -> anyhow::Result<()> {
-                $crate::$module::$test($driver)
+                $crate::scenarios::$module::$test($driver)
             }
         )*
     };

@@ -1,4 +1,4 @@
-//! The QEMU suite ([`qemu_test::suite`], [`qemu_test::features`]) against
+//! The QEMU suite ([`qemu_test::scenarios::suite`], [`qemu_test::scenarios::features`]) against
 //! the in-tree C driver `virtio_balloon`: proves the rig and sets the
 //! baseline our driver must match (`rust_driver.rs` runs the same tests).
 

@@ -1,10 +1,10 @@
 //! Fault injection aimed at each driver's allocations, in each context it
-//! allocates in (`qemu_test::faults`). Debug tier only (`make test-debug`):
+//! allocates in (`qemu_test::scenarios::faults`). Debug tier only (`make test-debug`):
 //! on another kernel every test fails and says so. The C driver's outcome
 //! is recorded, ours asserted.
 
 use anyhow::Result;
-use qemu_test::faults::{fault_injection, Context};
+use qemu_test::scenarios::faults::{fault_injection, Context};
 use qemu_test::Driver;
 
 macro_rules! fault_tests {

@@ -1,11 +1,11 @@
-//! A device that misbehaves ([`qemu_test::misbehaving`]): the in-guest test
+//! A device that misbehaves ([`qemu_test::scenarios::misbehaving`]): the in-guest test
 //! device `virtio_balloon_fake.ko` keeps, fakes, duplicates or oversizes
 //! buffers, or breaks. Ours must stay bounded and never reuse pages the
 //! host holds; the C driver is run where it can be, and what it does is
 //! recorded.
 
 use anyhow::Result;
-use qemu_test::{misbehaving, Driver};
+use qemu_test::{scenarios::misbehaving, Driver};
 
 #[test]
 fn fake_device_normal_c() -> Result<()> {

@@ -1,9 +1,9 @@
-//! What users run ([`qemu_test::realistic`]): each scenario boots one
+//! What users run ([`qemu_test::scenarios::realistic`]): each scenario boots one
 //! realistic guest and runs the C driver and ours in it, one after the
 //! other, with the same thresholds, and logs their numbers side by side.
 
 use anyhow::Result;
-use qemu_test::realistic;
+use qemu_test::scenarios::realistic;
 
 /// 80 % of RAM dirty with swap, inflate 40 %.
 #[test]

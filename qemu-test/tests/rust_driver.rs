@@ -1,10 +1,10 @@
-//! The QEMU suite ([`qemu_test::suite`], [`qemu_test::features`]) against
+//! The QEMU suite ([`qemu_test::scenarios::suite`], [`qemu_test::scenarios::features`]) against
 //! our driver, `virtio_balloon_rs`, with the same tests and thresholds as the
 //! C baseline (`c_driver.rs`), plus what only ours has and what compares the
 //! two in one boot.
 
 use anyhow::Result;
-use qemu_test::{suite, Driver};
+use qemu_test::{scenarios::suite, Driver};
 
 const DRIVER: Driver = Driver::Rust;
 
@@ -38,7 +38,7 @@ fn stats_match_c() -> Result<()> {
 /// Hot-unplug right after a cancelled migration, while hinting; C beside.
 #[test]
 fn unplug_during_hinting() -> Result<()> {
-    qemu_test::hotplug::unplug_during_hinting_beside_c()
+    qemu_test::scenarios::hotplug::unplug_during_hinting_beside_c()
 }
 
 /// Hugetlb-backed guest RAM, free page reporting on: inflating 256 MiB of
@@ -46,5 +46,5 @@ fn unplug_during_hinting() -> Result<()> {
 /// from whole ballooned blocks; C's figure (next to nothing) recorded.
 #[test]
 fn hugetlb_inflate_returns_huge_pages() -> Result<()> {
-    qemu_test::hugepages::hugetlb_inflate_returns_huge_pages()
+    qemu_test::scenarios::hugepages::hugetlb_inflate_returns_huge_pages()
 }

@@ -15,9 +15,9 @@
 //! beside it.
 
 use anyhow::{bail, Context, Result};
-use qemu_test::accel::{self, AccelRequest};
-use qemu_test::agent::Agent;
-use qemu_test::qemu::{self, QemuSpec, Serial};
+use qemu_test::rig::accel::{self, AccelRequest};
+use qemu_test::rig::agent::Agent;
+use qemu_test::rig::qemu::{self, QemuSpec, Serial};
 use qemu_test::{
     format_bytes, parse_size, Driver, GuestImage, GuestStats, QmpClient, VmConfig, MIB,
 };
@@ -178,7 +178,7 @@ fn cmd_info(path: &Path) -> Result<()> {
 
 fn qom_get(q: &mut QmpClient, property: &str) -> Result<serde_json::Value> {
     q.execute(&qapi::qmp::qom_get {
-        path: qemu_test::vm::BALLOON_QOM_PATH.into(),
+        path: qemu_test::rig::vm::BALLOON_QOM_PATH.into(),
         property: property.into(),
     })
 }
@@ -192,7 +192,7 @@ fn cmd_stats(path: &Path, secs: u64) -> Result<()> {
     if interval == 0 {
         println!("(stats polling was off: enabling it every {secs} s)");
         q.execute(&qapi::qmp::qom_set {
-            path: qemu_test::vm::BALLOON_QOM_PATH.into(),
+            path: qemu_test::rig::vm::BALLOON_QOM_PATH.into(),
             property: "guest-stats-polling-interval".into(),
             value: secs.into(),
         })?;
@@ -274,7 +274,7 @@ fn cmd_run(qmp_path: &Path, extra_qemu: Vec<String>) -> Result<()> {
     use std::os::unix::process::CommandExt;
 
     let image = GuestImage::from_env().context("`balloon run` is what `make run` calls")?;
-    let has_rs = qemu_test::cpio::contains_file(&image.initramfs, "virtio_balloon_rs.ko")?;
+    let has_rs = qemu_test::rig::cpio::contains_file(&image.initramfs, "virtio_balloon_rs.ko")?;
     let driver = match std::env::var("DRIVER").unwrap_or_default().trim() {
         "" => Some(if has_rs { Driver::Rust } else { Driver::C }),
         "none" => None,
@@ -295,7 +295,7 @@ fn cmd_run(qmp_path: &Path, extra_qemu: Vec<String>) -> Result<()> {
         _ => 7,
     };
     let mem = env_mem_mib()?;
-    let (accel, why) = accel::resolve(AccelRequest::from_env()?, Some(&image), false)?;
+    let (accel, why) = accel::resolve(AccelRequest::from_env()?, None)?;
 
     let dir = qmp_path.parent().context("bad QMP socket path")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -2,13 +2,13 @@
 //! statistics, host-side measurements, waiting helpers and teardown.
 //! Dropping a [`Vm`] always kills and reaps its QEMU.
 
-use crate::accel::{self, Accel};
-use crate::agent::{Agent, CmdOutput};
-use crate::config::{scaled, GuestImage, VmConfig};
-use crate::console::{Capture, SharedLog};
-use crate::qemu::{self, QemuSpec, Serial};
-use crate::qmp::QmpClient;
-use crate::stats;
+use crate::rig::accel::{self, Accel};
+use crate::rig::agent::{Agent, CmdOutput};
+use crate::rig::config::{scaled, GuestImage, VmConfig};
+use crate::rig::console::{Capture, SharedLog};
+use crate::rig::qemu::{self, QemuSpec, Serial};
+use crate::rig::qmp::QmpClient;
+use crate::rig::stats;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -221,11 +221,11 @@ impl Vm {
     pub fn boot_with_image(cfg: VmConfig, image: GuestImage) -> Result<Vm> {
         let accel = match cfg.accel {
             Some(a) => a,
-            None => accel::process_accel(&image)?,
+            None => accel::process_accel(&|| probe_kvm(&image))?,
         };
         if let Some(d) = cfg.driver {
             let ko = format!("{}.ko", d.module_name());
-            if !crate::cpio::contains_file(&image.initramfs, &ko)? {
+            if !crate::rig::cpio::contains_file(&image.initramfs, &ko)? {
                 bail!(
                     "{ko} is not in the initramfs {}: build the module (`make`) and the \
                      initramfs (`make initramfs`), or run `make test`",
@@ -282,7 +282,7 @@ impl Vm {
         // SAFETY: the hook makes system calls only (prctl, getppid) and does
         // not allocate, which is safe between fork and exec.
         unsafe {
-            cmd.pre_exec(move || crate::hostmem::die_with_parent(parent));
+            cmd.pre_exec(move || crate::rig::hostmem::die_with_parent(parent));
         }
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -428,7 +428,7 @@ impl Vm {
         if cfg.data_disk_mib.is_some() {
             checks.push(format!(
                 "grep -q ' {} ext4 ' /proc/mounts || {{ echo 'data disk not mounted'; exit 1; }}",
-                crate::config::DATA_MOUNT
+                crate::rig::config::DATA_MOUNT
             ));
         }
         if cfg.swap_mib.is_some() {
@@ -723,7 +723,8 @@ impl Vm {
     fn records_problems(&self) -> bool {
         self.cfg.subject == Some(crate::Driver::C)
             && (self.cfg.c_problems_expected
-                || crate::config::Tier::current().ok() == Some(crate::config::Tier::Debug))
+                || crate::rig::config::Tier::current().ok()
+                    == Some(crate::rig::config::Tier::Debug))
     }
 
     /// Ends a VM the test leaves without a clean shutdown (the C driver left
@@ -777,4 +778,17 @@ impl Vm {
         }
         bail!("QEMU did not exit after `reboot -f` and QMP quit: killed{diag}")
     }
+}
+
+/// Boots a throw-away guest with KVM; `Ok` if it reaches
+/// `BALLOON-GUEST-READY` within [`accel::PROBE_TIMEOUT`] (the `auto`
+/// accelerator's probe).
+fn probe_kvm(image: &GuestImage) -> Result<()> {
+    let cfg = VmConfig::new("accel-probe")
+        .accel(Accel::Kvm)
+        .memory_mib(256)
+        .smp(1)
+        .boot_timeout(accel::PROBE_TIMEOUT);
+    let vm = Vm::boot_with_image(cfg, image.clone())?;
+    vm.shutdown()
 }

@@ -1,8 +1,8 @@
 //! The QEMU command line, shared by the test harness ([`crate::Vm`]) and the
 //! interactive `make run` (`balloon run`), so both boot the same machine.
 
-use crate::accel::Accel;
-use crate::config::{Backing, GuestImage, VmConfig};
+use crate::rig::accel::Accel;
+use crate::rig::config::{Backing, GuestImage, VmConfig};
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -355,7 +355,7 @@ pub fn command(spec: &QemuSpec) -> Command {
         // SAFETY: the hook makes one system call (prctl), which is safe
         // between fork and exec.
         unsafe {
-            c.pre_exec(crate::hostmem::disable_thp_for_this_process);
+            c.pre_exec(crate::rig::hostmem::disable_thp_for_this_process);
         }
     }
     c

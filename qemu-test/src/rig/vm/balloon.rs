@@ -3,9 +3,9 @@
 //! driver's counters, migration.
 
 use super::{Vm, Wait, BALLOON_QOM_PATH};
-use crate::qmp::QmpClient;
-use crate::stats::GuestStats;
-use crate::units::{format_bytes, PAGE_SIZE};
+use crate::rig::qmp::QmpClient;
+use crate::rig::stats::GuestStats;
+use crate::rig::units::{format_bytes, PAGE_SIZE};
 use anyhow::{anyhow, Context, Result};
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -5,9 +5,9 @@
 //! driver must give every page back (MemTotal returns to its boot value),
 //! leave nothing behind and report no kernel problem.
 
-use crate::suite::{config, target_for};
-use crate::units::format_bytes;
-use crate::vm::{Vm, Wait};
+use crate::rig::units::format_bytes;
+use crate::rig::vm::{Vm, Wait};
+use crate::scenarios::suite::{config, target_for};
 use crate::Driver;
 use anyhow::{ensure, Context, Result};
 use std::time::{Duration, Instant};

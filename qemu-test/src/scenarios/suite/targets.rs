@@ -3,8 +3,8 @@
 //! MemTotal for the same sequence.
 
 use super::{balloon_to, boot, unix_now, within, BALLOON_TIMEOUT, STATS_INTERVAL, STATS_TIMEOUT};
-use crate::units::{format_bytes, MIB};
-use crate::vm::Vm;
+use crate::rig::units::{format_bytes, MIB};
+use crate::rig::vm::Vm;
 use crate::{Driver, Tier};
 use anyhow::{ensure, Context, Result};
 use std::time::Duration;

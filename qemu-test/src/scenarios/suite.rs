@@ -5,8 +5,8 @@
 //! Every check reports the measured numbers when it fails. The statistics
 //! tests are in `suite/statistics.rs`, the target sequences in `suite/targets.rs`.
 
-use crate::units::{format_bytes, format_delta, MIB};
-use crate::vm::{rs_counter, Vm, Wait};
+use crate::rig::units::{format_bytes, format_delta, MIB};
+use crate::rig::vm::{rs_counter, Vm, Wait};
 use crate::{Driver, VmConfig};
 use anyhow::{ensure, Context, Result};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -481,7 +481,7 @@ pub fn kunit_suites_pass(driver: Driver, min_cases: usize) -> Result<()> {
     let vm = boot(driver, "kunit")?;
     let prefix = format!("{}_", driver.module_name());
     let lines = vm.console_since(0);
-    let suites: Vec<_> = crate::ktap::parse(&lines)
+    let suites: Vec<_> = crate::rig::ktap::parse(&lines)
         .into_iter()
         .filter(|s| s.name.starts_with(&prefix))
         .collect();

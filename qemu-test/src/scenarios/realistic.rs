@@ -10,10 +10,10 @@
 //! ([`page_cache_full`], [`numa_node_nearly_full`]) alternate the drivers
 //! and compare medians; they run one VM at a time (`tests/timed.rs`).
 
-use crate::config::DATA_MOUNT;
-use crate::suite::{fresh_stats, target_for};
-use crate::units::{format_bytes, MIB, PAGE_SIZE};
-use crate::vm::{rs_counter, Vm, Wait, DEFAULT_CMD_TIMEOUT};
+use crate::rig::config::DATA_MOUNT;
+use crate::rig::units::{format_bytes, MIB, PAGE_SIZE};
+use crate::rig::vm::{rs_counter, Vm, Wait, DEFAULT_CMD_TIMEOUT};
+use crate::scenarios::suite::{fresh_stats, target_for};
 use crate::{Driver, VmConfig};
 use anyhow::{bail, ensure, Context, Result};
 use std::fmt::Write as _;
@@ -29,7 +29,7 @@ pub const INFLATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// The VM of a scenario: the realistic default profile, no driver loaded
 /// at boot (the scenario loads each in turn).
 pub fn config(test: &str) -> VmConfig {
-    VmConfig::new(test).memory_mib(crate::suite::GUEST_MIB)
+    VmConfig::new(test).memory_mib(crate::scenarios::suite::GUEST_MIB)
 }
 
 /// Loads `driver` and checks that it bound the balloon.

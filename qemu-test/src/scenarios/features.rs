@@ -5,10 +5,10 @@
 //! by compaction, freeze/restore. Each test fails if the feature does not
 //! do its job, and reports what it measured.
 
-use crate::realistic::vmstat;
-use crate::suite::{balloon_to, config, target_for, BALLOON_TIMEOUT};
-use crate::units::{format_bytes, MIB};
-use crate::vm::{Vm, Wait};
+use crate::rig::units::{format_bytes, MIB};
+use crate::rig::vm::{Vm, Wait};
+use crate::scenarios::realistic::vmstat;
+use crate::scenarios::suite::{balloon_to, config, target_for, BALLOON_TIMEOUT};
 use crate::{Driver, Tier, VmConfig};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeMap;
@@ -168,7 +168,7 @@ const REPORT_RELEASE_MIN: f64 = 0.6;
 /// already have run, and a release (or, with page poisoning, a release
 /// that must not happen) would go unseen.
 fn report_and_watch(vm: &mut Vm, window: Duration) -> Result<(u64, u64)> {
-    let window = crate::config::scaled(window);
+    let window = crate::rig::config::scaled(window);
     vm.hold_memhog(&format!("-m {REPORT_MIB}"), Duration::from_secs(300))?;
     let held = vm.qemu_rss_bytes()?;
     vm.release_memhog(Duration::from_secs(300))?;

@@ -3,8 +3,8 @@
 //! one boot (`stats_match_c`).
 
 use super::{balloon_to, boot, config, inflate_target, unix_now, within};
-use crate::units::{format_bytes, format_delta};
-use crate::vm::{Vm, Wait};
+use crate::rig::units::{format_bytes, format_delta};
+use crate::rig::vm::{Vm, Wait};
 use crate::{Driver, GuestStats};
 use anyhow::{ensure, Context, Result};
 use std::time::Duration;
@@ -199,12 +199,12 @@ pub fn stats_match_c() -> Result<()> {
     let ram = vm.ram_bytes();
     // Give the reclaim, stall and OOM counters something to count: run out
     // of memory once (a workload bigger than what the balloon leaves).
-    let target = crate::features::oom_target(&mut vm)?;
+    let target = crate::scenarios::features::oom_target(&mut vm)?;
     balloon_to(&mut vm, target)?;
     vm.run_ok("echo 1 > /proc/sys/vm/overcommit_memory")?;
     let oom = vm.run(&format!(
         "dd if=/dev/zero of=/dev/null bs={}M count=1",
-        crate::features::OOM_WORKLOAD_MIB
+        crate::scenarios::features::OOM_WORKLOAD_MIB
     ))?;
     ensure!(
         oom.code != 0,

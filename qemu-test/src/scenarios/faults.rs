@@ -26,10 +26,10 @@
 //! The C driver goes through the same scenarios; what happens to it is
 //! recorded (stderr, the test log), not asserted.
 
-use crate::config::Tier;
-use crate::suite::{target_for, GUEST_MIB};
-use crate::units::format_bytes;
-use crate::vm::{rs_counter, Vm};
+use crate::rig::config::Tier;
+use crate::rig::units::format_bytes;
+use crate::rig::vm::{rs_counter, Vm};
+use crate::scenarios::suite::{target_for, GUEST_MIB};
 use crate::{Driver, VmConfig};
 use anyhow::{bail, ensure, Context as _, Result};
 use std::time::Duration;
@@ -512,7 +512,7 @@ fn scenario(driver: Driver, ctx: Context) -> Result<()> {
             // What the guest has left and half the balloon on top: the OOM
             // notifier must deflate.
             let avail = vm.meminfo_field("MemAvailable")?;
-            let hog_mib = (avail + (ram - target) / 2) / crate::units::MIB;
+            let hog_mib = (avail + (ram - target) / 2) / crate::rig::units::MIB;
             arm(&mut vm, text, 50)?;
             let hog = vm.run_timeout(
                 &format!("memhog -m {hog_mib} 2>&1"),

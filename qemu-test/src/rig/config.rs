@@ -1,8 +1,8 @@
 //! What to boot: the guest image (kernel + initramfs from the environment),
 //! the driver under test and the VM configuration builder.
 
-use crate::accel::Accel;
-use crate::units::MIB;
+use crate::rig::accel::Accel;
+use crate::rig::units::MIB;
 use anyhow::{bail, Context, Result};
 use std::fmt;
 use std::path::{Path, PathBuf};

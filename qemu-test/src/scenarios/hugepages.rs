@@ -8,10 +8,10 @@
 //! inflates there when reporting is negotiated; the C driver does not, so
 //! its balloon gives the host (next to) no huge page back.
 
-use crate::hostmem::{self, HugePagePool, HUGE_PAGE};
-use crate::suite::{self, GUEST_MIB};
-use crate::units::{format_bytes, MIB};
-use crate::vm::Vm;
+use crate::rig::hostmem::{self, HugePagePool, HUGE_PAGE};
+use crate::rig::units::{format_bytes, MIB};
+use crate::rig::vm::Vm;
+use crate::scenarios::suite::{self, GUEST_MIB};
 use crate::{Backing, Driver, VmConfig};
 use anyhow::{ensure, Context, Result};
 use std::time::{Duration, Instant};
@@ -201,7 +201,7 @@ pub fn hugetlb_inflate_returns_huge_pages() -> Result<()> {
             .backing(Backing::Hugetlb2M)
             .free_page_reporting(true)
     };
-    let sizes: Vec<u64> = crate::qemu::ram_block_mib(&cfg(Driver::C))
+    let sizes: Vec<u64> = crate::rig::qemu::ram_block_mib(&cfg(Driver::C))
         .iter()
         .map(|m| m * MIB)
         .collect();

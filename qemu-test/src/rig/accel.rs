@@ -7,8 +7,6 @@
 //! `$BALLOON_CACHE/accel-probe-<hash of qemu --version and uname -r>` so the
 //! probe runs once per host; otherwise TCG is used, with a one-time warning.
 
-use crate::config::{GuestImage, VmConfig};
-use crate::vm::Vm;
 use anyhow::{bail, Context, Result};
 use std::fmt;
 use std::path::PathBuf;
@@ -100,7 +98,7 @@ fn fnv1a(data: &[u8]) -> u64 {
 
 /// The cache file holding this host's probe verdict.
 pub fn probe_cache_file() -> Result<PathBuf> {
-    let version = std::process::Command::new(crate::qemu::qemu_binary())
+    let version = std::process::Command::new(crate::rig::qemu::qemu_binary())
         .arg("--version")
         .output()
         .context("running qemu --version (is qemu-system-x86 installed?)")?;
@@ -125,22 +123,15 @@ fn read_verdict(path: &std::path::Path) -> Option<(Accel, String)> {
     Some((accel, rest.trim().to_string()))
 }
 
-/// Boots a throw-away guest with KVM; `Ok` if it reaches
-/// `BALLOON-GUEST-READY` within [`PROBE_TIMEOUT`].
-fn probe_kvm(image: &GuestImage) -> Result<()> {
-    let cfg = VmConfig::new("accel-probe")
-        .accel(Accel::Kvm)
-        .memory_mib(256)
-        .smp(1)
-        .boot_timeout(PROBE_TIMEOUT);
-    let vm = Vm::boot_with_image(cfg, image.clone())?;
-    vm.shutdown()
-}
+/// A probe boot with `-accel kvm` (the caller's: this module boots
+/// nothing itself): `Ok` if the guest got through early boot within
+/// [`PROBE_TIMEOUT`].
+pub type Probe<'a> = &'a dyn Fn() -> Result<()>;
 
-/// Resolves an `auto` request: cached verdict, else (if `probe`) a probe
-/// boot whose verdict is cached, else TCG. Returns the accelerator and, for
-/// TCG, why.
-fn resolve_auto(image: Option<&GuestImage>, probe: bool) -> Result<(Accel, String)> {
+/// Resolves an `auto` request: cached verdict, else (given a `probe`) a
+/// probe boot whose verdict is cached, else TCG. Returns the accelerator
+/// and, for TCG, why.
+fn resolve_auto(probe: Option<Probe<'_>>) -> Result<(Accel, String)> {
     if let Err(e) = kvm_openable() {
         return Ok((Accel::Tcg, format!("{e:#}")));
     }
@@ -148,7 +139,7 @@ fn resolve_auto(image: Option<&GuestImage>, probe: bool) -> Result<(Accel, Strin
     if let Some(v) = read_verdict(&cache) {
         return Ok(v);
     }
-    let Some(image) = image.filter(|_| probe) else {
+    let Some(probe) = probe else {
         return Ok((
             Accel::Tcg,
             format!(
@@ -161,7 +152,7 @@ fn resolve_auto(image: Option<&GuestImage>, probe: bool) -> Result<(Accel, Strin
         "qemu-test: probing KVM (a {}-second test boot with -accel kvm)...",
         PROBE_TIMEOUT.as_secs()
     );
-    let verdict = match probe_kvm(image) {
+    let verdict = match probe() {
         Ok(()) => (Accel::Kvm, String::new()),
         Err(e) => {
             let first = format!("{e:#}");
@@ -188,31 +179,27 @@ fn resolve_auto(image: Option<&GuestImage>, probe: bool) -> Result<(Accel, Strin
     Ok(verdict)
 }
 
-/// Resolves `request` to an accelerator. With `probe`, an unprobed `auto`
-/// boots a probe guest from `image`; without it, `auto` uses the cached
-/// verdict or TCG. `kvm` fails unless `/dev/kvm` is usable.
-pub fn resolve(
-    request: AccelRequest,
-    image: Option<&GuestImage>,
-    probe: bool,
-) -> Result<(Accel, String)> {
+/// Resolves `request` to an accelerator. With a `probe`, an unprobed
+/// `auto` runs it; without one, `auto` uses the cached verdict or TCG.
+/// `kvm` fails unless `/dev/kvm` is usable.
+pub fn resolve(request: AccelRequest, probe: Option<Probe<'_>>) -> Result<(Accel, String)> {
     match request {
         AccelRequest::Tcg => Ok((Accel::Tcg, "ACCEL=tcg".into())),
         AccelRequest::Kvm => {
             kvm_openable().context("ACCEL=kvm but KVM is not usable (use ACCEL=tcg or auto)")?;
             Ok((Accel::Kvm, "ACCEL=kvm".into()))
         }
-        AccelRequest::Auto => resolve_auto(image, probe),
+        AccelRequest::Auto => resolve_auto(probe),
     }
 }
 
 static PROCESS_ACCEL: OnceLock<Result<Accel, String>> = OnceLock::new();
 
-/// The accelerator for this process's VMs (resolved once, probing if
+/// The accelerator for this process's VMs (resolved once, with `probe` if
 /// needed, and announced once on stderr).
-pub fn process_accel(image: &GuestImage) -> Result<Accel> {
+pub fn process_accel(probe: Probe<'_>) -> Result<Accel> {
     let r = PROCESS_ACCEL.get_or_init(|| {
-        let res = AccelRequest::from_env().and_then(|req| resolve(req, Some(image), true));
+        let res = AccelRequest::from_env().and_then(|req| resolve(req, Some(probe)));
         match res {
             Ok((accel, why)) => {
                 match accel {
