@@ -957,6 +957,18 @@ fn read_keep_reports(dev: &Arc<FakeDevice>, f: &mut core::fmt::Formatter<'_>) ->
 
 type DevFile = Pin<KBox<debugfs::File<Arc<FakeDevice>>>>;
 
+/// Creates a debugfs file of the device and keeps it in `files`.
+fn add_file<E>(
+    files: &mut KVec<DevFile>,
+    file: impl PinInit<debugfs::File<Arc<FakeDevice>>, E>,
+) -> Result
+where
+    Error: From<E>,
+{
+    files.push(KBox::pin_init(file, GFP_KERNEL)?, GFP_KERNEL)?;
+    Ok(())
+}
+
 struct FakeModule {
     dev: Arc<FakeDevice>,
     _files: KVec<DevFile>,
@@ -967,66 +979,42 @@ impl kernel::Module for FakeModule {
         let dev = FakeDevice::new()?;
         let dir = debugfs::Dir::new(c"virtio_balloon_fake");
         let mut files = KVec::new();
-        files.push(
-            KBox::pin_init(
-                dir.read_write_callback_file(c"target", dev.clone(), &read_target, &write_target),
-                GFP_KERNEL,
-            )?,
-            GFP_KERNEL,
+        add_file(
+            &mut files,
+            dir.read_write_callback_file(c"target", dev.clone(), &read_target, &write_target),
         )?;
-        files.push(
-            KBox::pin_init(
-                dir.read_write_callback_file(c"mode", dev.clone(), &read_mode, &write_mode),
-                GFP_KERNEL,
-            )?,
-            GFP_KERNEL,
+        add_file(
+            &mut files,
+            dir.read_write_callback_file(c"mode", dev.clone(), &read_mode, &write_mode),
         )?;
-        files.push(
-            KBox::pin_init(
-                dir.read_write_callback_file(c"delay_ms", dev.clone(), &read_delay, &write_delay),
-                GFP_KERNEL,
-            )?,
-            GFP_KERNEL,
+        add_file(
+            &mut files,
+            dir.read_write_callback_file(c"delay_ms", dev.clone(), &read_delay, &write_delay),
         )?;
-        files.push(
-            KBox::pin_init(
-                dir.read_write_callback_file(
-                    c"keep_reports",
-                    dev.clone(),
-                    &read_keep_reports,
-                    &write_keep_reports,
-                ),
-                GFP_KERNEL,
-            )?,
-            GFP_KERNEL,
+        add_file(
+            &mut files,
+            dir.read_write_callback_file(
+                c"keep_reports",
+                dev.clone(),
+                &read_keep_reports,
+                &write_keep_reports,
+            ),
         )?;
-        files.push(
-            KBox::pin_init(
-                dir.write_callback_file(c"release", dev.clone(), &write_release),
-                GFP_KERNEL,
-            )?,
-            GFP_KERNEL,
+        add_file(
+            &mut files,
+            dir.write_callback_file(c"release", dev.clone(), &write_release),
         )?;
-        files.push(
-            KBox::pin_init(
-                dir.write_callback_file(c"unplug", dev.clone(), &write_unplug),
-                GFP_KERNEL,
-            )?,
-            GFP_KERNEL,
+        add_file(
+            &mut files,
+            dir.write_callback_file(c"unplug", dev.clone(), &write_unplug),
         )?;
-        files.push(
-            KBox::pin_init(
-                dir.write_callback_file(c"break", dev.clone(), &write_break),
-                GFP_KERNEL,
-            )?,
-            GFP_KERNEL,
+        add_file(
+            &mut files,
+            dir.write_callback_file(c"break", dev.clone(), &write_break),
         )?;
-        files.push(
-            KBox::pin_init(
-                dir.read_callback_file(c"stats", dev.clone(), &read_stats),
-                GFP_KERNEL,
-            )?,
-            GFP_KERNEL,
+        add_file(
+            &mut files,
+            dir.read_callback_file(c"stats", dev.clone(), &read_stats),
         )?;
         FakeDevice::register(&dev)?;
         pr_info!(
