@@ -219,14 +219,14 @@ pub fn page_cache_full() -> Result<()> {
 }
 
 /// Samples `/proc/zoneinfo` in the guest every 50 ms, in the background,
-/// until [`stop_zone_sampler`]: each populated zone's free pages minus its
-/// low watermark.
+/// until [`stop_zone_sampler`]: each zone's free pages minus its low
+/// watermark (zones with managed pages only).
 fn start_zone_sampler(vm: &mut Vm) -> Result<()> {
     vm.run_ok(
         "rm -f /tmp/zi.stop /tmp/zi.log; \
          (while [ ! -e /tmp/zi.stop ]; do \
-            awk '/^Node/ { z = $2 $4 } /pages free/ { f = $3 } \
-                 /^ +low / { if ($2 > 0) print z, f - $2 }' /proc/zoneinfo; \
+            awk '/^Node/ { z = $2 $4 } /pages free/ { f = $3 } /^ +low / { l = $2 } \
+                 /^ +managed / { if ($2 > 0) print z, f - l }' /proc/zoneinfo; \
             sleep 0.05; done > /tmp/zi.log 2>&1 &)",
     )?;
     Ok(())
