@@ -66,6 +66,7 @@ impl BalloonPage {
     /// allocation failed too: what a failed `balloon_page_alloc()` means.
     ///
     /// `node` is the NUMA node to prefer; `None` is the local one.
+    #[doc(alias = "alloc_pages_bulk")]
     pub(crate) fn alloc_bulk(into: &mut KVec<BalloonPage>, n: usize, node: Option<Node>) -> usize {
         // The bulk allocator holds the per-CPU list lock for the whole call.
         const MAX: usize = 256;
@@ -109,6 +110,7 @@ impl BalloonPage {
 
     /// Frees all of `pages` in one batch (`release_pages()`), leaving the
     /// vector empty.
+    #[doc(alias = "release_pages")]
     pub(crate) fn release_all(pages: &mut KVec<BalloonPage>) {
         let n = pages.len();
         if n == 0 {
@@ -190,6 +192,7 @@ impl BalloonBlock {
 
     /// Splits the block into its pages, appended to `into` in ascending
     /// frame order (`split_page()`); gives it back if `into` lacks room.
+    #[doc(alias = "split_page")]
     pub(crate) fn split_into(self, into: &mut KVec<BalloonPage>) -> Result<(), Self> {
         let n = self.pages();
         if into.capacity() - into.len() < n {

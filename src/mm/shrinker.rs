@@ -55,6 +55,7 @@ unsafe impl<T: Shrink> Sync for Registration<T> {}
 
 impl<T: Shrink> Registration<T> {
     /// Allocates and registers a shrinker named `name` calling `handler`.
+    #[doc(alias = "shrinker_alloc")]
     pub(crate) fn new(name: &'static CStr, handler: T) -> impl PinInit<Self, Error> {
         // SAFETY: The closure initializes every field of `*slot` on success and nothing on
         // failure, and the pointer it publishes (`private_data`) is that of the pinned slot.

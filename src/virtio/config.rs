@@ -221,6 +221,7 @@ impl Device<Bound> {
     /// with [`ENODEV`] if the field does not exist on this device (its
     /// feature was not negotiated) or the transport has no configuration
     /// access.
+    #[doc(alias = "virtio_cread_bytes")]
     pub fn config_read<C: ConfigSpace, T: ConfigValue>(
         &self,
         field: ConfigField<C, T>,
@@ -251,6 +252,7 @@ impl Device<Bound> {
     ///
     /// Fails like [`Self::config_read`], and with [`ENODEV`] if the
     /// transport cannot write the configuration.
+    #[doc(alias = "virtio_cwrite_le")]
     pub fn config_write<C: ConfigSpace, T: ConfigValue>(
         &self,
         field: ConfigField<C, T>,

@@ -81,6 +81,7 @@ impl<Ctx: device::DeviceContext> Device<Ctx> {
     /// Unlike C's `virtio_has_feature()`, a bit the driver does not list in
     /// [`Driver::FEATURES`](super::Driver::FEATURES) reads as `false` instead of hitting `BUG()`
     /// (the device cannot have negotiated it).
+    #[doc(alias = "virtio_has_feature")]
     pub fn has_feature(&self, bit: u32) -> bool {
         if bit >= bindings::VIRTIO_FEATURES_BITS {
             return false;
@@ -147,6 +148,7 @@ impl Device<device::Bound> {
 impl<'a> Device<device::Core<'a>> {
     /// Creates the device's virtqueues, one per entry of `vqs` (a `None`
     /// name leaves that queue unused, as in C).
+    #[doc(alias = "virtio_find_vqs")]
     pub fn find_vqs(&self, vqs: &[VqInfo]) -> Result {
         self.bind_state().find_vqs(self, vqs)
     }
@@ -163,12 +165,14 @@ impl<'a> Device<device::Core<'a>> {
     /// Marks every virtqueue broken (`virtio_break_device()`): from now on
     /// adding buffers fails with [`EIO`] and the device's interrupts are
     /// ignored. For a device that no longer answers.
+    #[doc(alias = "virtio_break_device")]
     pub fn break_device(&self) {
         // SAFETY: `self.as_raw()` is a valid device in a bus callback.
         unsafe { bindings::virtio_break_device(self.as_raw()) };
     }
 
     /// Sets `DRIVER_OK`: the device may now use the virtqueues.
+    #[doc(alias = "virtio_device_ready")]
     pub fn ready(&self) {
         // SAFETY: `self.as_raw()` is a valid device in a bus callback.
         unsafe { bindings::virtio_device_ready(self.as_raw()) };
@@ -176,6 +180,7 @@ impl<'a> Device<device::Core<'a>> {
 
     /// Resets the device (`virtio_reset_device()`): afterwards it uses no
     /// buffer and raises no interrupt until set up again.
+    #[doc(alias = "virtio_reset_device")]
     pub fn reset(&self) {
         // SAFETY: `self.as_raw()` is a valid device in a bus callback.
         unsafe { bindings::virtio_reset_device(self.as_raw()) };

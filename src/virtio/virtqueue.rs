@@ -491,12 +491,14 @@ impl<'a, B: Buffer> Virtqueue<'a, B> {
 
     /// Queues the first `len` bytes of `buf` for the device to read. On
     /// failure the buffer comes back with the error.
+    #[doc(alias = "virtqueue_add_outbuf")]
     pub fn add_outbuf(&self, buf: B, len: usize) -> Result<(), Rejected<B>> {
         self.add(buf, len, false)
     }
 
     /// Queues the first `len` bytes of `buf` for the device to write. On
     /// failure the buffer comes back with the error.
+    #[doc(alias = "virtqueue_add_inbuf")]
     pub fn add_inbuf(&self, buf: B, len: usize) -> Result<(), Rejected<B>> {
         self.add(buf, len, true)
     }
@@ -536,6 +538,7 @@ impl<'a, B: Buffer> Virtqueue<'a, B> {
     /// Notifies the device of new buffers, if it wants to be notified
     /// (`virtqueue_kick_prepare()` + `virtqueue_notify()`). Returns whether
     /// a notification was sent.
+    #[doc(alias = "virtqueue_kick")]
     pub fn kick(&self) -> bool {
         let Ok(s) = self.lock() else {
             return false;
@@ -576,6 +579,7 @@ impl<'a, B: Buffer> Virtqueue<'a, B> {
     }
 
     /// Takes back a buffer the device has used, if any.
+    #[doc(alias = "virtqueue_get_buf")]
     pub fn get_buf(&self) -> Option<Used<B>> {
         let mut s = self.lock().ok()?;
         self.get_buf_locked(&mut s)
@@ -641,11 +645,13 @@ impl<'a, B: Buffer> Virtqueue<'a, B> {
     }
 
     /// Ring size (`virtqueue_get_vring_size()`), 0 if the queue is gone.
+    #[doc(alias = "virtqueue_get_vring_size")]
     pub fn size(&self) -> u32 {
         self.slot.ring_size()
     }
 
     /// Whether the virtio core marked the queue broken.
+    #[doc(alias = "virtqueue_is_broken")]
     pub fn is_broken(&self) -> bool {
         match self.lock() {
             // SAFETY: `s.vq` is live (type invariant, checked by `lock`).
