@@ -20,7 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod balloon;
+mod problems;
+mod proc;
 pub use balloon::rs_counter;
+pub use problems::KERNEL_PROBLEMS;
+use proc::Proc;
 
 /// Printed by the guest's init once the agent is started.
 pub const READY_MARKER: &str = "BALLOON-GUEST-READY";
@@ -32,49 +36,6 @@ pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(120);
 pub const BALLOON_QOM_PATH: &str = "/machine/peripheral/balloon0";
 /// Console lines included in error messages.
 const DIAG_LINES: usize = 40;
-
-/// Console markers of kernel problems a test must not leave behind.
-/// Lockdep (`WARNING: possible circular locking dependency`), KASAN
-/// (`BUG: KASAN:`), DEBUG_ATOMIC_SLEEP (`BUG: sleeping function`),
-/// DEBUG_OBJECTS (`ODEBUG:` with a WARNING) and DEBUG_LIST reports are
-/// caught by the first markers; kmemleak is scanned by the tests that check
-/// for leaks (its automatic scan is off in the debug tier).
-pub const KERNEL_PROBLEMS: [&str; 12] = [
-    "WARNING:",
-    "BUG:",
-    "kernel BUG",
-    "Oops",
-    "general protection fault",
-    "Kernel panic",
-    "UBSAN:",
-    "not ok ",
-    "blocked for more than",
-    "soft lockup",
-    "detected stall",
-    "panicked at",
-];
-
-/// Appends the kernel problems of a C-driver VM to
-/// `$BALLOON_LOG_DIR/c-driver-reports.txt` and says so on stderr.
-fn record_c_driver_reports(test: &str, log: &Path, problems: &[String]) {
-    let path = log_dir().join("c-driver-reports.txt");
-    eprintln!(
-        "[{test}] the C driver's guest reported {} kernel problem line(s), recorded in {} \
-         (full log {})",
-        problems.len(),
-        path.display(),
-        log.display()
-    );
-    let text = format!("== {test} ({})\n{}\n", log.display(), problems.join("\n"));
-    if let Err(e) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-    {
-        eprintln!("[{test}] cannot write {}: {e}", path.display());
-    }
-}
 
 /// The per-test log directory: `$BALLOON_LOG_DIR`, else
 /// `<workspace>/target/qemu-logs`.
@@ -106,92 +67,6 @@ impl<T> Wait<T> {
         } else {
             Wait::Pending(value)
         }
-    }
-}
-
-/// The QEMU process and its captured output; killed and reaped on drop.
-struct Proc {
-    child: Child,
-    status: Option<ExitStatus>,
-    stdin: Option<ChildStdin>,
-    console: Capture,
-    stderr: Capture,
-    log: SharedLog,
-    log_path: PathBuf,
-}
-
-impl Proc {
-    /// Error if QEMU has exited (with its status and output).
-    fn check_alive(&mut self) -> Result<()> {
-        if self.status.is_none() {
-            if let Some(st) = self.child.try_wait()? {
-                self.status = Some(st);
-            }
-        }
-        match self.status {
-            None => Ok(()),
-            Some(st) => {
-                // Let the reader threads catch the last words (panic trace).
-                let t = Instant::now();
-                while !(self.console.closed() && self.stderr.closed())
-                    && t.elapsed() < Duration::from_secs(2)
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(anyhow!("QEMU exited unexpectedly ({st}){}", self.diag()))
-            }
-        }
-    }
-
-    /// Diagnostics for error messages: log file, console tail, QEMU stderr.
-    fn diag(&self) -> String {
-        let mut s = format!(
-            "\n--- console, last {DIAG_LINES} lines (full log: {}) ---\n{}",
-            self.log_path.display(),
-            self.console.tail(DIAG_LINES)
-        );
-        let err = self.stderr.tail(20);
-        if !err.trim().is_empty() {
-            s.push_str("\n--- QEMU stderr ---\n");
-            s.push_str(&err);
-        }
-        s.push_str("\n---");
-        s
-    }
-
-    fn log_line(&self, line: &str) {
-        if let Ok(mut f) = self.log.lock() {
-            let _ = writeln!(f, "# qemu-test: {line}");
-        }
-    }
-
-    /// Waits up to `timeout` for QEMU to exit by itself.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.status.is_none() {
-                if let Ok(Some(st)) = self.child.try_wait() {
-                    self.status = Some(st);
-                }
-            }
-            if self.status.is_some() || Instant::now() >= deadline {
-                return self.status;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            self.status = self.child.wait().ok();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -256,124 +131,21 @@ impl Vm {
             disk_dir: dir.path().to_path_buf(),
         };
         qemu::create_disks(&spec)?;
-        let logdir = log_dir();
-        std::fs::create_dir_all(&logdir)
-            .with_context(|| format!("creating log directory {}", logdir.display()))?;
-        let log_path = logdir.join(format!("{}.log", cfg.name));
-        let mut logf = File::create(&log_path)
-            .with_context(|| format!("creating log file {}", log_path.display()))?;
-        let started = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        writeln!(
-            logf,
-            "# qemu-test: VM {} (accel {accel}, kernel {}, started at unix time {})\n\
-             # qemu-test: {}",
-            cfg.name,
-            image.format.name(),
-            started.as_secs(),
-            qemu::display_command(&spec)
-        )?;
-        let log: SharedLog = Arc::new(Mutex::new(logf));
-
-        use std::os::unix::process::CommandExt;
-        let mut cmd = qemu::command(&spec);
-        let parent = std::process::id() as std::ffi::c_int;
-        // SAFETY: the hook makes system calls only (prctl, getppid) and does
-        // not allocate, which is safe between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || crate::rig::hostmem::die_with_parent(parent));
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} (is qemu-system-x86 installed?)",
-                    qemu::qemu_binary().to_string_lossy()
-                )
-            })?;
-        let stdout = child.stdout.take().context("no QEMU stdout")?;
-        let stderr = child.stderr.take().context("no QEMU stderr")?;
-        let stdin = child.stdin.take();
-        let (console, _) = Capture::spawn(stdout, log.clone(), "");
-        let (stderr, _) = Capture::spawn(stderr, log.clone(), "[qemu stderr] ");
-        let mut proc = Proc {
-            child,
-            status: None,
-            stdin,
-            console,
-            stderr,
-            log,
-            log_path,
-        };
+        let mut proc = Proc::spawn(&spec)?;
 
         // QMP: QEMU listens as soon as it has parsed its arguments.
-        let qmp = QmpClient::connect_retry(
+        let mut qmp = QmpClient::connect_retry(
             &spec.qmp_socket,
             deadline.min(Instant::now() + Duration::from_secs(20)),
             Duration::from_secs(60),
             || proc.check_alive(),
         )
         .map_err(|e| anyhow!("{e:#}{}", proc.diag()))?;
-
-        // Wait for init's marker, failing early on a panic or a driver
-        // that did not load. A resumed VM booted long ago: wait until it
-        // runs instead.
-        let failures = ["Kernel panic", DRIVER_FAILED_MARKER];
-        let mut needles = vec![READY_MARKER];
-        needles.extend(failures);
-        let mut qmp = qmp;
-        while cfg.incoming.is_some() {
-            let status = qmp.execute(&qapi::qmp::query_status {})?;
-            if status.status == qapi::qmp::RunState::running {
-                break;
-            }
-            if matches!(
-                status.status,
-                qapi::qmp::RunState::inmigrate | qapi::qmp::RunState::prelaunch
-            ) && Instant::now() < deadline
-            {
-                proc.check_alive()?;
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-            bail!(
-                "the VM did not resume from {:?}: status {:?}{}",
-                cfg.incoming,
-                status.status,
-                proc.diag()
-            );
-        }
-        while cfg.incoming.is_none() {
-            if let Some(line) = proc
-                .console
-                .wait_for(0, &needles, Duration::from_millis(200))
-            {
-                if line.contains(READY_MARKER) {
-                    break;
-                }
-                // Give the console a moment to show the rest.
-                std::thread::sleep(Duration::from_millis(500));
-                bail!("guest boot failed: {line}{}", proc.diag());
-            }
-            proc.check_alive()?;
-            // QEMU keeps running (paused) after a KVM internal error.
-            if proc.stderr.contains("internal error") {
-                bail!(
-                    "QEMU reported an internal error (accel {accel}){}",
-                    proc.diag()
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "guest did not print {READY_MARKER} within {:?} (accel {accel}){}",
-                    boot_timeout,
-                    proc.diag()
-                );
-            }
+        if cfg.incoming.is_some() {
+            // A resumed VM booted long ago: wait until it runs instead.
+            wait_resumed(&mut qmp, &mut proc, &cfg, deadline)?;
+        } else {
+            wait_ready(&mut proc, accel, deadline, boot_timeout)?;
         }
 
         let agent =
@@ -388,32 +160,39 @@ impl Vm {
             boot_time: Duration::ZERO,
             _dir: dir,
         };
+        vm.handshake(deadline)?;
+        vm.boot_time = t0.elapsed();
+        vm.proc.log_line(&format!("booted in {:.2?}", vm.boot_time));
+        Ok(vm)
+    }
+
+    /// The agent answers, the guest has what its configuration promises,
+    /// and the balloon device is bound to the driver the guest loads.
+    fn handshake(&mut self, deadline: Instant) -> Result<()> {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(10));
-        let hello = vm
+        let hello = self
             .run_timeout("echo agent-ok", left)
             .context("agent handshake")?;
         if hello.output.trim() != "agent-ok" || hello.code != 0 {
             bail!(
                 "agent handshake: unexpected reply {hello:?}{}",
-                vm.proc.diag()
+                self.proc.diag()
             );
         }
-        vm.check_profile()?;
-        if let Some(d) = vm.cfg.driver {
-            let bound = vm.balloon_driver()?;
+        self.check_profile()?;
+        if let Some(d) = self.cfg.driver {
+            let bound = self.balloon_driver()?;
             if bound.as_deref() != Some(d.module_name()) {
                 bail!(
                     "the balloon device is bound to {bound:?}, expected {}{}",
                     d.module_name(),
-                    vm.proc.diag()
+                    self.proc.diag()
                 );
             }
         }
-        vm.boot_time = t0.elapsed();
-        vm.proc.log_line(&format!("booted in {:.2?}", vm.boot_time));
-        Ok(vm)
+        Ok(())
     }
 
     /// Checks that the guest has what its configuration promises: NUMA
@@ -705,78 +484,74 @@ impl Vm {
     pub fn console_since(&self, mark: usize) -> Vec<String> {
         self.proc.console.find_since(mark, "")
     }
+}
 
-    /// Kernel console lines reporting a problem: warnings, BUGs, oopses,
-    /// panics, sanitizer reports (OOM-killer reports are not problems).
-    pub fn kernel_problems(&self) -> Vec<String> {
-        KERNEL_PROBLEMS
-            .iter()
-            .flat_map(|p| self.proc.console.find_since(0, p))
-            .collect()
-    }
-
-    /// Whether kernel problems in this VM are recorded rather than failed
-    /// on: the C driver's on the debug tier, where the tests' purpose is
-    /// our driver's reports (issue: "reports from the C driver are recorded
-    /// beside ours, not hidden"), and where a scenario expects them
-    /// ([`VmConfig::c_problems_expected`]).
-    fn records_problems(&self) -> bool {
-        self.cfg.subject == Some(crate::Driver::C)
-            && (self.cfg.c_problems_expected
-                || crate::rig::config::Tier::current().ok()
-                    == Some(crate::rig::config::Tier::Debug))
-    }
-
-    /// Ends a VM the test leaves without a clean shutdown (the C driver left
-    /// stuck by a device that never answers): QEMU is killed, and the
-    /// kernel's reports are still checked as [`Vm::shutdown`] does —
-    /// recorded for the C driver on the debug tier, an error otherwise.
-    pub fn abandon(mut self) -> Result<()> {
-        self.proc.log_line("abandoned: killed without a shutdown");
-        let checked = self.check_kernel_problems();
-        self.proc.kill();
-        checked
-    }
-
-    /// The kernel's reports ([`Vm::kernel_problems`]) once the VM is done:
-    /// recorded for the C driver on the debug tier, an error otherwise.
-    fn check_kernel_problems(&self) -> Result<()> {
-        let problems = self.kernel_problems();
-        if problems.is_empty() {
+/// Waits until a VM resuming from a migration stream runs.
+fn wait_resumed(
+    qmp: &mut QmpClient,
+    proc: &mut Proc,
+    cfg: &VmConfig,
+    deadline: Instant,
+) -> Result<()> {
+    loop {
+        let status = qmp.execute(&qapi::qmp::query_status {})?;
+        if status.status == qapi::qmp::RunState::running {
             return Ok(());
         }
-        if self.records_problems() {
-            record_c_driver_reports(&self.cfg.name, self.log_path(), &problems);
-            return Ok(());
+        if matches!(
+            status.status,
+            qapi::qmp::RunState::inmigrate | qapi::qmp::RunState::prelaunch
+        ) && Instant::now() < deadline
+        {
+            proc.check_alive()?;
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
         }
         bail!(
-            "the guest kernel reported problems (see {}):\n{}",
-            self.log_path().display(),
-            problems.join("\n")
-        )
+            "the VM did not resume from {:?}: status {:?}{}",
+            cfg.incoming,
+            status.status,
+            proc.diag()
+        );
     }
+}
 
-    /// Powers the guest off (`reboot -f`; QEMU runs with `-no-reboot`) and
-    /// waits for QEMU to exit; after 30 s it is killed and this is an error.
-    /// Fails if the kernel reported a problem ([`Vm::kernel_problems`]).
-    pub fn shutdown(mut self) -> Result<()> {
-        self.proc.log_line("shutdown");
-        let sent = self.agent.send("sync; reboot -f");
-        if self
-            .proc
-            .wait_exit(scaled(Duration::from_secs(30)))
-            .is_some()
+/// Waits for init's marker, failing early on a panic or a driver that did
+/// not load.
+fn wait_ready(
+    proc: &mut Proc,
+    accel: Accel,
+    deadline: Instant,
+    boot_timeout: Duration,
+) -> Result<()> {
+    let needles = [READY_MARKER, "Kernel panic", DRIVER_FAILED_MARKER];
+    loop {
+        if let Some(line) = proc
+            .console
+            .wait_for(0, &needles, Duration::from_millis(200))
         {
-            return self.check_kernel_problems();
+            if line.contains(READY_MARKER) {
+                return Ok(());
+            }
+            // Give the console a moment to show the rest.
+            std::thread::sleep(Duration::from_millis(500));
+            bail!("guest boot failed: {line}{}", proc.diag());
         }
-        let _ = self.qmp.execute(&qapi::qmp::quit {});
-        let exited = self.proc.wait_exit(Duration::from_secs(5)).is_some();
-        let diag = self.proc.diag();
-        self.proc.kill();
-        if exited {
-            bail!("the guest did not power off with `reboot -f` ({sent:?}); QMP quit stopped QEMU{diag}")
+        proc.check_alive()?;
+        // QEMU keeps running (paused) after a KVM internal error.
+        if proc.stderr.contains("internal error") {
+            bail!(
+                "QEMU reported an internal error (accel {accel}){}",
+                proc.diag()
+            );
         }
-        bail!("QEMU did not exit after `reboot -f` and QMP quit: killed{diag}")
+        if Instant::now() >= deadline {
+            bail!(
+                "guest did not print {READY_MARKER} within {:?} (accel {accel}){}",
+                boot_timeout,
+                proc.diag()
+            );
+        }
     }
 }
 
