@@ -18,13 +18,28 @@
 #   make check-distro  the module for Debian's stock kernel, Debian's rustc
 #
 # Parameters: KVER (default 7.3), TIER=base|debug (guest kernel tier,
-# default base), KDIR (default: the kernel `make setup` built for KVER and
-# TIER), LLVM_VERSION (default 19), ACCEL=tcg|kvm|auto, TESTS=<filter>
-# (only the QEMU tests whose name contains it).
+# default base), ARCH=x86_64|arm64 (guest architecture, default x86_64;
+# arm64 is cross-built and runs under TCG), PAGES=4k|16k|64k (arm64 page
+# size, default 4k), KDIR (default: the kernel `make setup` built for KVER,
+# TIER, ARCH and PAGES), LLVM_VERSION (default 19), ACCEL=tcg|kvm|auto,
+# TESTS=<filter> (only the QEMU tests whose name contains it).
 
 KVER ?= 7.3
 TIER ?= base
 LLVM_VERSION ?= 19
+PAGES ?= 4k
+# ARCH is the kernel's own variable (it reaches the kernel's make as is):
+# unset is the host's, x86_64; arm64 cross-builds.
+ifneq ($(filter-out x86 x86_64 arm64,$(ARCH)),)
+$(error ARCH=$(ARCH): the guest architectures are x86_64 (the default) and arm64)
+endif
+export PAGES
+ifneq ($(ARCH),)
+export ARCH
+endif
+# (make 4.3's $(shell) does not see exported variables: pass them.)
+PATHS = KVER=$(KVER) TIER=$(TIER) BALLOON_CACHE=$(BALLOON_CACHE) ARCH=$(ARCH) PAGES=$(PAGES) \
+	scripts/paths.sh
 BALLOON_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/virtio-balloon-rs
 export KVER TIER LLVM_VERSION BALLOON_CACHE
 # bindgen installed by `make setup` lives in the cache.
@@ -33,20 +48,21 @@ export PATH := $(BALLOON_CACHE)/tools/bin:$(PATH)
 # (An empty KDIR inherited from a parent make, before setup built the
 # kernel, counts as unset.)
 ifeq ($(strip $(KDIR)),)
-override KDIR := $(shell KVER=$(KVER) TIER=$(TIER) BALLOON_CACHE=$(BALLOON_CACHE) \
-	scripts/paths.sh kdir 2>/dev/null)
+override KDIR := $(shell $(PATHS) kdir 2>/dev/null)
 endif
 export KDIR
 
 # The QEMU the tests run (`make setup` unpacks it); QEMU=... overrides.
-QEMU ?= $(shell scripts/paths.sh qemu 2>/dev/null)
-QEMU_DATA ?= $(shell scripts/paths.sh qemu-data 2>/dev/null)
+QEMU ?= $(shell $(PATHS) qemu 2>/dev/null)
+QEMU_DATA ?= $(shell $(PATHS) qemu-data 2>/dev/null)
 export BALLOON_QEMU := $(QEMU)
 export BALLOON_QEMU_DATA := $(QEMU_DATA)
 
 # Per-checkout build products (initramfs, logs); gitignored.
 BUILD_DIR := $(CURDIR)/build
-INITRAMFS := $(BUILD_DIR)/initramfs-$(KVER)$(if $(filter-out base,$(TIER)),-$(TIER)).cpio
+# -arm64-64k, -debug, ...: nothing for the base x86_64 guest.
+GUEST_SUFFIX := $(shell $(PATHS) suffix 2>/dev/null)
+INITRAMFS := $(BUILD_DIR)/initramfs-$(KVER)$(GUEST_SUFFIX).cpio
 MODULE    := virtio_balloon_rs.ko
 # The test device (qemu-test/fake-device), in the test initramfs only.
 FAKE_MODULE := virtio_balloon_fake.ko
@@ -91,7 +107,7 @@ unit-test:
 	cargo test --locked -p virtio-balloon-logic
 
 QEMU_TEST_ENV = BALLOON_KDIR="$(KDIR)" BALLOON_INITRAMFS="$(INITRAMFS)" \
-	BALLOON_LOG_DIR="$(BUILD_DIR)/logs$(if $(filter-out base,$(TIER)),-$(TIER))" \
+	BALLOON_LOG_DIR="$(BUILD_DIR)/logs$(GUEST_SUFFIX)" \
 	BALLOON_TIER="$(TIER)"
 
 # The driver suites and the realistic scenarios run two VMs at a time; the

@@ -19,6 +19,10 @@
 #                   or debug (adds scripts/kconfig/tier-debug.config: KASAN,
 #                   lockdep, kmemleak, fault injection, ...). Each tier is its
 #                   own cached build.
+#   ARCH            guest architecture: x86_64 (default) or arm64 (cross-built
+#                   with LLVM, booted on qemu-system-aarch64's virt machine).
+#   PAGES           arm64 guest page size: 4k (default), 16k or 64k; each is
+#                   its own cached build (scripts/kconfig/arm64-<PAGES>.config).
 
 set -euo pipefail
 
@@ -30,6 +34,25 @@ BALLOON_CACHE=${BALLOON_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/virtio-balloon-rs
 DEBIAN_SUITES=${DEBIAN_SUITES:-trixie trixie-backports}
 JOBS=${JOBS:-$(nproc)}
 TIER=${TIER:-base}
+# The guest architecture, in the kernel's spelling (ARCH=x86 | arm64), and
+# QEMU's (x86_64 | aarch64).
+case "${ARCH:-x86_64}" in
+x86 | x86_64 | amd64) ARCH=x86_64 KARCH=x86 QEMU_ARCH=x86_64 DEB_ARCH=amd64 ;;
+arm64 | aarch64) ARCH=arm64 KARCH=arm64 QEMU_ARCH=aarch64 DEB_ARCH=arm64 ;;
+*)
+	printf 'error: unknown ARCH %s\n       ARCH=x86_64 (the default) or ARCH=arm64\n' "$ARCH" >&2
+	exit 1
+	;;
+esac
+PAGES=${PAGES:-4k}
+case "$ARCH:$PAGES" in
+*:4k | arm64:16k | arm64:64k) ;;
+*)
+	printf 'error: PAGES=%s is not a page size of %s\n       x86_64: 4k; arm64: 4k, 16k or 64k\n' \
+		"$PAGES" "$ARCH" >&2
+	exit 1
+	;;
+esac
 # Tools installed by setup (bindgen) live here, not in ~/.cargo.
 TOOLS_DIR=$BALLOON_CACHE/tools
 export PATH="$TOOLS_DIR/bin:$PATH"
@@ -60,6 +83,29 @@ APT_PACKAGES=(
 	libfontconfig-dev fonts-dejavu-core
 )
 
+# Architecture-specific host packages: the guest tools' cross compiler and
+# static C library.
+case "$ARCH" in
+arm64) APT_PACKAGES+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross) ;;
+esac
+
+# The static busybox of the guest's initramfs: the host's for x86_64, for
+# another architecture Debian's busybox-static of it (setup's busybox step).
+guest_busybox() {
+	case "$ARCH" in
+	x86_64) echo /bin/busybox ;;
+	*) echo "$BALLOON_CACHE/busybox/$DEB_ARCH/busybox" ;;
+	esac
+}
+
+# The C compiler for the guest's static tools.
+guest_cc() {
+	case "$ARCH" in
+	x86_64) echo gcc ;;
+	arm64) echo aarch64-linux-gnu-gcc ;;
+	esac
+}
+
 msg() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 warn() { printf '\033[1;33mwarning:\033[0m %s\n' "$*" >&2; }
 die() {
@@ -85,7 +131,10 @@ rustc_version() { rustc --version | awk '{print $2}'; }
 config_fragments() {
 	local major=${KVER%%.*}
 	echo "$PROJECT_DIR/scripts/kconfig/common.config"
-	echo "$PROJECT_DIR/scripts/kconfig/arch-x86.config"
+	echo "$PROJECT_DIR/scripts/kconfig/arch-$KARCH.config"
+	if [[ "$PAGES" != 4k ]]; then
+		echo "$PROJECT_DIR/scripts/kconfig/$KARCH-$PAGES.config"
+	fi
 	if [[ -f "$PROJECT_DIR/scripts/kconfig/linux-$major.config" ]]; then
 		echo "$PROJECT_DIR/scripts/kconfig/linux-$major.config"
 	fi
@@ -120,10 +169,29 @@ kernel_build_dir() {
 	local key
 	key=$(build_key)
 	[[ -n "$key" ]] || return 0
-	local tier=""
-	[[ "$TIER" == base ]] || tier=-$TIER
-	echo "$BALLOON_CACHE/build/linux-$KVER$tier-$key"
+	echo "$BALLOON_CACHE/build/linux-$KVER$(guest_suffix)-$key"
+}
+
+# What tells apart the guest kernels of one version: the architecture and
+# page size (nothing for x86_64) and the tier (nothing for base).
+guest_suffix() {
+	local s=""
+	[[ "$ARCH" == x86_64 ]] || s+=-$ARCH-$PAGES
+	[[ "$TIER" == base ]] || s+=-$TIER
+	echo "$s"
 }
 
 # Make arguments shared by every kernel-tree make invocation.
-kmake_args() { echo "LLVM=$LLVM_SUFFIX"; }
+# (ARCH only when cross-building: the x86_64 trees were configured without.)
+kmake_args() {
+	echo "LLVM=$LLVM_SUFFIX"
+	[[ "$ARCH" == x86_64 ]] || echo "ARCH=$KARCH"
+}
+
+# The kernel image QEMU boots, relative to the build directory.
+kernel_image() {
+	case "$ARCH" in
+	x86_64) echo arch/x86/boot/bzImage ;;
+	arm64) echo arch/arm64/boot/Image ;;
+	esac
+}

@@ -46,7 +46,8 @@ kdir=$1
 out=$2
 shift 2
 
-BUSYBOX=${BUSYBOX:-/bin/busybox}
+BUSYBOX=${BUSYBOX:-$(guest_busybox)}
+CC=$(guest_cc)
 GUEST_DIR=$PROJECT_DIR/scripts/guest
 
 [[ -n "$kdir" && -d "$kdir" ]] ||
@@ -70,12 +71,12 @@ else
 			"KDIR has neither usr/gen_init_cpio nor its source (an O= tree's source/)."
 	need_cmd xz "Install xz-utils ('make setup' does)."
 fi
-need_file "$BUSYBOX" "Install busybox-static ('make setup' does)."
+need_file "$BUSYBOX" "Install busybox-static ('make setup' does; for ARCH=$ARCH: 'scripts/setup.sh busybox')."
 need_file "$GUEST_DIR/init" "The checkout is incomplete."
 need_file "$GUEST_DIR/agent" "The checkout is incomplete."
 need_file "$GUEST_DIR/fragment.c" "The checkout is incomplete."
 need_file "$GUEST_DIR/memhog.c" "The checkout is incomplete."
-need_cmd gcc "Install gcc ('make setup' does)."
+need_cmd "$CC" "Install $CC ('make setup' does)."
 for ko in "$@"; do
 	need_file "$ko" "Build the module first: run 'make'."
 done
@@ -101,9 +102,9 @@ fi
 
 # Guest test tools busybox lacks, built static for the guest.
 for tool in fragment memhog; do
-	gcc -static -O2 -Wall -Werror -o "$staging/$tool" "$GUEST_DIR/$tool.c" ||
+	"$CC" -static -O2 -Wall -Werror -o "$staging/$tool" "$GUEST_DIR/$tool.c" ||
 		die "building the guest tool $GUEST_DIR/$tool.c failed" \
-			"It needs gcc and the static C library (libc6-dev)."
+			"It needs $CC and the static C library (libc6-dev, for arm64 libc6-dev-arm64-cross)."
 done
 stage=$staging
 
@@ -178,10 +179,15 @@ mkdir -p "$(dirname "$out")"
 	echo "nod /dev/console 0600 0 0 c 5 1"
 	echo "nod /dev/null 0666 0 0 c 1 3"
 	echo "file /bin/busybox $BUSYBOX 0755 0 0"
-	"$BUSYBOX" --list-full | sort -u | while read -r applet; do
-		[[ "$applet" == bin/busybox ]] && continue
-		echo "slink /$applet /bin/busybox 0777 0 0"
-	done
+	if [[ "$ARCH" == x86_64 ]]; then
+		"$BUSYBOX" --list-full | sort -u | while read -r applet; do
+			[[ "$applet" == bin/busybox ]] && continue
+			echo "slink /$applet /bin/busybox 0777 0 0"
+		done
+	else
+		# The host cannot run it: /init makes the links (busybox --install).
+		echo "slink /bin/sh /bin/busybox 0777 0 0"
+	fi
 	echo "file /init $GUEST_DIR/init 0755 0 0"
 	echo "file /bin/balloon-agent $GUEST_DIR/agent 0755 0 0"
 	echo "file /bin/fragment $stage/fragment 0755 0 0"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 # Prints a path `make setup` provides, or nothing if it is not there yet:
-#   kdir       the kernel build directory for $KVER
+#   kdir       the kernel build directory for $KVER, $TIER, $ARCH, $PAGES
+#   suffix     what names that build's products apart (-arm64-64k, -debug)
 #   qemu       the QEMU binary the tests use
 #   qemu-data  QEMU's firmware search path (for -L), colon-separated
 source "$(dirname "$0")/lib.sh"
@@ -10,12 +11,13 @@ kdir)
 	kout=$(kernel_build_dir)
 	if [[ -n "$kout" && -f "$kout/.balloon-built" ]]; then echo "$kout"; fi
 	;;
+suffix) guest_suffix ;;
 qemu)
-	bin=$QEMU_DIR/usr/bin/qemu-system-x86_64
+	bin=$QEMU_DIR/usr/bin/qemu-system-$QEMU_ARCH
 	if [[ -x "$bin" ]]; then echo "$bin"; fi
 	;;
 qemu-data)
 	if [[ -d "$QEMU_DIR/usr/share/qemu" ]]; then echo "$QEMU_DIR/usr/share/qemu:/usr/share/seabios"; fi
 	;;
-*) die "usage: $0 kdir|qemu|qemu-data" ;;
+*) die "usage: $0 kdir|suffix|qemu|qemu-data" ;;
 esac

@@ -10,7 +10,7 @@
 #   4. Rust library sources matching the installed rustc exactly
 #   5. QEMU from the release's backports suite, unpacked into the cache
 #   6. a guest kernel configured from scripts/kconfig/*.config, verified
-#   7. bzImage + vmlinux + modules, built once per key
+#   7. bzImage (arm64: Image) + vmlinux + modules, built once per key
 #
 # Each step is skipped when its result is already in the cache, so a second
 # run is a no-op.  Usage: scripts/setup.sh [step...]  (default: all steps)
@@ -92,7 +92,7 @@ apt_private() {
 		-o Dir::State::Lists="$APT_STATE/lists" \
 		-o Dir::State::status=/dev/null \
 		-o Dir::Cache="$APT_STATE/cache" \
-		-o APT::Architectures=amd64 \
+		-o APT::Architectures::=amd64 -o APT::Architectures::="$DEB_ARCH" \
 		-o APT::Sandbox::User="$(id -un)" \
 		-o Acquire::Languages=none \
 		-o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false \
@@ -131,7 +131,8 @@ apt_private_download() {
 		die "could not download $spec from $DEBIAN_SUITES" \
 			"Available versions: $(apt_private apt-cache madison "${spec%%=*}" | awk -F'|' '{print $2}' | xargs)" \
 			"Set KVER / DEBIAN_SUITES to a kernel Debian ships, or KDIR to your own build."
-	ls -t "$dir"/"${spec%%=*}"_*.deb | head -1
+	local name=${spec%%=*}
+	ls -t "$dir"/"${name%%:*}"_*.deb | head -1
 }
 
 step_kernel_source() {
@@ -214,24 +215,30 @@ step_rust_src() {
 # 5. QEMU for the tests
 # --------------------------------------------------------------------------
 step_qemu() {
-	local bin=$QEMU_DIR/usr/bin/qemu-system-x86_64
+	local bin=$QEMU_DIR/usr/bin/qemu-system-$QEMU_ARCH
 	if [[ -x "$bin" ]] && "$bin" --version >/dev/null 2>&1; then
 		msg "qemu: $("$bin" --version | head -1) ($QEMU_DIR)"
 		return
 	fi
 	apt_private_update "$QEMU_SUITE"
-	local tmp
+	local tmp pkgs=(qemu-system-common qemu-system-data)
+	case "$ARCH" in
+	x86_64) pkgs+=(qemu-system-x86) ;;
+	arm64) pkgs+=(qemu-system-arm) ;;
+	esac
 	tmp=$(mktemp -d "$BALLOON_CACHE/qemu.XXXXXX")
-	for pkg in qemu-system-x86 qemu-system-common qemu-system-data; do
+	# One directory for every architecture's QEMU: keep what is there.
+	if [[ -d "$QEMU_DIR" ]]; then cp -a "$QEMU_DIR/." "$tmp/root"; fi
+	for pkg in "${pkgs[@]}"; do
 		local deb
 		deb=$(apt_private_download "$pkg" "$tmp/debs")
 		dpkg-deb -x "$deb" "$tmp/root"
 	done
 	local missing
-	missing=$(ldd "$tmp/root/usr/bin/qemu-system-x86_64" | awk '/not found/ {print $1}' | xargs)
+	missing=$(ldd "$tmp/root/usr/bin/qemu-system-$QEMU_ARCH" | awk '/not found/ {print $1}' | xargs)
 	[[ -z "$missing" ]] || die "QEMU from $QEMU_SUITE needs libraries this system lacks: $missing" \
 		"Install them with apt, or set QEMU_SUITE to a suite built for this release."
-	"$tmp/root/usr/bin/qemu-system-x86_64" --version >/dev/null ||
+	"$tmp/root/usr/bin/qemu-system-$QEMU_ARCH" --version >/dev/null ||
 		die "QEMU from $QEMU_SUITE does not run on this system"
 	rm -rf "$QEMU_DIR"
 	mkdir -p "$(dirname "$QEMU_DIR")"
@@ -241,10 +248,37 @@ step_qemu() {
 }
 
 # --------------------------------------------------------------------------
+# 5b. the guest's static busybox for a foreign architecture
+# --------------------------------------------------------------------------
+step_busybox() {
+	[[ "$ARCH" != x86_64 ]] || return 0
+	local bin
+	bin=$(guest_busybox)
+	if [[ -x "$bin" ]]; then
+		msg "busybox for $ARCH: $bin"
+		return
+	fi
+	apt_private_update
+	local tmp deb
+	tmp=$(mktemp -d "$BALLOON_CACHE/busybox.XXXXXX")
+	deb=$(apt_private_download "busybox-static:$DEB_ARCH" "$tmp")
+	dpkg-deb -x "$deb" "$tmp/root"
+	local found="" f
+	for f in "$tmp"/root/{usr/,}bin/busybox; do [[ -f "$f" ]] && found=$f && break; done
+	[[ -n "$found" ]] || die "no busybox binary in $deb"
+	mkdir -p "$(dirname "$bin")"
+	mv "$found" "$bin"
+	msg "busybox for $ARCH: $(dpkg-deb -f "$deb" Version) in $bin"
+	rm -rf "$tmp"
+}
+
+# --------------------------------------------------------------------------
 # 6./7. configure and build the guest kernel
 # --------------------------------------------------------------------------
 kmake() {
-	RUST_LIB_SRC="$RUST_LIB_SRC" make -s -C "$(kernel_src_dir)" O="$KOUT" "$(kmake_args)" RUST_LIB_SRC="$RUST_LIB_SRC" "$@"
+	local args
+	mapfile -t args < <(kmake_args)
+	RUST_LIB_SRC="$RUST_LIB_SRC" make -s -C "$(kernel_src_dir)" O="$KOUT" "${args[@]}" RUST_LIB_SRC="$RUST_LIB_SRC" "$@"
 }
 
 # Checks that every option of the fragments has the requested value in .config.
@@ -350,7 +384,7 @@ step_kernel() {
 
 	msg "guest kernel: building with $JOBS jobs in $KOUT (several minutes)"
 	local t0=$SECONDS
-	kmake -j"$JOBS" bzImage vmlinux modules ||
+	kmake -j"$JOBS" "$(basename "$(kernel_image)")" vmlinux modules ||
 		die "the kernel build failed (see above); build dir: $KOUT"
 	msg "guest kernel: built in $((SECONDS - t0)) s"
 	[[ -x "$KOUT/usr/gen_init_cpio" ]] || kmake usr/gen_init_cpio
@@ -358,7 +392,7 @@ step_kernel() {
 }
 
 # --------------------------------------------------------------------------
-ALL_STEPS=(packages bindgen kernel_source rust_src qemu kernel)
+ALL_STEPS=(packages bindgen kernel_source rust_src qemu busybox kernel)
 mkdir -p "$BALLOON_CACHE"
 steps=("$@")
 ((${#steps[@]})) || steps=("${ALL_STEPS[@]}")
