@@ -42,6 +42,7 @@ pub mod scenarios;
 
 pub use rig::accel::Accel;
 pub use rig::agent::CmdOutput;
+pub use rig::arch::Arch;
 pub use rig::config::{
     scaled, Backing, BalloonOptions, Driver, GuestImage, KernelFormat, ThpMode, Tier, VmConfig,
     DATA_MOUNT,

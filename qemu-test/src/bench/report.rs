@@ -59,7 +59,8 @@ pub fn progress(r: &Run) {
 pub fn write(opts: &BenchOpts, outcome: &Outcome, out: &Path) -> Result<()> {
     let runs = &outcome.runs;
     let accel = outcome.accel.to_string();
-    let qemu = qemu_version()?;
+    let arch = crate::rig::config::GuestImage::from_env()?.arch;
+    let qemu = format!("{} (guest {arch})", qemu_version(arch)?);
     let mut report = header(opts, outcome, &accel, &qemu);
     let summary = table(&mut report, opts, runs)?;
     let problems = block_problems(runs, opts.reporting());
@@ -111,10 +112,10 @@ pub fn write(opts: &BenchOpts, outcome: &Outcome, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// QEMU's `--version` line.
-fn qemu_version() -> Result<String> {
+/// The `--version` line of `arch`'s QEMU.
+fn qemu_version(arch: crate::rig::arch::Arch) -> Result<String> {
     Ok(String::from_utf8_lossy(
-        &std::process::Command::new(crate::rig::qemu::qemu_binary())
+        &std::process::Command::new(crate::rig::qemu::qemu_binary(arch))
             .arg("--version")
             .output()?
             .stdout,

@@ -98,10 +98,11 @@ fn fnv1a(data: &[u8]) -> u64 {
 
 /// The cache file holding this host's probe verdict.
 pub fn probe_cache_file() -> Result<PathBuf> {
-    let version = std::process::Command::new(crate::rig::qemu::qemu_binary())
+    let host = crate::rig::arch::Arch::host();
+    let version = std::process::Command::new(crate::rig::qemu::qemu_binary(host))
         .arg("--version")
         .output()
-        .context("running qemu --version (is qemu-system-x86 installed?)")?;
+        .with_context(|| format!("running {} --version", host.qemu_binary_name()))?;
     let uname = std::process::Command::new("uname")
         .arg("-r")
         .output()
@@ -191,6 +192,24 @@ pub fn resolve(request: AccelRequest, probe: Option<Probe<'_>>) -> Result<(Accel
         }
         AccelRequest::Auto => resolve_auto(probe),
     }
+}
+
+/// The accelerator for a guest of another architecture than the host's
+/// (an arm64 guest on an x86_64 host): TCG, as KVM cannot run it;
+/// `ACCEL=kvm` is an error. Announced once on stderr.
+pub fn foreign_guest_accel(guest: crate::rig::arch::Arch) -> Result<Accel> {
+    let host = crate::rig::arch::Arch::host();
+    if AccelRequest::from_env()? == AccelRequest::Kvm {
+        bail!(
+            "ACCEL=kvm, but KVM cannot run an {guest} guest on this {host} host \
+             (use ACCEL=tcg or auto)"
+        );
+    }
+    static ANNOUNCED: std::sync::Once = std::sync::Once::new();
+    ANNOUNCED.call_once(|| {
+        eprintln!("qemu-test: accelerator: tcg (an {guest} guest on an {host} host)")
+    });
+    Ok(Accel::Tcg)
 }
 
 static PROCESS_ACCEL: OnceLock<Result<Accel, String>> = OnceLock::new();

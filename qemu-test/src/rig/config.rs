@@ -2,6 +2,8 @@
 //! the driver under test and the VM configuration builder.
 
 use crate::rig::accel::Accel;
+use crate::rig::arch::Arch;
+pub use crate::rig::arch::KernelFormat;
 use crate::rig::units::MIB;
 use anyhow::{bail, Context, Result};
 use std::fmt;
@@ -190,57 +192,6 @@ impl Backing {
     }
 }
 
-/// How the `-kernel` image boots. QEMU tells the two apart by itself; the
-/// harness knows which it is for its logs and error messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KernelFormat {
-    /// An ELF `vmlinux` with a PVH entry point: the project's kernel
-    /// build, booted directly (no decompression, fastest under TCG).
-    PvhElf,
-    /// A `bzImage` (a distribution's `vmlinuz`), booted through the Linux
-    /// x86 boot protocol: it decompresses itself first.
-    BzImage,
-}
-
-impl KernelFormat {
-    /// The format of the image at `path`: ELF magic, or the x86 boot
-    /// protocol's `HdrS` signature at offset 0x202.
-    pub fn detect(path: &Path) -> Result<KernelFormat> {
-        use std::io::Read;
-        let mut head = Vec::with_capacity(0x206);
-        std::fs::File::open(path)
-            .and_then(|f| f.take(0x206).read_to_end(&mut head))
-            .with_context(|| format!("reading the kernel image {}", path.display()))?;
-        if head.starts_with(b"\x7fELF") {
-            Ok(KernelFormat::PvhElf)
-        } else if head.get(0x202..0x206) == Some(b"HdrS".as_slice()) {
-            Ok(KernelFormat::BzImage)
-        } else {
-            bail!("{} is neither an ELF vmlinux nor a bzImage", path.display())
-        }
-    }
-
-    /// A short name for logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            KernelFormat::PvhElf => "vmlinux (PVH)",
-            KernelFormat::BzImage => "bzImage",
-        }
-    }
-
-    /// How much longer than the project's kernel the guest takes to boot,
-    /// the factor the boot timeout is scaled by: a bzImage decompresses
-    /// itself, and a distribution's kernel runs far more initcalls and
-    /// loads its disk driver from the initramfs (Debian's cloud kernel
-    /// reaches the agent in about four times the time under TCG).
-    pub fn boot_slowdown(self) -> u32 {
-        match self {
-            KernelFormat::PvhElf => 1,
-            KernelFormat::BzImage => 3,
-        }
-    }
-}
-
 /// Kernel and initramfs the guest boots.
 #[derive(Debug, Clone)]
 pub struct GuestImage {
@@ -249,6 +200,8 @@ pub struct GuestImage {
     pub kernel: PathBuf,
     /// How [`GuestImage::kernel`] boots.
     pub format: KernelFormat,
+    /// The architecture of [`GuestImage::kernel`].
+    pub arch: Arch,
     /// `-initrd` image (uncompressed cpio).
     pub initramfs: PathBuf,
 }
@@ -278,10 +231,16 @@ impl GuestImage {
         Self::new(&kdir, &initramfs).map_err(|e| e.context(hint))
     }
 
-    /// The image of kernel build directory `kdir` and initramfs `initramfs`;
-    /// both files must exist.
+    /// The image of kernel build directory `kdir` (its `vmlinux` on
+    /// x86_64, booted through PVH; its `arch/arm64/boot/Image` on arm64)
+    /// and initramfs `initramfs`; both files must exist.
     pub fn new(kdir: &Path, initramfs: &Path) -> Result<GuestImage> {
-        let kernel = kdir.join("vmlinux");
+        let arm64 = kdir.join("arch/arm64/boot/Image");
+        let kernel = if arm64.is_file() {
+            arm64
+        } else {
+            kdir.join("vmlinux")
+        };
         if !kernel.is_file() {
             bail!(
                 "no guest kernel at {} (BALLOON_KDIR={}; `make setup` builds it)",
@@ -308,6 +267,7 @@ impl GuestImage {
         Ok(GuestImage {
             kernel: kernel.to_path_buf(),
             format,
+            arch: format.arch(),
             initramfs: initramfs.to_path_buf(),
         })
     }

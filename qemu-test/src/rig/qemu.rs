@@ -2,15 +2,17 @@
 //! interactive `make run` (`balloon run`), so both boot the same machine.
 
 use crate::rig::accel::Accel;
+use crate::rig::arch::Arch;
 use crate::rig::config::{Backing, GuestImage, VmConfig};
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// QEMU binary: `$BALLOON_QEMU` (exported by the Makefile: the QEMU
-/// `make setup` unpacks), else `$QEMU`, else `qemu-system-x86_64` on `PATH`.
-pub fn qemu_binary() -> OsString {
+/// QEMU binary for `arch`: `$BALLOON_QEMU` (exported by the Makefile: the
+/// QEMU `make setup` unpacks for `ARCH`), else `$QEMU`, else
+/// `qemu-system-<arch>` on `PATH`.
+pub fn qemu_binary(arch: Arch) -> OsString {
     ["BALLOON_QEMU", "QEMU"]
         .iter()
         .find_map(|v| std::env::var_os(v).filter(|q| !q.is_empty()))
@@ -19,10 +21,11 @@ pub fn qemu_binary() -> OsString {
             WARNED.call_once(|| {
                 eprintln!(
                     "qemu-test: warning: BALLOON_QEMU is not set (run through `make`), \
-                     using qemu-system-x86_64 from PATH"
+                     using {} from PATH",
+                    arch.qemu_binary_name()
                 )
             });
-            "qemu-system-x86_64".into()
+            arch.qemu_binary_name().into()
         })
 }
 
@@ -38,7 +41,7 @@ pub fn qemu_data_dirs() -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Where the serial console (ttyS0) goes.
+/// Where the serial console (ttyS0, ttyAMA0 on arm64) goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Serial {
     /// QEMU's stdout (a pipe the harness reads); stdin is the guest's input.
@@ -132,21 +135,17 @@ pub fn create_disks(spec: &QemuSpec) -> Result<()> {
 /// The guest kernel command line for `spec`.
 pub fn kernel_cmdline(spec: &QemuSpec) -> String {
     let cfg = spec.cfg;
+    let arch = spec.image.arch;
     let mut args: Vec<String> = vec![
-        "console=ttyS0".into(),
+        format!("console={}", arch.console()),
         "panic=-1".into(),
         format!("loglevel={}", cfg.loglevel),
-        // The emulated TSC is not worth the watchdog's complaints under TCG.
-        "tsc=reliable".into(),
-        // Under TCG on a loaded host the IO-APIC timer check can miss its
-        // window and panic the boot ("IO-APIC + timer doesn't work!");
-        // virtualized guests skip it as a rule.
-        "no_timer_check".into(),
-        format!(
-            "balloon.load={}",
-            cfg.driver.map(|d| d.load_param()).unwrap_or("none")
-        ),
     ];
+    args.extend(arch.cmdline().iter().map(|a| a.to_string()));
+    args.push(format!(
+        "balloon.load={}",
+        cfg.driver.map(|d| d.load_param()).unwrap_or("none")
+    ));
     if let Some(thp) = cfg.thp {
         args.push(format!("transparent_hugepage={}", thp.cmdline()));
     }
@@ -173,6 +172,7 @@ fn socket_chardev(id: &str, path: &Path) -> String {
 /// The QEMU arguments (without the program) for `spec`.
 pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     let cfg = spec.cfg;
+    let arch = spec.image.arch;
     let b = &cfg.balloon;
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: &str| a.push(s.into());
@@ -193,9 +193,13 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     // of its own too (see `ram_backends`).
     let backends = ram_backends(cfg);
     if cfg.numa_nodes.max(1) == 1 && !backends.is_empty() {
-        push("pc,memory-backend=ram-node0");
+        push(&format!("{},memory-backend=ram-node0", arch.machine()));
     } else {
-        push("pc");
+        push(arch.machine());
+    }
+    if let Some(cpu) = arch.cpu() {
+        push("-cpu");
+        push(cpu);
     }
     push("-accel");
     push(spec.accel.qemu_name());
@@ -268,6 +272,11 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
         push("-object");
         push("iothread,id=balloon-io");
         balloon.push_str(",iothread=balloon-io");
+    }
+    if arch.needs_root_port_for_hotplug() {
+        push("-device");
+        push("pcie-root-port,id=balloon-port,chassis=1");
+        balloon.push_str(",bus=balloon-port");
     }
     push("-device");
     push(&balloon);
@@ -349,7 +358,7 @@ pub fn ram_backends(cfg: &VmConfig) -> Vec<String> {
 /// itself before it executes QEMU (the flag survives `exec`).
 pub fn command(spec: &QemuSpec) -> Command {
     use std::os::unix::process::CommandExt;
-    let mut c = Command::new(qemu_binary());
+    let mut c = Command::new(qemu_binary(spec.image.arch));
     c.args(qemu_args(spec));
     if spec.cfg.backing == Backing::Anonymous4k {
         // SAFETY: the hook makes one system call (prctl), which is safe
@@ -363,7 +372,7 @@ pub fn command(spec: &QemuSpec) -> Command {
 
 /// The command line as a shell-like string, for logs.
 pub fn display_command(spec: &QemuSpec) -> String {
-    std::iter::once(qemu_binary())
+    std::iter::once(qemu_binary(spec.image.arch))
         .chain(qemu_args(spec))
         .map(|a| {
             let s = a.to_string_lossy().into_owned();

@@ -96,6 +96,7 @@ impl Vm {
     pub fn boot_with_image(cfg: VmConfig, image: GuestImage) -> Result<Vm> {
         let accel = match cfg.accel {
             Some(a) => a,
+            None if !image.arch.kvm_possible() => accel::foreign_guest_accel(image.arch)?,
             None => accel::process_accel(&|| probe_kvm(&image))?,
         };
         if let Some(d) = cfg.driver {

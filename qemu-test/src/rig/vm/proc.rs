@@ -31,9 +31,10 @@ impl Proc {
             .unwrap_or_default();
         writeln!(
             logf,
-            "# qemu-test: VM {} (accel {accel}, kernel {}, started at unix time {})\n\
+            "# qemu-test: VM {} (accel {accel}, {} kernel {}, started at unix time {})\n\
              # qemu-test: {}",
             cfg.name,
+            image.arch,
             image.format.name(),
             started.as_secs(),
             qemu::display_command(spec)
@@ -55,8 +56,9 @@ impl Proc {
             .spawn()
             .with_context(|| {
                 format!(
-                    "starting {} (is qemu-system-x86 installed?)",
-                    qemu::qemu_binary().to_string_lossy()
+                    "starting {} (`make setup` unpacks QEMU; for ARCH=arm64 \
+                     `make ARCH=arm64 setup`)",
+                    qemu::qemu_binary(image.arch).to_string_lossy()
                 )
             })?;
         let stdout = child.stdout.take().context("no QEMU stdout")?;
