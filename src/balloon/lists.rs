@@ -28,16 +28,12 @@ use kernel::{
 };
 
 /// Order of the blocks inflating takes whole: 2 MiB, the host huge page
-/// size on x86-64 and 4 KiB-page arm64 (order 9 there, 5 with 64 KiB
-/// pages), and at most the page allocator's largest order.
-pub(super) const BLOCK_ORDER: u32 = {
-    let order = 21u32.saturating_sub(kernel::page::PAGE_SHIFT as u32);
-    if order > crate::bindings::VB_MAX_PAGE_ORDER {
-        crate::bindings::VB_MAX_PAGE_ORDER
-    } else {
-        order
-    }
-};
+/// size on x86-64 and 4 KiB-page arm64 (order 9 with 4 KiB pages, 7 with
+/// 16 KiB, 5 with 64 KiB), and at most the page allocator's largest order.
+pub(super) const BLOCK_ORDER: u32 = crate::logic::pfn::host_huge_order(
+    kernel::page::PAGE_SHIFT as u32,
+    crate::bindings::VB_MAX_PAGE_ORDER,
+);
 
 /// Guest pages in a block.
 pub(super) const BLOCK_PAGES: usize = 1 << BLOCK_ORDER;

@@ -30,6 +30,30 @@ pub const fn pages_per_page(page_shift: u32) -> u32 {
     }
 }
 
+/// Bytes the host gives back whole (log2): 2 MiB, a transparent or hugetlb
+/// huge page of an x86-64 or 4 KiB-page arm64 host, QEMU's unit for
+/// discarding a range it can free whole.
+pub const HOST_HUGE_SHIFT: u32 = 21;
+
+/// The order of guest-page blocks that make up [`HOST_HUGE_SHIFT`] bytes
+/// with `1 << page_shift`-byte guest pages, at most `max_order` (the page
+/// allocator's largest, `MAX_PAGE_ORDER`): 9 with 4 KiB pages, 7 with
+/// 16 KiB, 5 with 64 KiB.
+///
+/// The balloon's whole-block inflate order and its free page reporting
+/// order: the page allocator's own default for reporting, `pageblock_order`,
+/// is 2 MiB only with 4 KiB pages (32 MiB with 16 KiB, 512 MiB with 64 KiB,
+/// where a guest's free memory rarely holds whole blocks of it, so the
+/// host would get nothing back).
+pub const fn host_huge_order(page_shift: u32, max_order: u32) -> u32 {
+    let order = HOST_HUGE_SHIFT.saturating_sub(page_shift);
+    if order > max_order {
+        max_order
+    } else {
+        order
+    }
+}
+
 /// Byte order of 32-bit values on the virtqueues (`__virtio32`): little
 /// endian for a VIRTIO 1.0 device, guest-native for a legacy one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +182,20 @@ impl PfnBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_huge_order_is_2_mib_for_every_page_size() {
+        // (page shift, MAX_PAGE_ORDER of arm64 with that page size)
+        assert_eq!(host_huge_order(12, 10), 9);
+        assert_eq!(host_huge_order(14, 11), 7);
+        assert_eq!(host_huge_order(16, 13), 5);
+        for shift in [12, 14, 16] {
+            assert_eq!(1u64 << (host_huge_order(shift, 13) + shift), 2 << 20);
+        }
+        // Never above the allocator's largest order.
+        assert_eq!(host_huge_order(12, 8), 8);
+        assert_eq!(host_huge_order(22, 10), 0);
+    }
 
     #[test]
     fn four_k_pages_map_one_to_one() {
