@@ -12,10 +12,11 @@
 #   make test-debug-quick  a quick part of test-debug (outside CI: it does
 #                   not fit CI's time on a fresh machine)
 #   make test-distro our module and the QEMU suites on Debian's unmodified
-#                   cloud kernel (scripts/distro.sh; its C driver the baseline)
+#                   kernel (scripts/distro.sh; its C driver the baseline)
 #   make check-matrix  compile checks against every supported kernel
 #   make matrix     build every supported kernel and boot the smoke tests
-#   make check-distro  the module for Debian's stock kernel, Debian's rustc
+#   make check-distro  the module for Debian's stock kernel, Debian's rustc,
+#                   and the smoke tests on that kernel
 #
 # Parameters: KVER (default 7.3), TIER=base|debug (guest kernel tier,
 # default base), ARCH=x86_64|arm64 (guest architecture, default x86_64;
@@ -169,29 +170,31 @@ qemu-test-smoke: initramfs
 		--test c_driver --test rust_driver \
 		-- --test-threads=$${QEMU_TEST_THREADS:-2} $(SMOKE_TESTS)
 
-# A stock Debian kernel (scripts/distro.sh, cached in $(BALLOON_CACHE)/distro):
-# our module built for Debian's unmodified linux-image-7.3.*-cloud-amd64,
-# which QEMU boots with an initramfs of its own modules; Debian's
-# virtio_balloon.ko is the C baseline. Tests that need a kernel option
-# Debian's .config lacks are skipped by exact name (with TESTS, name tests
-# exactly) and printed as NOT APPLICABLE (build/distro/not-applicable.txt).
-DISTRO_OUT := $(BUILD_DIR)/distro
+# A stock Debian kernel of the guest architecture (scripts/distro.sh,
+# cached in $(BALLOON_CACHE)/distro): our module built for Debian's
+# unmodified linux-image-7.3.*-cloud-amd64 (ARCH=arm64: -cloud-arm64;
+# ARCH=arm64 PAGES=16k: -arm64-16k) with Debian's own rustc 1.85.1 (the
+# kernel's minimum) and GCC, which the QEMU harness boots with an initramfs
+# of its own modules; Debian's virtio_balloon.ko is the C baseline.
+# check-distro runs the smoke tests there (CI), test-distro the suites.
+# Tests that need a kernel option Debian's .config lacks are skipped by
+# exact name (with TESTS, name tests exactly) and printed as NOT APPLICABLE
+# (build/distro*/not-applicable.txt).
+DISTRO_OUT := $(BUILD_DIR)/distro$(GUEST_SUFFIX)
 DISTRO_SUITES := c_driver rust_driver misbehaving realistic
+DISTRO_TEST = set -a && . "$(DISTRO_OUT)/env" && set +a && rc=0 && { \
+	cargo test --locked --release --no-fail-fast -p qemu-test $(1) \
+		-- --test-threads=$${QEMU_TEST_THREADS:-2} $(2) || rc=$$?; } && \
+	sed 's/^/NOT APPLICABLE: /' "$(DISTRO_OUT)/not-applicable.txt" && exit $$rc
 
-# check-distro: the module built for Debian's kernel with Debian's rustc
-# 1.85.1 (the kernel's minimum) and a boot that loads it; CI runs it.
 .PHONY: test-distro check-distro
 check-distro:
-	scripts/distro.sh
+	DISTRO_OUT="$(DISTRO_OUT)" DISTRO_SUITES="c_driver rust_driver" scripts/distro.sh
+	$(call DISTRO_TEST,--test c_driver --test rust_driver,--exact $(or $(TESTS),$(SMOKE_TESTS)))
 
 test-distro:
-	DISTRO_OUT="$(DISTRO_OUT)" DISTRO_SUITES="$(DISTRO_SUITES)" \
-		scripts/distro.sh root image kbuild module initramfs applicable
-	set -a && . "$(DISTRO_OUT)/env" && set +a && rc=0 && { \
-		cargo test --locked --release --no-fail-fast -p qemu-test \
-			$(addprefix --test ,$(DISTRO_SUITES)) \
-			-- --test-threads=$${QEMU_TEST_THREADS:-2} $$DISTRO_SKIP $(TESTS) || rc=$$?; } && \
-		sed 's/^/NOT APPLICABLE: /' "$(DISTRO_OUT)/not-applicable.txt" && exit $$rc
+	DISTRO_OUT="$(DISTRO_OUT)" DISTRO_SUITES="$(DISTRO_SUITES)" scripts/distro.sh
+	$(call DISTRO_TEST,$(addprefix --test ,$(DISTRO_SUITES)),$$DISTRO_SKIP $(TESTS))
 
 # Kernel rustfmt, the must-not-build check and clippy on the module, clippy
 # on the host crates.

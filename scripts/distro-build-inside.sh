@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # Runs inside the trixie root of scripts/distro.sh (Debian's rustc, bindgen,
-# gcc-14 and linux-headers package installed there):
+# gcc-14 and its arm64 cross compilers installed there; Debian's
+# linux-headers package extracted in the cache):
 #
 #   kbuild SRC O HDR KREL JOBS
 #       O= build of the kernel source SRC with Debian's .config (HDR/.config)
@@ -20,19 +21,30 @@ fail() {
 	exit 1
 }
 
-# The make variables of Debian's own kernel build: the headers package's
-# .kernelvariables says CROSS_COMPILE=x86_64-linux-gnu-, CC=$(CROSS_COMPILE)gcc-14
-# (CONFIG_CC_VERSION_TEXT is the first line of `$(CC) --version`, which
-# names the binary as invoked, so the name matters).
+# The make variables of Debian's own kernel build, from the headers
+# package's .kernelvariables (override ARCH = arm64, override CROSS_COMPILE
+# = aarch64-linux-gnu-, CC = $(CROSS_COMPILE)gcc-14, and for arm64's compat
+# vDSO CROSS_COMPILE_COMPAT) and CONFIG_CC_VERSION_TEXT, which names the
+# compiler as invoked (so the name matters). Host programs are built with
+# the native gcc-14 when the target is another architecture.
 kargs() {
-	local hdr=$1 cc_text cc
+	local hdr=$1 cc_text cc var
+	var() { sed -n "s/^\(override \)\?$1 = \(.*\)$/\2/p" "$hdr/.kernelvariables"; }
 	cc_text=$(sed -n 's/^CONFIG_CC_VERSION_TEXT="\(.*\)"$/\1/p' "$hdr/.config")
 	cc=${cc_text%% *}
 	command -v "$cc" >/dev/null || fail "Debian's compiler $cc (from CONFIG_CC_VERSION_TEXT) is not installed"
+	local arch cross compat hostcc=$cc
+	arch=$(var ARCH)
+	cross=$(var CROSS_COMPILE)
+	compat=$(var CROSS_COMPILE_COMPAT)
+	[[ -n "$arch" && -n "$cross" ]] || fail "no ARCH or CROSS_COMPILE in $hdr/.kernelvariables"
+	[[ "$cc" == "$cross"* ]] || fail "the compiler $cc is not $cross* ($hdr/.kernelvariables)"
+	[[ "$cross" == "$(gcc-14 -dumpmachine)-" ]] || hostcc=gcc-14
 	local rustlib
 	rustlib=/usr/src/rustc-$(rustc --version | awk '{print $2}')/library
 	[[ -f "$rustlib/core/src/lib.rs" ]] || fail "no Rust library sources in $rustlib (rust-src)"
-	echo "CROSS_COMPILE=${cc%gcc-*} CC=$cc HOSTCC=$cc RUSTC=rustc HOSTRUSTC=rustc BINDGEN=bindgen"
+	echo "ARCH=$arch CROSS_COMPILE=$cross CC=$cc HOSTCC=$hostcc RUSTC=rustc HOSTRUSTC=rustc BINDGEN=bindgen"
+	if [[ -n "$compat" ]]; then echo "CROSS_COMPILE_COMPAT=$compat"; fi
 	echo "RUST_LIB_SRC=$rustlib"
 }
 

@@ -1,28 +1,32 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# Builds virtio_balloon_rs.ko for a stock, unmodified Debian kernel
-# (default: trixie-backports' linux-image-7.3.4+deb13-cloud-amd64) and boots
-# that kernel in QEMU to load it.
+# Builds virtio_balloon_rs.ko for a stock, unmodified Debian kernel of the
+# guest architecture (ARCH, PAGES: trixie-backports'
+# linux-image-7.3.4+deb13-cloud-amd64, -cloud-arm64 or -arm64-16k), and the
+# test initramfs and environment the QEMU harness boots that kernel with
+# (`make check-distro` runs the smoke tests on it, `make test-distro` the
+# suites).
 #
 # Debian's linux-headers packages lack the Rust metadata an out-of-tree Rust
 # module needs (rust/*.rmeta, libmacros.so), so we rebuild exactly that part
 # of the kernel from the matching linux-source, with Debian's .config and
 # Debian's own toolchain (rustc, bindgen, gcc-14 from trixie, which need a
 # trixie userland), then build the module against it with Debian's
-# Module.symvers.
+# Module.symvers. For arm64 Debian's own cross compilers do it (Debian
+# builds its arm64 kernels with CROSS_COMPILE=aarch64-linux-gnu- too).
 #
-#   1. root    a trixie root (mmdebstrap) with Debian's toolchain and the
-#              kernel's linux-headers package
-#   2. image   the kernel's vmlinuz and modules (linux-binary-*,
-#              linux-modules-*), downloaded and extracted, not installed
+#   1. root    a trixie root (mmdebstrap) with Debian's toolchain, native
+#              and arm64 cross
+#   2. image   the kernel's vmlinuz, modules and headers (linux-binary-*,
+#              linux-modules-*, linux-headers-*), downloaded and extracted,
+#              not installed
 #   3. kbuild  an O= build of the kernel source with Debian's .config:
 #              modules_prepare + rust/ + Debian's Module.symvers
-#   4. module  our module against it (M=<snapshot of the sources>)
-#   5. boot    Debian's vmlinuz in QEMU, a busybox initramfs, insmod ours
-#              (a smoke check; `make test-distro` runs the QEMU suites instead)
+#   4. module  our module against it (M=<snapshot of the sources>), its
+#              vermagic checked against Debian's virtio_balloon.ko
 #
-# and, for `make test-distro` (not in the default steps), into $DISTRO_OUT:
+# then, into $DISTRO_OUT, what the QEMU harness needs to boot that kernel:
 #
 #   initramfs  the test initramfs (scripts/mkinitramfs.sh --distro): Debian's
 #              virtio_balloon.ko and the modules the guest needs that Debian
@@ -34,10 +38,14 @@
 #
 # Everything else lives in $BALLOON_CACHE/distro, keyed; a second run is a
 # no-op.
-# Usage: scripts/distro.sh [step...]   (default: root image kbuild module boot)
+# Usage: scripts/distro.sh [step...]
+#        (default: root image kbuild module initramfs applicable)
 #
 # Parameters (environment):
-#   DISTRO_KREL      kernel release (default 7.3.4+deb13-cloud-amd64)
+#   ARCH, PAGES      the guest (scripts/lib.sh): x86_64 is Debian's
+#                    cloud-amd64 kernel, arm64 its cloud-arm64 (4 KiB pages),
+#                    arm64 PAGES=16k its arm64-16k; Debian has no 64 KiB one
+#   DISTRO_KREL      kernel release (default: 7.3.4+deb13-<that flavour>)
 #   DISTRO_KPKG      its Debian package version (default 7.3.4-1~bpo13+1);
 #                    $BALLOON_CACHE/src/linux-source-<major.minor>
 #                    must be linux-source of exactly that version
@@ -46,7 +54,6 @@
 #   DISTRO_MODULE_SRC  head (default: the committed sources, git HEAD) or
 #                    worktree (the checkout's files as they are, uncommitted
 #                    changes and new files included, gitignored ones not)
-#   DISTRO_BOOT_TIMEOUT  seconds the QEMU boot may take (default 300)
 #   DISTRO_OUT       where initramfs and applicable write (default
 #                    build/distro in the checkout)
 #   DISTRO_LOAD      modules the test guest loads at boot (default
@@ -54,14 +61,22 @@
 
 source "$(dirname "$0")/lib.sh"
 
-DISTRO_KREL=${DISTRO_KREL:-7.3.4+deb13-cloud-amd64}
+case "$ARCH:$PAGES" in
+x86_64:4k) DISTRO_FLAVOUR=cloud-amd64 ;;
+arm64:4k) DISTRO_FLAVOUR=cloud-arm64 ;;
+arm64:16k) DISTRO_FLAVOUR=arm64-16k ;;
+*) die "Debian ships no $ARCH kernel with $PAGES pages" \
+	"Its Rust-enabled 7.3 kernels: cloud-amd64 (ARCH=x86_64), cloud-arm64 (ARCH=arm64)," \
+	"arm64-16k (ARCH=arm64 PAGES=16k); for 64 KiB pages the project builds its own:" \
+	"make ARCH=arm64 PAGES=64k test" ;;
+esac
+DISTRO_KREL=${DISTRO_KREL:-7.3.4+deb13-$DISTRO_FLAVOUR}
 DISTRO_KPKG=${DISTRO_KPKG:-7.3.4-1~bpo13+1}
 DISTRO_RUST=${DISTRO_RUST:-1.85.1+dfsg1-1+deb13u1}
 DISTRO_SUITE=${DISTRO_SUITE:-trixie}
 DISTRO_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DISTRO_MODULE_SRC=${DISTRO_MODULE_SRC:-head}
-DISTRO_BOOT_TIMEOUT=${DISTRO_BOOT_TIMEOUT:-300}
-DISTRO_OUT=${DISTRO_OUT:-$PROJECT_DIR/build/distro}
+DISTRO_OUT=${DISTRO_OUT:-$PROJECT_DIR/build/distro$(guest_suffix)}
 DISTRO_LOAD=${DISTRO_LOAD:-virtio_blk,zram}
 JOBS=${JOBS:-2}
 ((JOBS <= 2)) || JOBS=2 # the machines have 2 cores
@@ -72,16 +87,17 @@ KSRC=$(kernel_src_dir)
 DISTRO_DIR=$BALLOON_CACHE/distro
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 INSIDE=$PROJECT_DIR/scripts/distro-build-inside.sh
-HDR=/usr/src/linux-headers-$DISTRO_KREL
 
-# The packages of the trixie root.
+# The packages of the trixie root (one root for every architecture).
 ROOT_PACKAGES=(
 	"rustc=$DISTRO_RUST" "rust-src=$DISTRO_RUST" bindgen libclang-dev
 	gcc-14 make flex bison bc libelf-dev libssl-dev python3 kmod cpio
 	dwarves xz-utils zstd
 	# certs/Kconfig: OPENSSL_SUPPORTS_ML_DSA runs `openssl list -key-managers`
 	openssl
-	"linux-headers-$DISTRO_KREL=$DISTRO_KPKG"
+	# Debian's arm64 kernels: aarch64-linux-gnu-gcc-14, and the 32-bit
+	# compiler of the compat vDSO (their .kernelvariables name both).
+	gcc-14-aarch64-linux-gnu gcc-arm-linux-gnueabihf
 )
 
 root_key() {
@@ -92,6 +108,9 @@ root_key() {
 }
 ROOT=$DISTRO_DIR/root-$(root_key)
 IMAGE=$DISTRO_DIR/image-$DISTRO_KREL-$DISTRO_KPKG
+# Debian's headers package for the kernel, extracted: .config,
+# .kernelvariables, Module.symvers, vmlinux.
+HDR=$IMAGE/root/usr/src/linux-headers-$DISTRO_KREL
 
 # The kernel build directory: root + source + the inside script's kernel
 # part (from kargs() up to do_module()).
@@ -178,15 +197,15 @@ step_root() {
 		"deb [signed-by=$KEYRING] $DISTRO_MIRROR $DISTRO_SUITE-backports main" \
 		>"$DISTRO_DIR/mmdebstrap.log" 2>&1 ||
 		die "mmdebstrap failed" "see $DISTRO_DIR/mmdebstrap.log (tail: $(tail -3 "$DISTRO_DIR/mmdebstrap.log" | tr '\n' ' '))"
-	chroot "$tmp" dpkg-query -W rustc rust-src bindgen gcc-14 pahole "linux-headers-$DISTRO_KREL" \
-		"linux-kbuild-${DISTRO_KREL%%-*}" >"$tmp/.balloon-root"
+	chroot "$tmp" dpkg-query -W rustc rust-src bindgen gcc-14 pahole gcc-14-aarch64-linux-gnu \
+		>"$tmp/.balloon-root"
 	mv "$tmp" "$ROOT"
 	prune "$DISTRO_DIR/root-*" "$ROOT"
 	msg "trixie root: $(tr '\n' ' ' <"$ROOT/.balloon-root")"
 }
 
 # --------------------------------------------------------------------------
-# 2. Debian's kernel image and modules, for the QEMU boot
+# 2. Debian's kernel image, modules and headers
 # --------------------------------------------------------------------------
 step_image() {
 	if [[ -f "$IMAGE/.balloon-image" ]]; then
@@ -196,11 +215,16 @@ step_image() {
 	local tmp=$IMAGE.tmp
 	rm -rf "$tmp"
 	mkdir -p "$tmp/debs" "$tmp/root"
-	msg "kernel image: downloading linux-binary/linux-modules-$DISTRO_KREL $DISTRO_KPKG"
-	in_root bash -euc 'cd "$1" && apt-get -q update >/dev/null &&
-		apt-get -q -o APT::Sandbox::User=root download "${@:2}"' _ "$tmp/debs" \
-		"linux-binary-$DISTRO_KREL=$DISTRO_KPKG" "linux-modules-$DISTRO_KREL=$DISTRO_KPKG" ||
-		die "could not download Debian's kernel packages"
+	msg "kernel image: downloading linux-binary/linux-modules/linux-headers-$DISTRO_KREL $DISTRO_KPKG ($DEB_ARCH)"
+	local pkg pkgs=()
+	for pkg in linux-binary linux-modules linux-headers; do
+		pkgs+=("$pkg-$DISTRO_KREL:$DEB_ARCH=$DISTRO_KPKG")
+	done
+	in_root bash -euc 'cd "$1" && a=(-o APT::Architectures::=amd64 -o APT::Architectures::="$2") &&
+		apt-get -q "${a[@]}" update >/dev/null &&
+		apt-get -q "${a[@]}" -o APT::Sandbox::User=root download "${@:3}"' _ "$tmp/debs" \
+		"$DEB_ARCH" "${pkgs[@]}" ||
+		die "could not download Debian's kernel packages: ${pkgs[*]}"
 	local deb
 	for deb in "$tmp"/debs/*.deb; do
 		dpkg-deb -x "$deb" "$tmp/root"
@@ -213,6 +237,8 @@ step_image() {
 	ln -sfr "$vmlinuz" "$tmp/vmlinuz"
 	[[ -d "$tmp/root/lib/modules/$DISTRO_KREL" || -d "$tmp/root/usr/lib/modules/$DISTRO_KREL" ]] ||
 		die "no lib/modules/$DISTRO_KREL in $tmp/debs/*.deb"
+	[[ -f "$tmp/root/usr/src/linux-headers-$DISTRO_KREL/.config" ]] ||
+		die "no usr/src/linux-headers-$DISTRO_KREL/.config in $tmp/debs/*.deb"
 	(cd "$tmp/debs" && ls) >"$tmp/.balloon-image"
 	rm -rf "$IMAGE"
 	mv "$tmp" "$IMAGE"
@@ -332,154 +358,8 @@ step_module() {
 	touch "$dir/.balloon-built"
 }
 
-# qmp SOCKET JSON: one QMP command, prints its answer.
-qmp() {
-	python3 - "$@" <<'EOF'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-f = s.makefile("rw")
-def answer():
-    while True:
-        m = json.loads(f.readline())
-        if "event" not in m:
-            return m
-answer()  # greeting
-for cmd in ['{"execute":"qmp_capabilities"}', sys.argv[2]]:
-    f.write(cmd + "\n")
-    f.flush()
-    a = answer()
-print(json.dumps(a.get("return", a)))
-EOF
-}
-
 # --------------------------------------------------------------------------
-# 5. boot the stock kernel in QEMU and load the module
-# --------------------------------------------------------------------------
-step_boot() {
-	[[ -n "${MODULE_KO:-}" ]] || step_module >/dev/null
-	local key dir
-	key=$({
-		sha256sum "$MODULE_KO" "$IMAGE/vmlinuz"
-		cat "$PROJECT_DIR/scripts/distro.sh"
-	} | sha12)
-	dir=$DISTRO_DIR/boot-$key
-	if [[ -f "$dir/.balloon-passed" ]]; then
-		msg "boot: passed before ($dir/console.log)"
-		return
-	fi
-	local qemu=$QEMU_DIR/usr/bin/qemu-system-x86_64
-	[[ -x "$qemu" ]] || die "no QEMU in $QEMU_DIR" "run: scripts/setup.sh qemu"
-	need_cmd cpio "apt-get install cpio"
-	if ! [[ -x /bin/busybox ]] || ! /bin/busybox --list | grep -qx insmod; then
-		die "/bin/busybox (static, with insmod) missing" "apt-get install busybox-static"
-	fi
-	prune "$DISTRO_DIR/boot-*" ""
-	mkdir -p "$dir/initramfs"/{bin,dev,proc,sys,modules}
-	local ir=$dir/initramfs moddir
-	moddir=$(image_moddir)
-	cp /bin/busybox "$ir/bin/busybox"
-	cp "$MODULE_KO" "$ir/modules/"
-	# Debian's C driver, decompressed.
-	local f
-	f=$(find "$moddir/kernel/drivers/virtio" -name 'virtio_balloon.ko*' | head -1)
-	[[ -n "$f" ]] || die "no virtio_balloon.ko* in $moddir/kernel/drivers/virtio"
-	case "$f" in
-	*.xz) xz -dc "$f" >"$ir/modules/virtio_balloon.ko" ;;
-	*.zst) zstd -qdc "$f" >"$ir/modules/virtio_balloon.ko" ;;
-	*) cp "$f" "$ir/modules/virtio_balloon.ko" ;;
-	esac
-	cat >"$ir/init" <<'EOF'
-#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-echo "GUEST: uname -r: $(uname -r)"
-echo "GUEST: tainted before: $(cat /proc/sys/kernel/tainted)"
-for d in /sys/bus/virtio/devices/*; do
-	echo "GUEST: virtio device $(basename $d): id $(cat $d/device) driver $(basename "$(readlink $d/driver)" 2>/dev/null)"
-done
-if insmod /modules/virtio_balloon_rs.ko; then echo "GUEST: insmod ok"; else echo "GUEST: insmod failed: $?"; fi
-sleep 1
-bound=no
-for d in /sys/bus/virtio/devices/*; do
-	drv=$(basename "$(readlink $d/driver)" 2>/dev/null)
-	echo "GUEST: virtio device $(basename $d): id $(cat $d/device) driver $drv"
-	[ "$(cat $d/device)" = 0x0005 ] && [ "$drv" = virtio_balloon_rs ] && bound=yes
-done
-echo "GUEST: bound=$bound"
-echo "GUEST: tainted after: $(cat /proc/sys/kernel/tainted)"
-grep MemTotal /proc/meminfo | sed 's/^/GUEST: /'
-grep -E '^virtio_balloon_rs' /proc/modules | sed 's/^/GUEST: /'
-ls /sys/module/virtio_balloon_rs/parameters 2>/dev/null | sed 's/^/GUEST: param /'
-# The host (scripts/distro.sh) asks for a 768 MiB guest over QMP once it
-# sees bound=yes: wait for MemTotal to drop by at least 200 MiB.
-t0=$(awk '/MemTotal/ {print $2}' /proc/meminfo)
-i=0
-while [ $i -lt 120 ]; do
-	m=$(awk '/MemTotal/ {print $2}' /proc/meminfo)
-	[ $((t0 - m)) -ge 204800 ] && break
-	sleep 0.5
-	i=$((i + 1))
-done
-echo "GUEST: inflate: MemTotal $t0 kB -> $m kB"
-sleep 2
-echo "GUEST: inflated MemTotal $(awk '/MemTotal/ {print $2}' /proc/meminfo) kB"
-# (the host reads QEMU's `actual` now, before rmmod deflates)
-sleep 5
-if rmmod virtio_balloon_rs; then echo "GUEST: rmmod ok"; else echo "GUEST: rmmod failed"; fi
-echo "GUEST: after rmmod MemTotal $(awk '/MemTotal/ {print $2}' /proc/meminfo) kB"
-# The C driver of the same kernel binds the same device afterwards.
-insmod /modules/virtio_balloon.ko && sleep 1
-for d in /sys/bus/virtio/devices/*; do
-	echo "GUEST: after C insmod: $(basename $d) id $(cat $d/device) driver $(basename "$(readlink $d/driver)" 2>/dev/null)"
-done
-echo "GUEST: done"
-poweroff -f
-EOF
-	chmod +x "$ir/init"
-	(cd "$ir" && find . | cpio -o -H newc --quiet) >"$dir/initramfs.cpio"
-	msg "boot: Debian's vmlinuz-$DISTRO_KREL in QEMU (TCG), insmod virtio_balloon_rs.ko"
-	local data
-	data="-L $QEMU_DIR/usr/share/qemu -L /usr/share/seabios"
-	# shellcheck disable=SC2086
-	timeout "$DISTRO_BOOT_TIMEOUT" "$qemu" $data -accel tcg -m 1024 -smp 1 -nographic \
-		-no-reboot -serial stdio -monitor none -qmp "unix:$dir/qmp.sock,server=on,wait=off" \
-		-kernel "$IMAGE/vmlinuz" -initrd "$dir/initramfs.cpio" \
-		-append "console=ttyS0 panic=-1 quiet loglevel=6" \
-		-device virtio-balloon-pci </dev/null >"$dir/console.log" 2>&1 &
-	local qpid=$! t0=$SECONDS
-	: >"$dir/host.log"
-	# Once the driver is bound: balloon to 768 MiB, and read QEMU's view.
-	while kill -0 "$qpid" 2>/dev/null && ((SECONDS - t0 < DISTRO_BOOT_TIMEOUT)); do
-		if grep -q 'GUEST: bound=yes' "$dir/console.log"; then
-			qmp "$dir/qmp.sock" '{"execute":"balloon","arguments":{"value":805306368}}' >/dev/null
-			while kill -0 "$qpid" 2>/dev/null && ! grep -q 'GUEST: inflated' "$dir/console.log"; do sleep 0.5; done
-			echo "HOST: query-balloon after inflate: $(qmp "$dir/qmp.sock" '{"execute":"query-balloon"}')" >>"$dir/host.log"
-			break
-		fi
-		grep -q 'GUEST: bound=no' "$dir/console.log" && break
-		sleep 0.5
-	done
-	wait "$qpid" || true
-	cat "$dir/host.log" >&2
-	grep -E 'GUEST:|virtio_balloon|taint|Oops|BUG|WARNING|Call Trace|Unknown symbol|disagrees|version magic' \
-		"$dir/console.log" >&2 || true
-	if grep -q 'GUEST: insmod ok' "$dir/console.log" && grep -q 'GUEST: bound=yes' "$dir/console.log" &&
-		grep -q '"actual": 805306368' "$dir/host.log" && grep -q 'GUEST: rmmod ok' "$dir/console.log" &&
-		grep -q "GUEST: after rmmod MemTotal $(sed -n 's/^GUEST: MemTotal: *\([0-9]*\) kB.*/\1/p' "$dir/console.log") kB" "$dir/console.log" &&
-		! grep -qE 'Oops|BUG:|WARNING:|Call Trace' "$dir/console.log"; then
-		touch "$dir/.balloon-passed"
-		msg "boot: virtio_balloon_rs loaded into Debian's $DISTRO_KREL, bound the balloon device, inflated to 768 MiB, unloaded"
-	else
-		die "boot: the module did not load, bind, inflate and unload; console: $dir/console.log"
-	fi
-}
-
-# --------------------------------------------------------------------------
-# For `make test-distro`: the test initramfs and the harness's environment
+# 5. the test initramfs and the harness's environment
 # --------------------------------------------------------------------------
 step_initramfs() {
 	[[ -n "${MODULE_KO:-}" ]] || step_module >/dev/null
@@ -506,6 +386,13 @@ step_initramfs() {
 	msg "initramfs: $out; harness environment: $DISTRO_OUT/env"
 }
 
+# PCI hot-unplug: through ACPI on x86's pc machine, PCIe native hotplug of
+# the root port the balloon sits behind on arm64's virt.
+case "$ARCH" in
+x86_64) HOTPLUG_OPT=CONFIG_HOTPLUG_PCI_ACPI HOTPLUG_WHY="ACPI PCI hot-unplug on the pc machine" ;;
+arm64) HOTPLUG_OPT=CONFIG_HOTPLUG_PCI_PCIE HOTPLUG_WHY="PCIe hot-unplug behind a root port on the virt machine" ;;
+esac
+
 # What a test needs from the kernel's configuration beyond what every test
 # needs (listed first, as "*"): TEST CONFIG_OPTION... -- why. A test whose
 # options are not all set (=y, or =m for what the initramfs loads) in
@@ -521,10 +408,10 @@ TEST_NEEDS=(
 	"kunit_suites_pass CONFIG_KUNIT -- the module's KUnit suites run at load only on a kernel with KUnit"
 	"free_page_reporting CONFIG_PAGE_REPORTING -- free page reporting"
 	"balloon_page_migration CONFIG_BALLOON_MIGRATION CONFIG_COMPACTION CONFIG_HUGETLB_PAGE -- compaction migrates balloon pages (nr_hugepages triggers it)"
-	"unplug_while_inflating CONFIG_HOTPLUG_PCI_ACPI -- ACPI PCI hot-unplug on the pc machine"
-	"unplug_while_deflating CONFIG_HOTPLUG_PCI_ACPI -- ACPI PCI hot-unplug on the pc machine"
-	"unplug_during_stats CONFIG_HOTPLUG_PCI_ACPI -- ACPI PCI hot-unplug on the pc machine"
-	"unplug_during_hinting CONFIG_HOTPLUG_PCI_ACPI -- ACPI PCI hot-unplug on the pc machine"
+	"unplug_while_inflating $HOTPLUG_OPT -- $HOTPLUG_WHY"
+	"unplug_while_deflating $HOTPLUG_OPT -- $HOTPLUG_WHY"
+	"unplug_during_stats $HOTPLUG_OPT -- $HOTPLUG_WHY"
+	"unplug_during_hinting $HOTPLUG_OPT -- $HOTPLUG_WHY"
 	"thp_workload CONFIG_TRANSPARENT_HUGEPAGE -- a THP workload"
 	"cgroup_workload CONFIG_MEMCG -- a memory cgroup workload"
 )
@@ -537,8 +424,7 @@ config_has() { grep -q "^$1=" "$2"; }
 
 step_applicable() {
 	local config=$HDR/.config
-	config=$ROOT$config
-	[[ -f "$config" ]] || die "no Debian .config at $config" "run: scripts/distro.sh root"
+	[[ -f "$config" ]] || die "no Debian .config at $config" "run: scripts/distro.sh image"
 	mkdir -p "$DISTRO_OUT"
 	# The suites' test names, to catch a stale TEST_NEEDS entry.
 	local names=() suite args=()
@@ -582,12 +468,11 @@ step_applicable() {
 }
 
 # --------------------------------------------------------------------------
-ALL_STEPS=(root image kbuild module boot)
-EXTRA_STEPS=(initramfs applicable)
+ALL_STEPS=(root image kbuild module initramfs applicable)
 mkdir -p "$DISTRO_DIR"
 steps=("$@")
 ((${#steps[@]})) || steps=("${ALL_STEPS[@]}")
 for s in "${steps[@]}"; do
-	declare -F "step_$s" >/dev/null || die "unknown step '$s'" "steps: ${ALL_STEPS[*]} ${EXTRA_STEPS[*]}"
+	declare -F "step_$s" >/dev/null || die "unknown step '$s'" "steps: ${ALL_STEPS[*]}"
 	timed "$s" "step_$s"
 done
