@@ -189,7 +189,7 @@ DISTRO_TEST = set -a && . "$(DISTRO_OUT)/env" && set +a && rc=0 && { \
 
 .PHONY: test-distro check-distro
 check-distro:
-	DISTRO_OUT="$(DISTRO_OUT)" DISTRO_SUITES="c_driver rust_driver" scripts/distro.sh
+	DISTRO_OUT="$(DISTRO_OUT)" DISTRO_SUITES="$(DISTRO_SUITES)" scripts/distro.sh
 	$(call DISTRO_TEST,--test c_driver --test rust_driver,--exact $(or $(TESTS),$(SMOKE_TESTS)))
 
 test-distro:

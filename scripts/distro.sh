@@ -208,7 +208,8 @@ step_root() {
 # 2. Debian's kernel image, modules and headers
 # --------------------------------------------------------------------------
 step_image() {
-	if [[ -f "$IMAGE/.balloon-image" ]]; then
+	# (An image of an older layout, without the headers, is fetched again.)
+	if [[ -f "$IMAGE/.balloon-image" && -f "$HDR/.config" ]]; then
 		msg "kernel image: $IMAGE present"
 		return
 	fi
@@ -239,6 +240,12 @@ step_image() {
 		die "no lib/modules/$DISTRO_KREL in $tmp/debs/*.deb"
 	[[ -f "$tmp/root/usr/src/linux-headers-$DISTRO_KREL/.config" ]] ||
 		die "no usr/src/linux-headers-$DISTRO_KREL/.config in $tmp/debs/*.deb"
+	# The module index the package's postinst would make (depmod looks in
+	# lib/modules under its base: merged /usr needs the link).
+	[[ -e "$tmp/root/lib" ]] || ln -s usr/lib "$tmp/root/lib"
+	need_cmd depmod "apt-get install kmod"
+	depmod -b "$tmp/root" "$DISTRO_KREL" ||
+		die "depmod failed for Debian's $DISTRO_KREL modules in $tmp/root"
 	(cd "$tmp/debs" && ls) >"$tmp/.balloon-image"
 	rm -rf "$IMAGE"
 	mv "$tmp" "$IMAGE"

@@ -65,6 +65,7 @@ macro_rules! driver_tests {
             suite::inflate_releases_host_memory,
             suite::guest_stats,
             suite::several_targets,
+            suite::unaligned_target,
             suite::rmmod_while_inflated,
             suite::modprobe_by_alias,
             suite::flapping_targets,

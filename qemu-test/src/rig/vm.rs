@@ -374,6 +374,37 @@ impl Vm {
             .with_context(|| format!("no {field} in /proc/meminfo"))
     }
 
+    /// The guest's page size in bytes (4 KiB on x86_64; 4, 16 or 64 KiB on
+    /// arm64), from the kernel page size of a mapping of the shell that
+    /// reads it (`/proc/self/smaps`).
+    pub fn guest_page_size(&mut self) -> Result<u64> {
+        let out = self.run_ok("awk '/^KernelPageSize:/ { print $2; exit }' /proc/self/smaps")?;
+        let kib: u64 = out
+            .trim()
+            .parse()
+            .with_context(|| format!("KernelPageSize from /proc/self/smaps: {out:?}"))?;
+        ensure!(
+            kib.is_power_of_two() && (4..=64).contains(&kib),
+            "implausible guest page size {kib} KiB"
+        );
+        Ok(kib * 1024)
+    }
+
+    /// A `/proc/vmstat` counter, or `None` if this kernel has no such
+    /// counter.
+    pub fn vmstat_field(&mut self, name: &str) -> Result<Option<u64>> {
+        let out = self.run_ok("cat /proc/vmstat")?;
+        out.lines()
+            .filter_map(|l| l.split_once(' '))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| {
+                v.trim()
+                    .parse()
+                    .with_context(|| format!("/proc/vmstat {name} {v:?}"))
+            })
+            .transpose()
+    }
+
     /// The guest kernel log (`dmesg`).
     pub fn dmesg(&mut self) -> Result<String> {
         self.run_ok("dmesg")

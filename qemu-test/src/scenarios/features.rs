@@ -197,6 +197,15 @@ pub fn free_page_reporting(driver: Driver) -> Result<()> {
         has_bit(&features, bit::REPORTING),
         "REPORTING not negotiated"
     );
+    let block = reporting_block(&mut vm)?;
+    if driver == Driver::Rust {
+        ensure!(
+            block == REPORTING_BLOCK,
+            "free page reporting in blocks of {}, not {} (what the host frees whole)",
+            format_bytes(block),
+            format_bytes(REPORTING_BLOCK)
+        );
+    }
     let rss0 = vm.qemu_rss_bytes()?;
     let (after, low) = report_and_watch(&mut vm, Duration::from_secs(30))?;
     let released = after.saturating_sub(low);
@@ -209,18 +218,54 @@ pub fn free_page_reporting(driver: Driver) -> Result<()> {
         format_bytes(low),
         format_bytes(released)
     ));
-    ensure!(
-        released as f64 >= want,
-        "QEMU's RSS fell by only {} after freeing {} MiB (want >= {:.0} %)",
-        format_bytes(released),
-        REPORT_MIB,
-        REPORT_RELEASE_MIN * 100.0
-    );
+    if driver == Driver::C && block > REPORTING_BLOCK && (released as f64) < want {
+        // C leaves the order to the page allocator (pageblock_order) except
+        // with 64 KiB pages: 32 MiB blocks with 16 KiB pages, which freed
+        // memory seldom forms. Recorded, not asserted.
+        vm.note(&format!(
+            "C falls short here, as known: reporting blocks of {} returned {} of {} MiB",
+            format_bytes(block),
+            format_bytes(released),
+            REPORT_MIB
+        ));
+    } else {
+        ensure!(
+            released as f64 >= want,
+            "QEMU's RSS fell by only {} after freeing {} MiB (want >= {:.0} %; blocks of {})",
+            format_bytes(released),
+            REPORT_MIB,
+            REPORT_RELEASE_MIN * 100.0,
+            format_bytes(block)
+        );
+    }
     ensure!(
         vm.query_balloon_actual()? == vm.ram_bytes(),
         "the balloon moved"
     );
     vm.shutdown()
+}
+
+/// The block size free page reporting must use with any guest page size:
+/// what the host can free whole (a 2 MiB huge page).
+pub const REPORTING_BLOCK: u64 = 2 * MIB;
+
+/// The size of the blocks the guest's free page reporting reports: the
+/// guest page size times 2^`page_reporting_order`, which the first driver
+/// registered in this boot fixed.
+pub fn reporting_block(vm: &mut Vm) -> Result<u64> {
+    let page = vm.guest_page_size()?;
+    let order: u32 = vm
+        .run_ok("cat /sys/module/page_reporting/parameters/page_reporting_order")?
+        .trim()
+        .parse()
+        .context("page_reporting_order")?;
+    let block = page << order;
+    vm.note(&format!(
+        "free page reporting: order {order} of {} pages, blocks of {}",
+        format_bytes(page),
+        format_bytes(block)
+    ));
+    Ok(block)
 }
 
 // ---- page poisoning -------------------------------------------------------------
@@ -302,6 +347,7 @@ pub fn page_poison(driver: Driver, mode: Poisoning) -> Result<()> {
 /// A checksummed data set in tmpfs survives; afterwards the balloon
 /// deflates completely and MemTotal is back to the page.
 pub fn balloon_page_migration(driver: Driver) -> Result<()> {
+    const HUGEPAGES_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
     let mut vm = Vm::boot(config(driver, "compaction"))?;
     let ram = vm.ram_bytes();
     let total0 = vm.meminfo_field("MemTotal")?;
@@ -325,7 +371,12 @@ pub fn balloon_page_migration(driver: Driver) -> Result<()> {
         // Full compaction, then huge page allocations, which compact
         // wherever a ballooned page is in the way.
         vm.run_ok("echo 1 > /proc/sys/vm/compact_memory")?;
-        vm.run_ok("echo 200 > /proc/sys/vm/nr_hugepages; echo 0 > /proc/sys/vm/nr_hugepages")?;
+        // (2 MiB pages on every page size: the PMD size with 4 KiB pages,
+        // contiguous PTEs with 16 and 64 KiB, where the default huge page,
+        // 32 or 512 MiB, is a fraction of the guest.)
+        vm.run_ok(&format!(
+            "echo 200 > {HUGEPAGES_2M}; echo 0 > {HUGEPAGES_2M}"
+        ))?;
         after = vmstat(&mut vm, "balloon_migrate")?;
         let counters = vm
             .run_ok("grep -E 'compact_(stall|success)|pgmigrate_success' /proc/vmstat")?

@@ -19,8 +19,8 @@ pub use statistics::{
     STATS_TIMEOUT, STATS_TOLERANCE,
 };
 pub use targets::{
-    flapping_targets, same_targets_as_c, several_targets, target_for, target_sequence, Step,
-    TARGET_SEQUENCE,
+    flapping_targets, same_targets_as_c, several_targets, target_for, target_sequence,
+    unaligned_target, Step, TARGET_SEQUENCE,
 };
 
 /// Guest RAM of the suite's VMs, in MiB.

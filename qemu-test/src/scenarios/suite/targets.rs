@@ -3,7 +3,7 @@
 //! MemTotal for the same sequence.
 
 use super::{balloon_to, boot, unix_now, within, BALLOON_TIMEOUT, STATS_INTERVAL, STATS_TIMEOUT};
-use crate::rig::units::{format_bytes, MIB};
+use crate::rig::units::{format_bytes, MIB, PAGE_SIZE};
 use crate::rig::vm::Vm;
 use crate::{Driver, Tier};
 use anyhow::{ensure, Context, Result};
@@ -66,6 +66,65 @@ pub fn flapping_targets(driver: Driver) -> Result<()> {
     let s = vm.wait_stats_after(unix_now(), STATS_TIMEOUT)?;
     s.require("stat-free-memory")?;
     balloon_to(&mut vm, ram)?;
+    vm.shutdown()
+}
+
+/// A balloon that is not a whole number of guest pages, 64 MiB and five
+/// balloon (4 KiB) pages: every driver rounds it up to whole guest pages,
+/// as C's `towards_target()` does (`ALIGN(num_pages,
+/// VIRTIO_BALLOON_PAGES_PER_PAGE)`), and stays there. `actual` is the
+/// rounded size exactly, MemTotal drops by it exactly, the kernel counts
+/// it in guest pages (`nr_balloon_pages`), and nothing flaps between one
+/// guest page too many and one too few. With 4 KiB guest pages nothing
+/// needs rounding, and the test checks the same exactness.
+pub fn unaligned_target(driver: Driver) -> Result<()> {
+    let mut vm = boot(driver, "unaligned-target")?;
+    let ram = vm.ram_bytes();
+    let page = vm.guest_page_size()?;
+    let total0 = vm.meminfo_field("MemTotal")?;
+    let balloon = 64 * MIB + 5 * PAGE_SIZE;
+    let expected = balloon.div_ceil(page) * page;
+    vm.note(&format!(
+        "guest pages of {}: a balloon of {} rounds up to {}",
+        format_bytes(page),
+        format_bytes(balloon),
+        format_bytes(expected)
+    ));
+    vm.set_balloon_target_bytes(ram - balloon)?;
+    vm.wait_balloon_actual(ram - expected, BALLOON_TIMEOUT)?;
+    // Sampled for three seconds: exactly the rounded size, every time.
+    let mut seen = Vec::new();
+    for _ in 0..15 {
+        seen.push(vm.query_balloon_actual()?);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(
+        seen.iter().all(|&a| a == ram - expected),
+        "actual should stay at {} (RAM − {}), saw {:?}",
+        format_bytes(ram - expected),
+        format_bytes(expected),
+        seen.iter().map(|&a| format_bytes(a)).collect::<Vec<_>>()
+    );
+    let total = vm.meminfo_field("MemTotal")?;
+    ensure!(
+        total0 - total == expected,
+        "MemTotal dropped by {}, not by the rounded balloon {}",
+        format_bytes(total0 - total),
+        format_bytes(expected)
+    );
+    if let Some(n) = vm.vmstat_field("nr_balloon_pages")? {
+        ensure!(
+            n * page == expected,
+            "nr_balloon_pages = {n} guest pages of {}, not {}",
+            format_bytes(page),
+            format_bytes(expected)
+        );
+    }
+    balloon_to(&mut vm, ram)?;
+    ensure!(
+        vm.meminfo_field("MemTotal")? == total0,
+        "MemTotal did not come back after deflating"
+    );
     vm.shutdown()
 }
 
