@@ -461,7 +461,8 @@ step_applicable() {
 		echo "$test: Debian's $DISTRO_KREL has no ${missing[*]} ($why)" >>"$DISTRO_OUT/not-applicable.txt.tmp"
 	done
 	mv "$DISTRO_OUT/not-applicable.txt.tmp" "$DISTRO_OUT/not-applicable.txt"
-	((${#skip[@]} == 0)) || skip+=(--exact)
+	# Exact names, for the skips and for the filters the caller adds.
+	skip+=(--exact)
 	{
 		grep -v '^DISTRO_SKIP=' "$DISTRO_OUT/env" 2>/dev/null || true
 		printf 'DISTRO_SKIP=%q\n' "${skip[*]}"

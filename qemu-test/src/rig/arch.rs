@@ -167,6 +167,16 @@ impl Arch {
         }
     }
 
+    /// The guest-physical address where RAM starts: 0 on `pc` (below the
+    /// PCI hole, which a guest of up to 3 GiB does not reach), 1 GiB on
+    /// `virt`, whose low addresses are flash and devices.
+    pub fn ram_base(self) -> u64 {
+        match self {
+            Arch::X86_64 => 0,
+            Arch::Arm64 => 0x4000_0000,
+        }
+    }
+
     /// Whether a device on the root bus can be unplugged (`device_del`):
     /// on `pc` through ACPI, while `virt`'s PCIe root complex has no
     /// hotplug, so there the balloon sits behind a PCIe root port.

@@ -150,8 +150,9 @@ fn inflate_and_measure(vm: &mut Vm, sizes: &[u64], balloon: u64) -> Result<Huget
     // delay (loading the driver, the last guest command) runs and is
     // waited for here.
     settle(vm, sizes)?;
+    let base = vm.image().arch.ram_base();
     vm.qmp().execute(&qapi::qmp::pmemsave {
-        val: 0,
+        val: base,
         size: ram,
         filename: "/dev/null".into(),
     })?;
