@@ -67,8 +67,13 @@ pub(super) const CMD_ID: ConfigField<virtio_balloon_config, u32> = virtio_config
     __bindgen_anon_1.free_page_hint_cmd_id as u32
 );
 
-/// Order of a hinted block (C's `VIRTIO_BALLOON_HINT_BLOCK_ORDER`).
-const HINT_BLOCK_ORDER: u32 = crate::bindings::VB_MAX_PAGE_ORDER;
+/// Order of a hinted block: 4 MiB, C's `VIRTIO_BALLOON_HINT_BLOCK_ORDER`
+/// (`MAX_PAGE_ORDER`) with 4 KiB pages, the same bytes with larger pages,
+/// where C's would be 32 or 512 MiB ([`crate::logic::pfn::hint_block_order`]).
+const HINT_BLOCK_ORDER: u32 = crate::logic::pfn::hint_block_order(
+    kernel::page::PAGE_SHIFT as u32,
+    crate::bindings::VB_MAX_PAGE_ORDER,
+);
 
 /// A command id buffer (`__virtio32`), device-readable.
 type CmdIdBuffer = KBox<u32>;

@@ -35,10 +35,24 @@ pub const fn pages_per_page(page_shift: u32) -> u32 {
 /// discarding a range it can free whole.
 pub const HOST_HUGE_SHIFT: u32 = 21;
 
-/// The order of guest-page blocks that make up [`HOST_HUGE_SHIFT`] bytes
-/// with `1 << page_shift`-byte guest pages, at most `max_order` (the page
-/// allocator's largest, `MAX_PAGE_ORDER`): 9 with 4 KiB pages, 7 with
-/// 16 KiB, 5 with 64 KiB.
+/// Bytes of one free page hint (log2): 4 MiB, C's hint block with 4 KiB
+/// pages (`MAX_PAGE_ORDER`, 10, on x86-64).
+pub const HINT_BLOCK_SHIFT: u32 = 22;
+
+/// The order of a block of `1 << bytes_shift` bytes made of guest pages of
+/// `1 << page_shift` bytes, at most `max_order` (the page allocator's
+/// largest, `MAX_PAGE_ORDER`).
+pub const fn order_for(bytes_shift: u32, page_shift: u32, max_order: u32) -> u32 {
+    let order = bytes_shift.saturating_sub(page_shift);
+    if order > max_order {
+        max_order
+    } else {
+        order
+    }
+}
+
+/// The order of guest-page blocks that make up [`HOST_HUGE_SHIFT`] bytes:
+/// 9 with 4 KiB pages, 7 with 16 KiB, 5 with 64 KiB.
 ///
 /// The balloon's whole-block inflate order and its free page reporting
 /// order: the page allocator's own default for reporting, `pageblock_order`,
@@ -46,12 +60,16 @@ pub const HOST_HUGE_SHIFT: u32 = 21;
 /// where a guest's free memory rarely holds whole blocks of it, so the
 /// host would get nothing back).
 pub const fn host_huge_order(page_shift: u32, max_order: u32) -> u32 {
-    let order = HOST_HUGE_SHIFT.saturating_sub(page_shift);
-    if order > max_order {
-        max_order
-    } else {
-        order
-    }
+    order_for(HOST_HUGE_SHIFT, page_shift, max_order)
+}
+
+/// The order of a free page hint block, [`HINT_BLOCK_SHIFT`] bytes: 10 with
+/// 4 KiB pages (C's), 8 with 16 KiB, 6 with 64 KiB. C hints blocks of
+/// `MAX_PAGE_ORDER`, which is 32 MiB with 16 KiB pages and 512 MiB with
+/// 64 KiB: a guest's free memory seldom holds such blocks, and migration
+/// then copies the free memory it should have skipped.
+pub const fn hint_block_order(page_shift: u32, max_order: u32) -> u32 {
+    order_for(HINT_BLOCK_SHIFT, page_shift, max_order)
 }
 
 /// Byte order of 32-bit values on the virtqueues (`__virtio32`): little
@@ -194,6 +212,10 @@ mod tests {
         }
         // Never above the allocator's largest order.
         assert_eq!(host_huge_order(12, 8), 8);
+        // Hint blocks: C's 4 MiB on x86-64, the same bytes on arm64.
+        assert_eq!(hint_block_order(12, 10), 10);
+        assert_eq!(hint_block_order(14, 11), 8);
+        assert_eq!(hint_block_order(16, 13), 6);
         assert_eq!(host_huge_order(22, 10), 0);
     }
 

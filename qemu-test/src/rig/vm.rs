@@ -390,6 +390,20 @@ impl Vm {
         Ok(kib * 1024)
     }
 
+    /// Free pages on the per-CPU free lists, in bytes (`count:` of every
+    /// CPU's pageset in `/proc/zoneinfo`): free, but not in `MemFree` or the
+    /// free memory statistic until they drain to the buddy allocator.
+    pub fn pcp_free_bytes(&mut self) -> Result<u64> {
+        let page = self.guest_page_size()?;
+        let out =
+            self.run_ok("awk '$1 == \"count:\" { s += $2 } END { print s + 0 }' /proc/zoneinfo")?;
+        let pages: u64 = out
+            .trim()
+            .parse()
+            .with_context(|| format!("per-CPU page counts from /proc/zoneinfo: {out:?}"))?;
+        Ok(pages * page)
+    }
+
     /// A `/proc/vmstat` counter, or `None` if this kernel has no such
     /// counter.
     pub fn vmstat_field(&mut self, name: &str) -> Result<Option<u64>> {

@@ -42,6 +42,24 @@ fn migrate_to_file(vm: &mut Vm, file: &std::path::Path) -> Result<BTreeMap<&'sta
     }
 }
 
+/// The free page hint block of our driver with every page size: 4 MiB,
+/// C's with 4 KiB pages.
+pub const HINT_BLOCK: u64 = 4 * MIB;
+
+/// C's free page hint block in this guest: a block of `MAX_PAGE_ORDER`
+/// (the highest order `/proc/buddyinfo` has a column for).
+pub fn c_hint_block(vm: &mut Vm) -> Result<u64> {
+    let page = vm.guest_page_size()?;
+    let line = vm.run_ok("head -1 /proc/buddyinfo")?;
+    // "Node 0, zone DMA <count per order 0..=MAX_PAGE_ORDER>"
+    let orders = line.split_whitespace().skip(4).count() as u32;
+    ensure!(
+        orders > 0,
+        "cannot read the orders of /proc/buddyinfo: {line:?}"
+    );
+    Ok(page << (orders - 1))
+}
+
 /// With `free-page-hint=on`, migrating the VM to a file skips the guest's
 /// free memory: a guest that dirtied `HINT_DIRTY_MIB` of random data and
 /// freed it produces a stream far smaller than that data. A second QEMU
@@ -83,8 +101,21 @@ pub fn free_page_hint_migration(driver: Driver) -> Result<()> {
         Tier::Debug => ram / 8,
         Tier::Base => 0,
     };
+    let allowed = HINT_DIRTY_MIB * MIB / 2 + shadow;
+    // C hints blocks of MAX_PAGE_ORDER: 4 MiB with 4 KiB pages, but 32 MiB
+    // with 16 KiB and 512 MiB with 64 KiB, which the guest's free memory
+    // seldom holds. Recorded there, not asserted; ours hints 4 MiB blocks.
+    let c_block = c_hint_block(&mut vm)?;
+    if driver == Driver::C && c_block > HINT_BLOCK && size >= allowed {
+        vm.note(&format!(
+            "C falls short here, as known: hint blocks of {} left a stream of {}",
+            format_bytes(c_block),
+            format_bytes(size)
+        ));
+        return vm.shutdown();
+    }
     ensure!(
-        size < HINT_DIRTY_MIB * MIB / 2 + shadow,
+        size < allowed,
         "the migration stream is {} although {} MiB of it were free pages the guest should \
          have hinted (allowed: half of them{})",
         format_bytes(size),
