@@ -55,9 +55,10 @@
 #                    worktree (the checkout's files as they are, uncommitted
 #                    changes and new files included, gitignored ones not)
 #   DISTRO_OUT       where initramfs and applicable write (default
-#                    build/distro in the checkout)
-#   DISTRO_LOAD      modules the test guest loads at boot (default
-#                    virtio_blk,zram: built into the project's kernel)
+#                    build/distro<-arm64-4k|-arm64-16k> in the checkout)
+#   DISTRO_LOAD      modules the test guest loads at boot, those of them the
+#                    kernel has as modules (default virtio_blk,zram,ext4:
+#                    built into the project's kernel)
 
 source "$(dirname "$0")/lib.sh"
 
@@ -77,7 +78,7 @@ DISTRO_SUITE=${DISTRO_SUITE:-trixie}
 DISTRO_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DISTRO_MODULE_SRC=${DISTRO_MODULE_SRC:-head}
 DISTRO_OUT=${DISTRO_OUT:-$PROJECT_DIR/build/distro$(guest_suffix)}
-DISTRO_LOAD=${DISTRO_LOAD:-virtio_blk,zram}
+DISTRO_LOAD=${DISTRO_LOAD:-virtio_blk,zram,ext4}
 JOBS=${JOBS:-2}
 ((JOBS <= 2)) || JOBS=2 # the machines have 2 cores
 
@@ -376,7 +377,16 @@ step_initramfs() {
 	mkdir -p "$DISTRO_OUT"
 	local out=$DISTRO_OUT/initramfs-$DISTRO_KREL.cpio
 	# Cheap (a few seconds), so rebuilt every time, like `make initramfs`.
-	"$PROJECT_DIR/scripts/mkinitramfs.sh" --distro "$(image_moddir)" --load "$DISTRO_LOAD" \
+	# Those of DISTRO_LOAD this kernel builds as modules (the cloud
+	# flavours have ext4 built in, arm64-16k as a module).
+	local m load=()
+	for m in ${DISTRO_LOAD//,/ }; do
+		if grep -qE "/$m\.ko(\.[a-z]+)?:" "$(image_moddir)/modules.dep"; then load+=("$m"); fi
+	done
+	"$PROJECT_DIR/scripts/mkinitramfs.sh" --distro "$(image_moddir)" --load "$(
+		IFS=,
+		echo "${load[*]}"
+	)" \
 		"$KOUT" "$out" "$MODULE_KO" "$fake_ko"
 	{
 		echo "# scripts/distro.sh initramfs: the QEMU harness's environment for"
