@@ -212,11 +212,11 @@ DISTRO_TEST = set -a && . "$(DISTRO_OUT)/env" && set +a && rc=0 && { \
 
 .PHONY: test-distro check-distro
 check-distro:
-	DISTRO_OUT="$(DISTRO_OUT)" DISTRO_SUITES="$(DISTRO_SUITES)" scripts/distro.sh
+	DISTRO_OUT="$(DISTRO_OUT)" scripts/distro.sh
 	$(call DISTRO_TEST,--test c_driver --test rust_driver,$$DISTRO_SKIP $(or $(TESTS),$(SMOKE_TESTS)))
 
 test-distro:
-	DISTRO_OUT="$(DISTRO_OUT)" DISTRO_SUITES="$(DISTRO_SUITES)" scripts/distro.sh
+	DISTRO_OUT="$(DISTRO_OUT)" scripts/distro.sh
 	$(call DISTRO_TEST,$(addprefix --test ,$(DISTRO_SUITES)),$$DISTRO_SKIP $(TESTS))
 
 # Kernel rustfmt, the must-not-build check and clippy on the module, clippy
