@@ -189,6 +189,10 @@ pub(crate) struct Host {
     unresponsive: Atomic<bool>,
     /// Whether an excessive target was already reported.
     clamp_reported: Atomic<bool>,
+    /// Callers of [`Host::try_lock_for`] with patience (the OOM notifier)
+    /// waiting for the balloon lock: page migration, which never waits,
+    /// leaves the lock to them.
+    waiting: Atomic<i32>,
     /// Performance counters, in debugfs.
     #[pin]
     perf: debugfs::File<Counters>,
@@ -217,6 +221,7 @@ impl Host {
             timeout,
             unresponsive: Atomic::new(false),
             clamp_reported: Atomic::new(false),
+            waiting: Atomic::new(0),
             perf <- debugfs.read_only_file(c"stats", Counters::new()),
         }? Error)
     }
@@ -254,17 +259,34 @@ impl Host {
     /// Takes the balloon lock if it is free within `patience`: for the OOM
     /// notifier and page migration, which must not wait behind a round that
     /// waits for the host.
+    ///
+    /// With no patience (page migration) it also gives way while someone
+    /// with patience waits: the lock is polled, not queued for, and
+    /// compaction migrating balloon pages one after the other (each a round
+    /// trip to the host under the lock) could otherwise keep the OOM
+    /// notifier from it until it gives up, and the guest kills a process
+    /// (seen with 64 KiB pages, where compaction of the ballooned memory
+    /// runs all the time). Migration is retried later.
     pub(super) fn try_lock_for(&self, patience: Delta) -> Option<MutexGuard<'_, Ballooned>> {
-        let start = Instant::<Monotonic>::now();
-        loop {
-            if let Some(guard) = self.ballooned.try_lock() {
-                return Some(guard);
-            }
-            if start.elapsed() >= patience {
+        if patience.is_zero() {
+            if self.waiting.load(Relaxed) > 0 {
                 return None;
             }
-            fsleep(Delta::from_millis(1));
+            return self.ballooned.try_lock();
         }
+        self.waiting.add(1, Relaxed);
+        let start = Instant::<Monotonic>::now();
+        let guard = loop {
+            if let Some(guard) = self.ballooned.try_lock() {
+                break Some(guard);
+            }
+            if start.elapsed() >= patience {
+                break None;
+            }
+            fsleep(Delta::from_millis(1));
+        };
+        self.waiting.add(-1, Relaxed);
+        guard
     }
 
     /// Makes the PFN buffers a deleted queue took with it (after resume).

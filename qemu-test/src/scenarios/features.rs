@@ -128,6 +128,16 @@ pub fn deflate_on_oom(driver: Driver, on: bool) -> Result<()> {
         killed.len(),
         format_bytes(actual)
     ));
+    if driver == Driver::Rust {
+        let stats = vm.run_ok("cat /sys/kernel/debug/virtio_balloon_rs-*/stats 2>/dev/null")?;
+        let vmstat =
+            vm.run_ok("grep -E '^(balloon_|compact_stall|compact_success)' /proc/vmstat")?;
+        vm.note(&format!(
+            "ours: {}; {}",
+            stats.lines().collect::<Vec<_>>().join(", "),
+            vmstat.lines().collect::<Vec<_>>().join(", ")
+        ));
+    }
     if on {
         ensure!(
             out.output.contains("rc=0") && killed.is_empty(),
