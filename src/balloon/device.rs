@@ -337,7 +337,7 @@ impl Balloon {
         if self.host.is_marked_unresponsive() {
             return 0;
         }
-        let Some(mut b) = self.host.try_lock_for(lock_patience) else {
+        let Some(mut b) = self.host.lock_within(lock_patience) else {
             return 0;
         };
         let round: Round = leak_balloon(&self.host, &mut b, &self.lists, &dev, num, host_patience);

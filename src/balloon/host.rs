@@ -174,6 +174,23 @@ pub(super) struct Ballooned {
     pub(super) deflate_buffers: BufferPool<DeflateBuffer>,
 }
 
+/// One caller of [`Host::lock_within`] counted in
+/// [`Host`]`::patient_waiters` while it exists.
+struct PatientWaiter<'a>(&'a Atomic<i32>);
+
+impl<'a> PatientWaiter<'a> {
+    fn new(waiters: &'a Atomic<i32>) -> Self {
+        waiters.add(1, Relaxed);
+        Self(waiters)
+    }
+}
+
+impl Drop for PatientWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.add(-1, Relaxed);
+    }
+}
+
 /// The device as the balloon talks to it.
 #[pin_data]
 pub(crate) struct Host {
@@ -189,10 +206,9 @@ pub(crate) struct Host {
     unresponsive: Atomic<bool>,
     /// Whether an excessive target was already reported.
     clamp_reported: Atomic<bool>,
-    /// Callers of [`Host::try_lock_for`] with patience (the OOM notifier)
-    /// waiting for the balloon lock: page migration, which never waits,
-    /// leaves the lock to them.
-    waiting: Atomic<i32>,
+    /// Callers of [`Host::lock_within`] (the OOM notifier) waiting for the
+    /// balloon lock: page migration leaves the lock to them.
+    patient_waiters: Atomic<i32>,
     /// Performance counters, in debugfs.
     #[pin]
     perf: debugfs::File<Counters>,
@@ -221,7 +237,7 @@ impl Host {
             timeout,
             unresponsive: Atomic::new(false),
             clamp_reported: Atomic::new(false),
-            waiting: Atomic::new(0),
+            patient_waiters: Atomic::new(0),
             perf <- debugfs.read_only_file(c"stats", Counters::new()),
         }? Error)
     }
@@ -257,36 +273,37 @@ impl Host {
     }
 
     /// Takes the balloon lock if it is free within `patience`: for the OOM
-    /// notifier and page migration, which must not wait behind a round that
-    /// waits for the host.
-    ///
-    /// With no patience (page migration) it also gives way while someone
-    /// with patience waits: the lock is polled, not queued for, and
-    /// compaction migrating balloon pages one after the other (each a round
-    /// trip to the host under the lock) could otherwise keep the OOM
-    /// notifier from it until it gives up, and the guest kills a process
-    /// (seen with 64 KiB pages, where compaction of the ballooned memory
-    /// runs all the time). Migration is retried later.
-    pub(super) fn try_lock_for(&self, patience: Delta) -> Option<MutexGuard<'_, Ballooned>> {
-        if patience.is_zero() {
-            if self.waiting.load(Relaxed) > 0 {
-                return None;
-            }
-            return self.ballooned.try_lock();
-        }
-        self.waiting.add(1, Relaxed);
+    /// notifier, which must not wait behind a round that waits for the
+    /// host. The lock is polled, not queued for, so while it waits, page
+    /// migration gives way ([`Host::try_lock_or_yield`]).
+    pub(super) fn lock_within(&self, patience: Delta) -> Option<MutexGuard<'_, Ballooned>> {
+        let _waiting = PatientWaiter::new(&self.patient_waiters);
         let start = Instant::<Monotonic>::now();
-        let guard = loop {
+        loop {
             if let Some(guard) = self.ballooned.try_lock() {
-                break Some(guard);
+                return Some(guard);
             }
             if start.elapsed() >= patience {
-                break None;
+                return None;
             }
             fsleep(Delta::from_millis(1));
-        };
-        self.waiting.add(-1, Relaxed);
-        guard
+        }
+    }
+
+    /// Takes the balloon lock if it is free and no caller of
+    /// [`Host::lock_within`] is waiting for it: for page migration, which
+    /// never waits (compaction puts the page back and may try again).
+    ///
+    /// Compaction migrating ballooned pages one after the other, each a
+    /// round trip to the host under the lock, could otherwise keep a
+    /// polling OOM notifier from the lock until it gives up. Best effort: a
+    /// migration that took the lock before the notifier came still holds
+    /// it for up to two round trips to the host.
+    pub(super) fn try_lock_or_yield(&self) -> Option<MutexGuard<'_, Ballooned>> {
+        if self.patient_waiters.load(Relaxed) > 0 {
+            return None;
+        }
+        self.ballooned.try_lock()
     }
 
     /// Makes the PFN buffers a deleted queue took with it (after resume).

@@ -40,13 +40,11 @@ use kernel::{
     time::Delta, //
 };
 
-/// How long migration waits for the balloon lock: the size work holds it
-/// while it waits for the host, and compaction retries later.
-const LOCK_PATIENCE: Delta = Delta::from_millis(0);
-
 impl MigratePage for Host {
     fn migrate_page(&self, new: PageRef<'_>, old: PageRef<'_>) -> Migrated {
-        let Some(mut b) = self.try_lock_for(LOCK_PATIENCE) else {
+        // Never waits: the size work holds the lock while it waits for the
+        // host, and the OOM notifier goes first.
+        let Some(mut b) = self.try_lock_or_yield() else {
             return Migrated::Retry;
         };
         if self.is_marked_unresponsive() {

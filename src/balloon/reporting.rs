@@ -18,16 +18,20 @@ use crate::mm::page_reporting::{
 };
 use kernel::prelude::*;
 
-/// Smallest order of the blocks to report: 2 MiB, what the host can
-/// discard whole, for every page size (the inflate block order,
-/// [`super::lists::BLOCK_ORDER`]). The page allocator's default,
-/// `pageblock_order`, is that only with 4 KiB pages: 32 MiB with 16 KiB
-/// pages, 512 MiB with 64 KiB, where a guest's free memory seldom holds
-/// such blocks and the host gets next to nothing back. C overrides it only
-/// with 64 KiB pages on arm64 (order 5); on Debian's 16 KiB arm64 kernel it
-/// reports 32 MiB blocks. The first registration in a boot fixes the order
-/// for the boot (`page_reporting_order`, which an administrator may set).
-pub(super) const REPORTING_ORDER: Option<u32> = Some(super::lists::BLOCK_ORDER);
+/// Smallest order of the blocks to report: 2 MiB, what a host with 4 KiB
+/// pages can discard whole ([`crate::logic::pfn::host_huge_order`]), for
+/// every guest page size. The page allocator's default, `pageblock_order`,
+/// is that only with 4 KiB pages: 32 MiB with 16 KiB pages, 512 MiB with
+/// 64 KiB, where a guest's free memory seldom holds such blocks and the
+/// host gets next to nothing back. C overrides it only with 64 KiB pages on
+/// arm64 (order 5); with 16 KiB pages ours deliberately differs from C,
+/// which on Debian's arm64-16k kernel reports 32 MiB blocks. The first
+/// registration in a boot fixes the order for the boot
+/// (`page_reporting_order`, which an administrator may set).
+pub(super) const REPORTING_ORDER: Option<u32> = Some(crate::logic::pfn::host_huge_order(
+    kernel::page::PAGE_SHIFT as u32,
+    crate::bindings::VB_MAX_PAGE_ORDER,
+));
 
 impl Report for Host {
     fn report(&self, pages: &ReportedPages<'_>) -> Result {

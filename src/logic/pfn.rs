@@ -31,8 +31,10 @@ pub const fn pages_per_page(page_shift: u32) -> u32 {
 }
 
 /// Bytes the host gives back whole (log2): 2 MiB, a transparent or hugetlb
-/// huge page of an x86-64 or 4 KiB-page arm64 host, QEMU's unit for
-/// discarding a range it can free whole.
+/// huge page of a host with 4 KiB pages (x86-64, and arm64 as most clouds
+/// run it). An assumption about the host, as C's order 5 with 64 KiB
+/// pages is: on a host with 16 or 64 KiB pages a 2 MiB range is part of a
+/// 32 or 512 MiB huge page, and discarding it splits or cannot free that.
 pub const HOST_HUGE_SHIFT: u32 = 21;
 
 /// Bytes of one free page hint (log2): 4 MiB, C's hint block with 4 KiB
@@ -64,10 +66,13 @@ pub const fn host_huge_order(page_shift: u32, max_order: u32) -> u32 {
 }
 
 /// The order of a free page hint block, [`HINT_BLOCK_SHIFT`] bytes: 10 with
-/// 4 KiB pages (C's), 8 with 16 KiB, 6 with 64 KiB. C hints blocks of
-/// `MAX_PAGE_ORDER`, which is 32 MiB with 16 KiB pages and 512 MiB with
-/// 64 KiB: a guest's free memory seldom holds such blocks, and migration
-/// then copies the free memory it should have skipped.
+/// 4 KiB pages (C's where `MAX_PAGE_ORDER` is 10), 8 with 16 KiB, 6 with
+/// 64 KiB. C hints blocks of `MAX_PAGE_ORDER`, which is 32 MiB with 16 KiB
+/// pages and 512 MiB with 64 KiB (by default): a guest's free memory
+/// seldom holds such blocks, and migration then copies the free memory it
+/// should have skipped. The price of smaller blocks: more allocations,
+/// buffers and notifications per hinted GiB than C with those page sizes
+/// (as many as with 4 KiB pages), and blocks below `pageblock_order`.
 pub const fn hint_block_order(page_shift: u32, max_order: u32) -> u32 {
     order_for(HINT_BLOCK_SHIFT, page_shift, max_order)
 }
@@ -212,11 +217,17 @@ mod tests {
         }
         // Never above the allocator's largest order.
         assert_eq!(host_huge_order(12, 8), 8);
-        // Hint blocks: C's 4 MiB on x86-64, the same bytes on arm64.
+        assert_eq!(host_huge_order(22, 10), 0);
+    }
+
+    #[test]
+    fn hint_block_order_is_4_mib_for_every_page_size() {
+        // C's 4 MiB on x86-64, the same bytes on arm64.
         assert_eq!(hint_block_order(12, 10), 10);
         assert_eq!(hint_block_order(14, 11), 8);
         assert_eq!(hint_block_order(16, 13), 6);
-        assert_eq!(host_huge_order(22, 10), 0);
+        // Never above the allocator's largest order.
+        assert_eq!(hint_block_order(12, 8), 8);
     }
 
     #[test]
