@@ -169,136 +169,27 @@ fn socket_chardev(id: &str, path: &Path) -> String {
     )
 }
 
-/// The QEMU arguments (without the program) for `spec`.
+/// The QEMU arguments (without the program) for `spec`: the machine, its
+/// RAM and CPUs, the console and QMP, the devices, the kernel.
 pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
-    let cfg = spec.cfg;
-    let arch = spec.image.arch;
-    let b = &cfg.balloon;
-    let mut a: Vec<OsString> = Vec::new();
-    let mut push = |s: &str| a.push(s.into());
+    let mut a = Args::default();
     for dir in qemu_data_dirs() {
-        push("-L");
-        push(&dir.to_string_lossy());
+        a.push("-L");
+        a.push(&dir.to_string_lossy());
     }
-    push("-nodefaults");
-    push("-no-user-config");
+    a.push("-nodefaults");
+    a.push("-no-user-config");
     // Named threads ("CPU 0/TCG", "IO ...") for the benchmark's breakdown.
-    push("-name");
-    push("balloon-test,debug-threads=on");
-    push("-display");
-    push("none");
-    push("-no-reboot");
-    push("-machine");
-    // Without NUMA, RAM that is not plain anonymous memory needs a backend
-    // of its own too (see `ram_backends`).
-    let backends = ram_backends(cfg);
-    if cfg.numa_nodes.max(1) == 1 && !backends.is_empty() {
-        push(&format!("{},memory-backend=ram-node0", arch.machine()));
-    } else {
-        push(arch.machine());
-    }
-    if let Some(cpu) = arch.cpu() {
-        push("-cpu");
-        push(cpu);
-    }
-    push("-accel");
-    push(spec.accel.qemu_name());
-    push("-m");
-    push(&format!("{}M", cfg.memory_mib));
-    // Guest RAM: one memory backend per NUMA node, RAM and vCPUs shared
-    // equally (the last node takes what does not divide); each node is a
-    // socket of its own, as on real machines (a shared last-level cache
-    // across nodes makes the guest kernel warn).
-    let nodes = u64::from(cfg.numa_nodes.max(1));
-    push("-smp");
-    if nodes > 1 {
-        let cores = (u64::from(cfg.smp) / nodes).max(1);
-        push(&format!(
-            "{},sockets={nodes},cores={cores},threads=1",
-            nodes * cores
-        ));
-    } else {
-        push(&cfg.smp.to_string());
-    }
-    for b in &backends {
-        push("-object");
-        push(b);
-    }
-    if nodes > 1 {
-        let cores = (u64::from(cfg.smp) / nodes).max(1);
-        for n in 0..nodes {
-            let cpus: Vec<String> = (n * cores..(n + 1) * cores)
-                .map(|c| format!("cpus={c}"))
-                .collect();
-            let mut node = format!("node,nodeid={n},memdev=ram-node{n}");
-            for c in cpus {
-                node.push(',');
-                node.push_str(&c);
-            }
-            push("-numa");
-            push(&node);
-        }
-    }
-    // Serial console.
-    match spec.serial {
-        Serial::Pipe => {
-            push("-chardev");
-            push("stdio,id=serial0,signal=off");
-            push("-serial");
-            push("chardev:serial0");
-        }
-        Serial::Interactive => {
-            push("-chardev");
-            push("stdio,id=serial0,mux=on,signal=off");
-            push("-serial");
-            push("chardev:serial0");
-            push("-mon");
-            push("chardev=serial0,mode=readline");
-        }
-    }
-    // QMP.
-    push("-chardev");
-    push(&socket_chardev("qmp", &spec.qmp_socket));
-    push("-mon");
-    push("chardev=qmp,mode=control");
-    // The balloon; free page hinting runs in an I/O thread.
-    let mut balloon = format!(
-        "virtio-balloon-pci,id=balloon0,deflate-on-oom={},free-page-reporting={},free-page-hint={}",
-        on_off(b.deflate_on_oom),
-        on_off(b.free_page_reporting),
-        on_off(b.free_page_hint)
-    );
-    if b.free_page_hint {
-        push("-object");
-        push("iothread,id=balloon-io");
-        balloon.push_str(",iothread=balloon-io");
-    }
-    if arch.needs_root_port_for_hotplug() {
-        push("-device");
-        push("pcie-root-port,id=balloon-port,chassis=1");
-        balloon.push_str(",bus=balloon-port");
-    }
-    push("-device");
-    push(&balloon);
-    // The command agent's virtio-serial port.
-    push("-device");
-    push("virtio-serial-pci,id=vser0");
-    push("-chardev");
-    push(&socket_chardev("agent", &spec.agent_socket));
-    push("-device");
-    push("virtserialport,bus=vser0.0,chardev=agent,name=agent");
-    // Disks, on virtio-blk; the guest finds them by serial number.
-    for (serial, path) in disks(spec) {
-        push("-drive");
-        push(&format!(
-            "file={},if=none,id=disk-{serial},format=raw,cache=unsafe,discard=unmap",
-            path.display().to_string().replace(',', ",,")
-        ));
-        push("-device");
-        push(&format!(
-            "virtio-blk-pci,drive=disk-{serial},serial={serial}"
-        ));
-    }
+    a.push("-name");
+    a.push("balloon-test,debug-threads=on");
+    a.push("-display");
+    a.push("none");
+    a.push("-no-reboot");
+    machine_args(&mut a, spec);
+    console_args(&mut a, spec);
+    device_args(&mut a, spec);
+    let cfg = spec.cfg;
+    let mut a = a.0;
     a.push("-kernel".into());
     a.push(spec.image.kernel.clone().into_os_string());
     a.push("-initrd".into());
@@ -312,6 +203,135 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     }
     a.extend(cfg.extra_qemu_args.iter().map(OsString::from));
     a
+}
+
+/// QEMU arguments being put together.
+#[derive(Default)]
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn push(&mut self, s: &str) {
+        self.0.push(s.into());
+    }
+}
+
+/// The machine, accelerator, RAM (one backend per NUMA node) and CPUs.
+fn machine_args(a: &mut Args, spec: &QemuSpec) {
+    let cfg = spec.cfg;
+    let arch = spec.image.arch;
+    a.push("-machine");
+    // Without NUMA, RAM that is not plain anonymous memory needs a backend
+    // of its own too (see `ram_backends`).
+    let backends = ram_backends(cfg);
+    if cfg.numa_nodes.max(1) == 1 && !backends.is_empty() {
+        a.push(&format!("{},memory-backend=ram-node0", arch.machine()));
+    } else {
+        a.push(arch.machine());
+    }
+    if let Some(cpu) = arch.cpu() {
+        a.push("-cpu");
+        a.push(cpu);
+    }
+    a.push("-accel");
+    a.push(spec.accel.qemu_name());
+    a.push("-m");
+    a.push(&format!("{}M", cfg.memory_mib));
+    // Guest RAM: one memory backend per NUMA node, RAM and vCPUs shared
+    // equally (the last node takes what does not divide); each node is a
+    // socket of its own, as on real machines (a shared last-level cache
+    // across nodes makes the guest kernel warn).
+    let nodes = u64::from(cfg.numa_nodes.max(1));
+    let cores = (u64::from(cfg.smp) / nodes).max(1);
+    a.push("-smp");
+    if nodes > 1 {
+        a.push(&format!(
+            "{},sockets={nodes},cores={cores},threads=1",
+            nodes * cores
+        ));
+    } else {
+        a.push(&cfg.smp.to_string());
+    }
+    for b in &backends {
+        a.push("-object");
+        a.push(b);
+    }
+    if nodes > 1 {
+        for n in 0..nodes {
+            let mut node = format!("node,nodeid={n},memdev=ram-node{n}");
+            for c in n * cores..(n + 1) * cores {
+                node.push_str(&format!(",cpus={c}"));
+            }
+            a.push("-numa");
+            a.push(&node);
+        }
+    }
+}
+
+/// The serial console and the QMP socket.
+fn console_args(a: &mut Args, spec: &QemuSpec) {
+    match spec.serial {
+        Serial::Pipe => {
+            a.push("-chardev");
+            a.push("stdio,id=serial0,signal=off");
+            a.push("-serial");
+            a.push("chardev:serial0");
+        }
+        Serial::Interactive => {
+            a.push("-chardev");
+            a.push("stdio,id=serial0,mux=on,signal=off");
+            a.push("-serial");
+            a.push("chardev:serial0");
+            a.push("-mon");
+            a.push("chardev=serial0,mode=readline");
+        }
+    }
+    a.push("-chardev");
+    a.push(&socket_chardev("qmp", &spec.qmp_socket));
+    a.push("-mon");
+    a.push("chardev=qmp,mode=control");
+}
+
+/// The balloon, the command agent's virtio-serial port and the disks.
+fn device_args(a: &mut Args, spec: &QemuSpec) {
+    let b = &spec.cfg.balloon;
+    // The balloon; free page hinting runs in an I/O thread.
+    let mut balloon = format!(
+        "virtio-balloon-pci,id=balloon0,deflate-on-oom={},free-page-reporting={},free-page-hint={}",
+        on_off(b.deflate_on_oom),
+        on_off(b.free_page_reporting),
+        on_off(b.free_page_hint)
+    );
+    if b.free_page_hint {
+        a.push("-object");
+        a.push("iothread,id=balloon-io");
+        balloon.push_str(",iothread=balloon-io");
+    }
+    if spec.image.arch.needs_root_port_for_hotplug() {
+        a.push("-device");
+        a.push("pcie-root-port,id=balloon-port,chassis=1");
+        balloon.push_str(",bus=balloon-port");
+    }
+    a.push("-device");
+    a.push(&balloon);
+    // The command agent's virtio-serial port.
+    a.push("-device");
+    a.push("virtio-serial-pci,id=vser0");
+    a.push("-chardev");
+    a.push(&socket_chardev("agent", &spec.agent_socket));
+    a.push("-device");
+    a.push("virtserialport,bus=vser0.0,chardev=agent,name=agent");
+    // Disks, on virtio-blk; the guest finds them by serial number.
+    for (serial, path) in disks(spec) {
+        a.push("-drive");
+        a.push(&format!(
+            "file={},if=none,id=disk-{serial},format=raw,cache=unsafe,discard=unmap",
+            path.display().to_string().replace(',', ",,")
+        ));
+        a.push("-device");
+        a.push(&format!(
+            "virtio-blk-pci,drive=disk-{serial},serial={serial}"
+        ));
+    }
 }
 
 /// The sizes of the guest's RAM blocks in MiB: one per NUMA node, RAM
