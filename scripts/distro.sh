@@ -419,6 +419,8 @@ esac
 TEST_NEEDS=(
 	"* CONFIG_VIRTIO_PCI CONFIG_VIRTIO_CONSOLE CONFIG_VIRTIO_BALLOON CONFIG_BALLOON CONFIG_NUMA CONFIG_SWAP CONFIG_EXT4_FS CONFIG_DEBUG_FS CONFIG_MEMCG -- the guest every test boots: virtio-pci devices, the agent's virtio-serial port, two NUMA nodes, swap, an ext4 data disk, debugfs and memory cgroups mounted by init"
 	"freeze_restore CONFIG_PM_DEBUG CONFIG_PM_SLEEP_DEBUG CONFIG_SUSPEND -- suspend test mode: /sys/power/pm_test (PM_SLEEP_DEBUG, from PM_DEBUG) runs the devices' freeze and restore without sleeping"
+	"suspend_with_report_held_c CONFIG_PM_DEBUG CONFIG_PM_SLEEP_DEBUG CONFIG_SUSPEND -- suspend test mode (/sys/power/pm_test), as freeze_restore"
+	"suspend_with_report_held_rs CONFIG_PM_DEBUG CONFIG_PM_SLEEP_DEBUG CONFIG_SUSPEND -- suspend test mode (/sys/power/pm_test), as freeze_restore"
 	"page_poison_on CONFIG_PAGE_POISONING -- page_poison=1 poisons freed pages only with PAGE_POISONING; without it the driver rightly declines VIRTIO_BALLOON_F_PAGE_POISON"
 	"page_poison_none CONFIG_PAGE_REPORTING -- free page reporting"
 	"page_poison_init_on_free CONFIG_PAGE_REPORTING -- free page reporting (init_on_free= needs no option)"
