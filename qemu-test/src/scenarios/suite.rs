@@ -427,9 +427,31 @@ pub fn holds_at_reserve_beyond_guest_memory(driver: Driver) -> Result<()> {
         // a slow recheck (every 5 s), not in a loop, and the wakeup event
         // of the last request is finished, so the guest may suspend.
         let hold_mark = vm.console_mark();
+        // What the guest's reclaim did meanwhile: memory it found for the
+        // balloon to take may come from swapping out or dropping caches.
+        const RECLAIM: [&str; 4] = [
+            "pswpout",
+            "pgsteal_kswapd",
+            "pgsteal_direct",
+            "workingset_refault_file",
+        ];
+        let reclaim = |vm: &mut Vm| -> Result<Vec<u64>> {
+            RECLAIM
+                .iter()
+                .map(|k| Ok(vm.vmstat_field(k)?.unwrap_or(0)))
+                .collect()
+        };
+        let v0 = reclaim(&mut vm)?;
         let c0 = vm.rs_counters()?;
         std::thread::sleep(Duration::from_secs(10));
         let c1 = vm.rs_counters()?;
+        let v1 = reclaim(&mut vm)?;
+        let moved: Vec<String> = RECLAIM
+            .iter()
+            .zip(v0.iter().zip(&v1))
+            .map(|(k, (a, b))| format!("{k} +{}", b.saturating_sub(*a)))
+            .collect();
+        vm.note(&format!("reclaim in the 10 s: {}", moved.join(", ")));
         let rounds = rs_counter(&c1, "rounds")? - rs_counter(&c0, "rounds")?;
         let inflated = rs_counter(&c1, "inflate_pages")? - rs_counter(&c0, "inflate_pages")?;
         let active = vm.run_ok(&format!("cat {power}/wakeup_active"))?;
