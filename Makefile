@@ -17,6 +17,8 @@
 #   make matrix     build every supported kernel and boot the smoke tests
 #   make check-distro  the module for Debian's stock kernel, Debian's rustc,
 #                   and the smoke tests on that kernel
+#   make test-arm64 the arm64 suites: 4 KiB and 64 KiB kernels of ours,
+#                   Debian's cloud-arm64 and arm64-16k (outside CI)
 #
 # Parameters: KVER (default 7.3), TIER=base|debug (guest kernel tier,
 # default base), ARCH=x86_64|arm64 (guest architecture, default x86_64;
