@@ -315,23 +315,8 @@ pub struct Outcome {
 
 /// Runs the benchmark; `progress` is told about each finished run.
 pub fn run(opts: &BenchOpts, mut progress: impl FnMut(&Run)) -> Result<Outcome> {
-    let mut cfg = VmConfig::new("bench")
-        .memory_mib(opts.guest_mib)
-        .driver_opt(None)
-        .loglevel(4)
-        .backing(opts.backing)
-        .free_page_reporting(opts.reporting())
-        // Room for a page cache file twice the RAM.
-        .data_disk_mib(Some(opts.guest_mib * 2 + 1024));
-    if opts.guest_state == GuestState::Fragmented {
-        cfg = cfg.cmdline_arg(&format!(
-            "sysctl.vm.percpu_pagelist_high_fraction={PCP_HIGH_FRACTION}"
-        ));
-    }
-    for a in &opts.cmdline {
-        cfg = cfg.cmdline_arg(a);
-    }
     ensure!(opts.frag_stride >= 2, "--frag-stride must be at least 2");
+    let cfg = vm_config(opts);
     let sizes: Vec<u64> = crate::rig::qemu::ram_block_mib(&cfg)
         .iter()
         .map(|m| m * MIB)
@@ -341,18 +326,7 @@ pub fn run(opts: &BenchOpts, mut progress: impl FnMut(&Run)) -> Result<Outcome> 
     let (host_thp, pool) = host_setup(opts, &cfg)?;
     let mut vm = Vm::boot(cfg).context("booting the benchmark VM")?;
     let pid = vm.pid();
-    match opts.backing {
-        Backing::Anonymous4k => ensure!(
-            !hostmem::thp_enabled_for(pid)?,
-            "--backing 4k: THP is still enabled for QEMU (pid {pid}) after PR_SET_THP_DISABLE"
-        ),
-        Backing::Anonymous => ensure!(
-            hostmem::thp_enabled_for(pid)?,
-            "--backing thp: THP is disabled for QEMU (pid {pid}): is the bench itself running \
-             with PR_SET_THP_DISABLE (inherited)?"
-        ),
-        Backing::Hugetlb2M => {}
-    }
+    check_backing(opts.backing, pid)?;
     let ram = vm.ram_bytes();
     ensure!(
         opts.balloon_mib * MIB < ram,
@@ -360,73 +334,21 @@ pub fn run(opts: &BenchOpts, mut progress: impl FnMut(&Run)) -> Result<Outcome> 
         opts.balloon_mib,
         opts.guest_mib
     );
-    let balloon = opts.balloon_mib * MIB;
-    let target = ram - balloon;
-    let cache_file = format!("{}/bench-cache", crate::DATA_MOUNT);
+    let bench = Bench {
+        opts,
+        pid,
+        sizes,
+        ram,
+        balloon: opts.balloon_mib * MIB,
+        cache_file: format!("{}/bench-cache", crate::DATA_MOUNT),
+    };
     if opts.guest_state == GuestState::Cache {
-        vm.run_ok(&format!("truncate -s {} {cache_file}", 2 * ram))?;
+        vm.run_ok(&format!("truncate -s {} {}", 2 * ram, bench.cache_file))?;
     }
     let mut runs = Vec::new();
     for rep in 0..opts.reps {
         for &driver in &opts.drivers {
-            load(&mut vm, driver)?;
-            if opts.backing == Backing::Hugetlb2M && opts.reporting() {
-                settle_reporting(&vm, &sizes)?;
-            }
-            let guest_rest = guest_mem(&mut vm)?;
-            let t0 = Instant::now();
-            let release = prepare(&mut vm, opts, &cache_file)
-                .with_context(|| format!("{driver:?} rep {rep}: preparing the guest"))?;
-            let prepare_secs = t0.elapsed().as_secs_f64();
-            let collapse = match opts.backing {
-                Backing::Anonymous => Some(collapse(&vm, &sizes)?),
-                _ => None,
-            };
-            let guest_before = guest_mem(&mut vm)?;
-            let pagetypeinfo = vm.run_ok("cat /proc/pagetypeinfo")?;
-            let host0 = hostmem::qemu_mem(pid, &sizes)?;
-            if opts.backing == Backing::Anonymous4k {
-                ensure!(
-                    host0.ram_anon_huge == 0,
-                    "--backing 4k: {} MiB of guest RAM in host huge pages",
-                    host0.ram_anon_huge / MIB
-                );
-            }
-            let inflate = phase(&mut vm, driver, target, opts)
-                .with_context(|| format!("{driver:?} inflate, rep {rep}"))?;
-            let host1 = hostmem::qemu_mem(pid, &sizes)?;
-            let compaction = if opts.compact {
-                Some(
-                    compact(&mut vm, &sizes)
-                        .with_context(|| format!("{driver:?} compaction, rep {rep}"))?,
-                )
-            } else {
-                None
-            };
-            let deflate = phase(&mut vm, driver, ram, opts)
-                .with_context(|| format!("{driver:?} deflate, rep {rep}"))?;
-            let host2 = hostmem::qemu_mem(pid, &sizes)?;
-            let guest_after = guest_mem(&mut vm)?;
-            if let Some(cmd) = release {
-                vm.run_ok(cmd)?;
-            }
-            let r = Run {
-                driver,
-                rep,
-                inflate,
-                deflate,
-                rss: [host0.rss, host1.rss, host2.rss],
-                host: [host0, host1, host2],
-                guest_rest,
-                guest_before,
-                guest_after,
-                pagetypeinfo,
-                prepare_secs,
-                collapse,
-                ram,
-                balloon,
-                compaction,
-            };
+            let r = bench.one_run(&mut vm, driver, rep)?;
             progress(&r);
             runs.push(r);
         }
@@ -441,4 +363,121 @@ pub fn run(opts: &BenchOpts, mut progress: impl FnMut(&Run)) -> Result<Outcome> 
         host_thp,
         huge_pages_added,
     })
+}
+
+/// The benchmark VM: `opts`' guest size, backing and reporting, a data
+/// disk with room for a page cache file twice the RAM, no driver loaded.
+fn vm_config(opts: &BenchOpts) -> VmConfig {
+    let mut cfg = VmConfig::new("bench")
+        .memory_mib(opts.guest_mib)
+        .driver_opt(None)
+        .loglevel(4)
+        .backing(opts.backing)
+        .free_page_reporting(opts.reporting())
+        .data_disk_mib(Some(opts.guest_mib * 2 + 1024));
+    if opts.guest_state == GuestState::Fragmented {
+        cfg = cfg.cmdline_arg(&format!(
+            "sysctl.vm.percpu_pagelist_high_fraction={PCP_HIGH_FRACTION}"
+        ));
+    }
+    for a in &opts.cmdline {
+        cfg = cfg.cmdline_arg(a);
+    }
+    cfg
+}
+
+/// Checks that QEMU (`pid`) got the host pages `backing` asks for.
+fn check_backing(backing: Backing, pid: u32) -> Result<()> {
+    match backing {
+        Backing::Anonymous4k => ensure!(
+            !hostmem::thp_enabled_for(pid)?,
+            "--backing 4k: THP is still enabled for QEMU (pid {pid}) after PR_SET_THP_DISABLE"
+        ),
+        Backing::Anonymous => ensure!(
+            hostmem::thp_enabled_for(pid)?,
+            "--backing thp: THP is disabled for QEMU (pid {pid}): is the bench itself running \
+             with PR_SET_THP_DISABLE (inherited)?"
+        ),
+        Backing::Hugetlb2M => {}
+    }
+    Ok(())
+}
+
+/// What every run of one benchmark shares.
+struct Bench<'a> {
+    opts: &'a BenchOpts,
+    /// QEMU's process.
+    pid: u32,
+    /// The sizes of the guest's RAM blocks, bytes.
+    sizes: Vec<u64>,
+    /// Guest RAM, bytes.
+    ram: u64,
+    /// Balloon size, bytes.
+    balloon: u64,
+    /// The page cache file of `--guest-state cache`.
+    cache_file: String,
+}
+
+impl Bench<'_> {
+    /// One inflate and deflate by `driver` (repetition `rep`), with the
+    /// guest prepared as `--guest-state` says and the host measured before,
+    /// between and after.
+    fn one_run(&self, vm: &mut Vm, driver: Driver, rep: usize) -> Result<Run> {
+        let (opts, pid, sizes) = (self.opts, self.pid, &self.sizes);
+        load(vm, driver)?;
+        if opts.backing == Backing::Hugetlb2M && opts.reporting() {
+            settle_reporting(vm, sizes)?;
+        }
+        let guest_rest = guest_mem(vm)?;
+        let t0 = Instant::now();
+        let release = prepare(vm, opts, &self.cache_file)
+            .with_context(|| format!("{driver:?} rep {rep}: preparing the guest"))?;
+        let prepare_secs = t0.elapsed().as_secs_f64();
+        let collapse = match opts.backing {
+            Backing::Anonymous => Some(collapse(vm, sizes)?),
+            _ => None,
+        };
+        let guest_before = guest_mem(vm)?;
+        let pagetypeinfo = vm.run_ok("cat /proc/pagetypeinfo")?;
+        let host0 = hostmem::qemu_mem(pid, sizes)?;
+        if opts.backing == Backing::Anonymous4k {
+            ensure!(
+                host0.ram_anon_huge == 0,
+                "--backing 4k: {} MiB of guest RAM in host huge pages",
+                host0.ram_anon_huge / MIB
+            );
+        }
+        let inflate = phase(vm, driver, self.ram - self.balloon, opts)
+            .with_context(|| format!("{driver:?} inflate, rep {rep}"))?;
+        let host1 = hostmem::qemu_mem(pid, sizes)?;
+        let compaction = if opts.compact {
+            Some(compact(vm, sizes).with_context(|| format!("{driver:?} compaction, rep {rep}"))?)
+        } else {
+            None
+        };
+        let deflate = phase(vm, driver, self.ram, opts)
+            .with_context(|| format!("{driver:?} deflate, rep {rep}"))?;
+        let host2 = hostmem::qemu_mem(pid, sizes)?;
+        let guest_after = guest_mem(vm)?;
+        if let Some(cmd) = release {
+            vm.run_ok(cmd)?;
+        }
+        Ok(Run {
+            driver,
+            rep,
+            inflate,
+            deflate,
+            rss: [host0.rss, host1.rss, host2.rss],
+            host: [host0, host1, host2],
+            guest_rest,
+            guest_before,
+            guest_after,
+            pagetypeinfo,
+            prepare_secs,
+            collapse,
+            ram: self.ram,
+            balloon: self.balloon,
+            compaction,
+        })
+    }
 }
