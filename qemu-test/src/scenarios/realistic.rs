@@ -489,6 +489,35 @@ pub const LONG_RUN_TARGETS: usize = 30;
 /// How long the mixed workload of [`long_running`] runs.
 pub const LONG_RUN: Duration = Duration::from_secs(60);
 
+/// Starts, in the background, [`LONG_RUN`] of page cache reads, 64 MiB
+/// anonymous allocations (failures counted in `/tmp/long.fail`) and forks
+/// (counted in `/tmp/long.forks`); `/tmp/long.done` marks the end.
+fn start_mixed_workload(vm: &mut Vm) -> Result<()> {
+    let secs_run = LONG_RUN.as_secs();
+    vm.run_ok(&format!(
+        "rm -f /tmp/long.*; \
+         (end=$(( $(date +%s) + {secs_run} )); \
+          (while [ $(date +%s) -lt $end ]; do cat {DATA_MOUNT}/sparse {DATA_MOUNT}/f1 > /dev/null; done) & \
+          (while [ $(date +%s) -lt $end ]; do memhog -m 64 -t 2 > /dev/null || echo HOGFAIL >> /tmp/long.fail; done) & \
+          (n=0; while [ $(date +%s) -lt $end ]; do for i in 1 2 3 4 5 6 7 8 9 10; do (true); done; n=$((n+10)); done; echo $n > /tmp/long.forks) & \
+          wait; touch /tmp/long.done) > /dev/null 2>&1 &"
+    ))?;
+    Ok(())
+}
+
+/// Sets [`LONG_RUN_TARGETS`] targets spread over [`LONG_RUN`], balloons of
+/// 0 to 60 % of `ram` in a scrambled order; returns the last.
+fn walk_targets(vm: &mut Vm, ram: u64) -> Result<u64> {
+    let step = LONG_RUN / LONG_RUN_TARGETS as u32;
+    let mut last = ram;
+    for i in 0..LONG_RUN_TARGETS as u64 {
+        last = target_for(ram, (i * 37 + 11) % 61);
+        vm.set_balloon_target_bytes(last)?;
+        std::thread::sleep(step);
+    }
+    Ok(last)
+}
+
 /// A long-running guest: a mixed workload (file reads from ext4, anonymous
 /// memory that is written and checked, forks) runs for a minute while the
 /// host moves the target [`LONG_RUN_TARGETS`] times. Afterwards the
@@ -511,22 +540,8 @@ pub fn long_running() -> Result<()> {
     for driver in Driver::ALL {
         load(&mut vm, driver)?;
         let kills = vmstat(&mut vm, "oom_kill")?;
-        let secs_run = LONG_RUN.as_secs();
-        vm.run_ok(&format!(
-            "rm -f /tmp/long.*; \
-             (end=$(( $(date +%s) + {secs_run} )); \
-              (while [ $(date +%s) -lt $end ]; do cat {DATA_MOUNT}/sparse {DATA_MOUNT}/f1 > /dev/null; done) & \
-              (while [ $(date +%s) -lt $end ]; do memhog -m 64 -t 2 > /dev/null || echo HOGFAIL >> /tmp/long.fail; done) & \
-              (n=0; while [ $(date +%s) -lt $end ]; do for i in 1 2 3 4 5 6 7 8 9 10; do (true); done; n=$((n+10)); done; echo $n > /tmp/long.forks) & \
-              wait; touch /tmp/long.done) > /dev/null 2>&1 &"
-        ))?;
-        let step = LONG_RUN / LONG_RUN_TARGETS as u32;
-        let mut last = ram;
-        for i in 0..LONG_RUN_TARGETS as u64 {
-            last = target_for(ram, (i * 37 + 11) % 61);
-            vm.set_balloon_target_bytes(last)?;
-            std::thread::sleep(step);
-        }
+        start_mixed_workload(&mut vm)?;
+        let last = walk_targets(&mut vm, ram)?;
         vm.wait_balloon_actual(last, INFLATE_TIMEOUT)
             .with_context(|| format!("{driver}: the balloon did not settle at the last target"))?;
         vm.wait_until(
