@@ -368,6 +368,73 @@ pub fn modprobe_by_alias(driver: Driver) -> Result<()> {
 /// The host asks for (almost) all guest memory: 1 MiB left.
 pub const BEYOND_TARGET: u64 = MIB;
 
+/// Ours, held at its reserve, stays idle for 10 s: the size work runs only
+/// on its slow recheck, inflates nothing, and its wakeup source is not
+/// active. The guest's reclaim meanwhile is logged.
+fn hold_is_idle(vm: &mut Vm, power: &str) -> Result<()> {
+    // Holding is idle: the size work runs again on a config change or
+    // a slow recheck (every 5 s), not in a loop, and the wakeup event
+    // of the last request is finished, so the guest may suspend.
+    let hold_mark = vm.console_mark();
+    // What the guest's reclaim did meanwhile: memory it found for the
+    // balloon to take may come from swapping out or dropping caches.
+    const RECLAIM: [&str; 4] = [
+        "pswpout",
+        "pgsteal_kswapd",
+        "pgsteal_direct",
+        "workingset_refault_file",
+    ];
+    let reclaim = |vm: &mut Vm| -> Result<Vec<u64>> {
+        RECLAIM
+            .iter()
+            .map(|k| Ok(vm.vmstat_field(k)?.unwrap_or(0)))
+            .collect()
+    };
+    let v0 = reclaim(vm)?;
+    let c0 = vm.rs_counters()?;
+    std::thread::sleep(Duration::from_secs(10));
+    let c1 = vm.rs_counters()?;
+    let v1 = reclaim(vm)?;
+    let moved: Vec<String> = RECLAIM
+        .iter()
+        .zip(v0.iter().zip(&v1))
+        .map(|(k, (a, b))| format!("{k} +{}", b.saturating_sub(*a)))
+        .collect();
+    vm.note(&format!("reclaim in the 10 s: {}", moved.join(", ")));
+    let rounds = rs_counter(&c1, "rounds")? - rs_counter(&c0, "rounds")?;
+    let inflated = rs_counter(&c1, "inflate_pages")? - rs_counter(&c0, "inflate_pages")?;
+    let active = vm.run_ok(&format!("cat {power}/wakeup_active"))?;
+    // What the driver said meanwhile, to tell a loop's cause.
+    let said: Vec<String> = vm
+        .console_since(hold_mark)
+        .into_iter()
+        .filter(|l| l.contains("virtio_balloon_rs"))
+        .collect();
+    vm.note(&format!(
+        "holding: {rounds} size-work rounds in 10 s, {inflated} pages inflated; \
+         wakeup_active {}; the driver said: {said:#?}",
+        active.trim()
+    ));
+    ensure!(
+        rounds <= 4,
+        "holding at the reserve ran the size work {rounds} times in 10 s (a recheck every \
+         5 s is expected); {inflated} pages inflated meanwhile; the driver said: {said:#?}"
+    );
+    // Nor does it start and stop: the few pages an idle guest frees
+    // between rechecks do not restart it (before, it logged "inflating
+    // again" and held again every 5 s, creeping a few pages each time).
+    ensure!(
+        inflated == 0 && !said.iter().any(|l| l.contains("inflating again")),
+        "the held balloon restarted while the guest was idle ({inflated} pages inflated in \
+         10 s): {said:#?}"
+    );
+    ensure!(
+        active.trim() == "0",
+        "the balloon device's wakeup source is still active while the balloon holds"
+    );
+    Ok(())
+}
+
 /// A target the guest cannot meet (all but 1 MiB of its memory): our
 /// driver stops at its reserve (`min_available_mib`) and says so, the guest
 /// keeps running, and the balloon deflates completely afterwards. (The C
@@ -423,66 +490,7 @@ pub fn holds_at_reserve_beyond_guest_memory(driver: Driver) -> Result<()> {
     );
     vm.note(&held[0]);
     if driver == Driver::Rust {
-        // Holding is idle: the size work runs again on a config change or
-        // a slow recheck (every 5 s), not in a loop, and the wakeup event
-        // of the last request is finished, so the guest may suspend.
-        let hold_mark = vm.console_mark();
-        // What the guest's reclaim did meanwhile: memory it found for the
-        // balloon to take may come from swapping out or dropping caches.
-        const RECLAIM: [&str; 4] = [
-            "pswpout",
-            "pgsteal_kswapd",
-            "pgsteal_direct",
-            "workingset_refault_file",
-        ];
-        let reclaim = |vm: &mut Vm| -> Result<Vec<u64>> {
-            RECLAIM
-                .iter()
-                .map(|k| Ok(vm.vmstat_field(k)?.unwrap_or(0)))
-                .collect()
-        };
-        let v0 = reclaim(&mut vm)?;
-        let c0 = vm.rs_counters()?;
-        std::thread::sleep(Duration::from_secs(10));
-        let c1 = vm.rs_counters()?;
-        let v1 = reclaim(&mut vm)?;
-        let moved: Vec<String> = RECLAIM
-            .iter()
-            .zip(v0.iter().zip(&v1))
-            .map(|(k, (a, b))| format!("{k} +{}", b.saturating_sub(*a)))
-            .collect();
-        vm.note(&format!("reclaim in the 10 s: {}", moved.join(", ")));
-        let rounds = rs_counter(&c1, "rounds")? - rs_counter(&c0, "rounds")?;
-        let inflated = rs_counter(&c1, "inflate_pages")? - rs_counter(&c0, "inflate_pages")?;
-        let active = vm.run_ok(&format!("cat {power}/wakeup_active"))?;
-        // What the driver said meanwhile, to tell a loop's cause.
-        let said: Vec<String> = vm
-            .console_since(hold_mark)
-            .into_iter()
-            .filter(|l| l.contains("virtio_balloon_rs"))
-            .collect();
-        vm.note(&format!(
-            "holding: {rounds} size-work rounds in 10 s, {inflated} pages inflated; \
-             wakeup_active {}; the driver said: {said:#?}",
-            active.trim()
-        ));
-        ensure!(
-            rounds <= 4,
-            "holding at the reserve ran the size work {rounds} times in 10 s (a recheck every \
-             5 s is expected); {inflated} pages inflated meanwhile; the driver said: {said:#?}"
-        );
-        // Nor does it start and stop: the few pages an idle guest frees
-        // between rechecks do not restart it (before, it logged "inflating
-        // again" and held again every 5 s, creeping a few pages each time).
-        ensure!(
-            inflated == 0 && !said.iter().any(|l| l.contains("inflating again")),
-            "the held balloon restarted while the guest was idle ({inflated} pages inflated in \
-             10 s): {said:#?}"
-        );
-        ensure!(
-            active.trim() == "0",
-            "the balloon device's wakeup source is still active while the balloon holds"
-        );
+        hold_is_idle(&mut vm, power)?;
     }
     balloon_to(&mut vm, ram)?;
     let total = vm.meminfo_field("MemTotal")?;
