@@ -80,6 +80,8 @@ pub struct Vm {
     image: GuestImage,
     accel: Accel,
     boot_time: Duration,
+    /// The guest's page size, once asked ([`Vm::guest_page_size`]).
+    page_size: Option<u64>,
     _dir: tempfile::TempDir,
 }
 
@@ -159,6 +161,7 @@ impl Vm {
             image,
             accel,
             boot_time: Duration::ZERO,
+            page_size: None,
             _dir: dir,
         };
         vm.handshake(deadline)?;
@@ -377,7 +380,11 @@ impl Vm {
     /// The guest's page size in bytes (4 KiB on x86_64; 4, 16 or 64 KiB on
     /// arm64), from the kernel page size of a mapping of the shell that
     /// reads it (`/proc/self/smaps`).
+    /// Asked of the guest once per boot.
     pub fn guest_page_size(&mut self) -> Result<u64> {
+        if let Some(size) = self.page_size {
+            return Ok(size);
+        }
         let out = self.run_ok("awk '/^KernelPageSize:/ { print $2; exit }' /proc/self/smaps")?;
         let kib: u64 = out
             .trim()
@@ -387,6 +394,7 @@ impl Vm {
             kib.is_power_of_two() && (4..=64).contains(&kib),
             "implausible guest page size {kib} KiB"
         );
+        self.page_size = Some(kib * 1024);
         Ok(kib * 1024)
     }
 
@@ -407,16 +415,27 @@ impl Vm {
     /// A `/proc/vmstat` counter, or `None` if this kernel has no such
     /// counter.
     pub fn vmstat_field(&mut self, name: &str) -> Result<Option<u64>> {
+        Ok(self.vmstat_fields(&[name])?.pop().flatten())
+    }
+
+    /// Several `/proc/vmstat` counters from one read, in the order of
+    /// `names`; `None` for one this kernel does not have.
+    pub fn vmstat_fields(&mut self, names: &[&str]) -> Result<Vec<Option<u64>>> {
         let out = self.run_ok("cat /proc/vmstat")?;
-        out.lines()
-            .filter_map(|l| l.split_once(' '))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| {
-                v.trim()
-                    .parse()
-                    .with_context(|| format!("/proc/vmstat {name} {v:?}"))
+        names
+            .iter()
+            .map(|name| {
+                out.lines()
+                    .filter_map(|l| l.split_once(' '))
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| {
+                        v.trim()
+                            .parse()
+                            .with_context(|| format!("/proc/vmstat {name} {v:?}"))
+                    })
+                    .transpose()
             })
-            .transpose()
+            .collect()
     }
 
     /// The guest kernel log (`dmesg`).

@@ -52,9 +52,7 @@ pub fn unload(vm: &mut Vm, driver: Driver) -> Result<()> {
 
 /// A counter of `/proc/vmstat`.
 pub fn vmstat(vm: &mut Vm, key: &str) -> Result<u64> {
-    let out = vm.run_ok("cat /proc/vmstat")?;
-    out.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+    vm.vmstat_field(key)?
         .with_context(|| format!("no {key} in /proc/vmstat"))
 }
 

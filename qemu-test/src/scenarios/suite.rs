@@ -385,10 +385,11 @@ fn hold_is_idle(vm: &mut Vm, power: &str) -> Result<()> {
         "workingset_refault_file",
     ];
     let reclaim = |vm: &mut Vm| -> Result<Vec<u64>> {
-        RECLAIM
-            .iter()
-            .map(|k| Ok(vm.vmstat_field(k)?.unwrap_or(0)))
-            .collect()
+        Ok(vm
+            .vmstat_fields(&RECLAIM)?
+            .into_iter()
+            .map(|v| v.unwrap_or(0))
+            .collect())
     };
     let v0 = reclaim(vm)?;
     let c0 = vm.rs_counters()?;
