@@ -127,6 +127,10 @@ pub(super) struct Inflater {
     /// Whether inflating is held back to keep the guest's reserve, until
     /// the margin is there or this inflate ends.
     holding: Atomic<bool>,
+    /// Pages the guest's reclaim had freed ([`stat::reclaimed_pages`]) when
+    /// the balloon began to hold: what reclaim frees after that does not
+    /// restart it.
+    held_reclaimed: Atomic<u64>,
     /// Whether reporting blocks on the reporting queue failed once.
     report_failed: Atomic<bool>,
 }
@@ -182,6 +186,7 @@ impl Inflater {
             }),
             out_of_puff: Atomic::new(0),
             holding: Atomic::new(false),
+            held_reclaimed: Atomic::new(0),
             report_failed: Atomic::new(false),
         }? Error)
     }
@@ -189,8 +194,8 @@ impl Inflater {
     /// Guest pages the balloon may take now, with `num_pages` balloon pages
     /// inflated and `left` more balloon pages wanted, without cutting into
     /// the reserve the guest needs to keep running; logs when it starts and
-    /// stops holding back. Once holding, it waits for a margin
-    /// ([`held_allowance`]).
+    /// stops holding back. Once holding, it waits for a margin the guest
+    /// freed of itself, not by reclaim ([`held_allowance`]).
     fn allowance(
         &self,
         host: &Host,
@@ -209,12 +214,15 @@ impl Inflater {
         );
         let mut allowance =
             inflate_allowance(stat::available_pages(), stat::swappable_pages(), reserve);
+        let reclaimed = stat::reclaimed_pages();
         if self.holding.load(Relaxed) {
-            allowance = held_allowance(allowance, reserve, u64::from(left.div_ceil(per)));
+            let since = reclaimed.wrapping_sub(self.held_reclaimed.load(Relaxed));
+            allowance = held_allowance(allowance, reserve, u64::from(left.div_ceil(per)), since);
         }
         let holding = allowance == 0;
         if self.holding.xchg(holding, Relaxed) != holding {
             if holding {
+                self.held_reclaimed.store(reclaimed, Relaxed);
                 dev_warn!(
                     dev.as_ref(),
                     "holding the balloon at {} MiB: inflating further would leave the guest less \

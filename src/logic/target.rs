@@ -106,16 +106,24 @@ pub fn inflate_allowance(available: u64, swappable: u64, reserve: u64) -> u64 {
     available.saturating_add(swappable).saturating_sub(reserve)
 }
 
-/// Guest pages the balloon may take while it holds at the reserve:
-/// nothing until `allowance` has grown to a quarter of the `reserve`, or to
-/// the `wanted` pages the target still needs if that is less.
+/// Guest pages the balloon may take while it holds at the reserve, when
+/// `allowance` pages are above the reserve and the guest's reclaim has
+/// freed `reclaimed` pages since the balloon began to hold: what the guest
+/// freed of itself (`allowance` less `reclaimed`), once that has grown to a
+/// quarter of the `reserve`, or to the `wanted` pages the target still
+/// needs if that is less; else nothing.
 ///
 /// Without this margin a balloon at its reserve starts and stops at every
 /// recheck, inflating the few pages the guest freed meanwhile, logging
-/// each time, and creeping into the guest's working set.
-pub fn held_allowance(allowance: u64, reserve: u64, wanted: u64) -> u64 {
-    if allowance >= (reserve / 4).clamp(1, wanted.max(1)) {
-        allowance
+/// each time, and creeping into the guest's working set. Without leaving
+/// out what reclaim freed, it takes what kswapd frees because the balloon
+/// pushed the guest below its watermarks (`MemAvailable` counts only part
+/// of the page cache, so dropping it raises the estimate): memory the guest
+/// gave up under pressure, not memory it stopped using.
+pub fn held_allowance(allowance: u64, reserve: u64, wanted: u64, reclaimed: u64) -> u64 {
+    let own = allowance.saturating_sub(reclaimed);
+    if own >= (reserve / 4).clamp(1, wanted.max(1)) {
+        own
     } else {
         0
     }
@@ -241,23 +249,36 @@ mod tests {
         let reserve = 5120; // 20 MiB of 4 KiB pages
         let wanted = 1 << 20;
         // A few freed pages do not restart the balloon...
-        assert_eq!(held_allowance(0, reserve, wanted), 0);
-        assert_eq!(held_allowance(70, reserve, wanted), 0);
-        assert_eq!(held_allowance(1279, reserve, wanted), 0);
+        assert_eq!(held_allowance(0, reserve, wanted, 0), 0);
+        assert_eq!(held_allowance(70, reserve, wanted, 0), 0);
+        assert_eq!(held_allowance(1279, reserve, wanted, 0), 0);
         // ...a quarter of the reserve does.
-        assert_eq!(held_allowance(1280, reserve, wanted), 1280);
-        assert_eq!(held_allowance(100_000, reserve, wanted), 100_000);
+        assert_eq!(held_allowance(1280, reserve, wanted, 0), 1280);
+        assert_eq!(held_allowance(100_000, reserve, wanted, 0), 100_000);
     }
 
     #[test]
     fn holding_resumes_for_a_small_remainder() {
         // The target needs only 10 pages more: 10 free pages are enough.
-        assert_eq!(held_allowance(10, 5120, 10), 10);
-        assert_eq!(held_allowance(9, 5120, 10), 0);
+        assert_eq!(held_allowance(10, 5120, 10, 0), 10);
+        assert_eq!(held_allowance(9, 5120, 10, 0), 0);
         // Degenerate values never divide by zero or demand nothing.
-        assert_eq!(held_allowance(0, 0, 0), 0);
-        assert_eq!(held_allowance(1, 0, 0), 1);
-        assert_eq!(held_allowance(1, 3, 100), 1);
+        assert_eq!(held_allowance(0, 0, 0, 0), 0);
+        assert_eq!(held_allowance(1, 0, 0, 0), 1);
+        assert_eq!(held_allowance(1, 3, 100, 0), 1);
+    }
+
+    #[test]
+    fn holding_leaves_out_what_reclaim_freed() {
+        // Memory kswapd freed because the balloon pushed the guest below
+        // its watermarks does not restart it...
+        assert_eq!(held_allowance(3000, 5120, 1 << 20, 3000), 0);
+        assert_eq!(held_allowance(3000, 5120, 1 << 20, 2000), 0);
+        assert_eq!(held_allowance(10, 5120, 10, 10), 0);
+        assert_eq!(held_allowance(10, 5120, 10, u64::MAX), 0);
+        // ...memory the guest freed of itself beyond it does.
+        assert_eq!(held_allowance(100_000, 5120, 1 << 20, 3000), 97_000);
+        assert_eq!(held_allowance(4280, 5120, 1 << 20, 3000), 1280);
     }
 
     #[test]

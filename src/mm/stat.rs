@@ -34,6 +34,14 @@ pub(crate) fn swappable_pages() -> u64 {
     free_swap.min(anon)
 }
 
+/// Pages reclaim has freed since boot, by kswapd and directly
+/// (`pgsteal_kswapd` + `pgsteal_direct`, kept with or without
+/// `CONFIG_VM_EVENT_COUNTERS`).
+pub(crate) fn reclaimed_pages() -> u64 {
+    node_state(kb::node_stat_item_PGSTEAL_KSWAPD)
+        .wrapping_add(node_state(kb::node_stat_item_PGSTEAL_DIRECT))
+}
+
 /// Whether freed pages are poisoned (`page_poisoning_enabled_static()`).
 pub(crate) fn page_poisoning_enabled() -> bool {
     // SAFETY: Reads a static key; always safe to call.
