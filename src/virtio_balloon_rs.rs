@@ -11,7 +11,8 @@
 //! - [`mm`] and [`workqueue`]: safe abstractions of other kernel APIs the
 //!   driver needs, generic (nothing balloon-specific);
 //! - [`logic`]: kernel-independent logic, unit-tested on the host;
-//! - [`balloon`]: the driver, in safe Rust only.
+//! - [`balloon`]: the driver, in safe Rust only;
+//! - [`modinfo`]: the module's version, which `module!` does not write.
 
 mod balloon;
 mod bindings;
@@ -19,6 +20,7 @@ mod compat;
 #[path = "logic/lib.rs"]
 mod logic;
 mod mm;
+mod modinfo;
 // Written as a reusable bus abstraction: its `pub` items are its API, not
 // all of which this one driver uses.
 #[allow(unreachable_pub, dead_code, unused_imports)]
@@ -55,3 +57,7 @@ module_virtio_driver! {
         },
     },
 }
+
+// The project's version: the Debian package's (`make deb`) starts with it,
+// and Cargo.toml's must be the same (a unit test of `src/logic` checks).
+modinfo::module_version!("0.3.0");

@@ -18,3 +18,18 @@ extern crate std;
 pub mod pfn;
 pub mod stats;
 pub mod target;
+
+#[cfg(test)]
+mod version {
+    /// The module's version (`module_version!` in the crate root, which
+    /// `make deb` names the package after) is the workspace's.
+    #[test]
+    fn module_version_is_the_crates() {
+        let root = include_str!("../virtio_balloon_rs.rs");
+        let want = std::format!("module_version!(\"{}\");", env!("CARGO_PKG_VERSION"));
+        assert!(
+            root.lines().any(|l| l.trim().ends_with(&want)),
+            "src/virtio_balloon_rs.rs does not say {want}"
+        );
+    }
+}
