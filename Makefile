@@ -221,6 +221,26 @@ test-distro:
 	DISTRO_OUT="$(DISTRO_OUT)" scripts/distro.sh
 	$(call DISTRO_TEST,$(addprefix --test ,$(DISTRO_SUITES)),$$DISTRO_SKIP $(TESTS))
 
+# The Debian package of the module for Debian's stock kernel (ARCH, PAGES
+# as above), lintian-checked: $(DISTRO_OUT)/virtio-balloon-rs-modules-*.deb
+# (scripts/deb.sh says what it installs and why).
+.PHONY: deb
+deb:
+	DISTRO_OUT="$(DISTRO_OUT)" scripts/distro.sh root image kbuild module deb
+
+# That package installed as users do, in a full Debian guest
+# (scripts/debian-guest.sh: trixie, systemd, udev, apt, Debian's kernels and
+# initrds, root on a disk), boot by boot: C before, ours after apt install,
+# C on another kernel, C after apt remove (qemu-test/tests/install.rs).
+.PHONY: test-install
+test-install: deb
+	guest=$$(scripts/debian-guest.sh) && \
+	deb=$$(ls "$(DISTRO_OUT)"/virtio-balloon-rs-*.deb) && \
+	BALLOON_DEBIAN_IMAGE="$$guest/root.img" BALLOON_DEB="$$deb" \
+	BALLOON_DEB_KREL="$$(dpkg-deb -f "$$deb" Package | sed 's/^virtio-balloon-rs-//')" \
+	BALLOON_LOG_DIR="$(BUILD_DIR)/logs-install" \
+	cargo test --locked --release -p qemu-test --test install -- --nocapture
+
 # Kernel rustfmt, the must-not-build check and clippy on the module, clippy
 # on the host crates.
 lint: check-kdir

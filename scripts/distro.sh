@@ -39,7 +39,8 @@
 # Everything else lives in $BALLOON_CACHE/distro, keyed; a second run is a
 # no-op.
 # Usage: scripts/distro.sh [step...]
-#        (default: root image kbuild module initramfs applicable)
+#        (default: root image kbuild module initramfs applicable; the step
+#        deb, which `make deb` adds, packages the module: scripts/deb.sh)
 #
 # Parameters (environment):
 #   ARCH, PAGES      the guest (scripts/lib.sh): x86_64 is Debian's
@@ -403,6 +404,14 @@ step_initramfs() {
 	msg "initramfs: $out; harness environment: $DISTRO_OUT/env"
 }
 
+# --------------------------------------------------------------------------
+# the Debian package of the module (make deb; not a default step)
+# --------------------------------------------------------------------------
+step_deb() {
+	[[ -n "${MODULE_KO:-}" ]] || step_module >/dev/null
+	"$PROJECT_DIR/scripts/deb.sh" "$MODULE_KO" "$DISTRO_KREL" "$DISTRO_KPKG" "$DISTRO_OUT"
+}
+
 # PCI hot-unplug: through ACPI on x86's pc machine, PCIe native hotplug of
 # the root port the balloon sits behind on arm64's virt.
 case "$ARCH" in
@@ -488,10 +497,11 @@ step_applicable() {
 
 # --------------------------------------------------------------------------
 ALL_STEPS=(root image kbuild module initramfs applicable)
+KNOWN_STEPS=("${ALL_STEPS[@]}" deb)
 mkdir -p "$DISTRO_DIR"
 steps=("$@")
 ((${#steps[@]})) || steps=("${ALL_STEPS[@]}")
 for s in "${steps[@]}"; do
-	declare -F "step_$s" >/dev/null || die "unknown step '$s'" "steps: ${ALL_STEPS[*]}"
+	declare -F "step_$s" >/dev/null || die "unknown step '$s'" "steps: ${KNOWN_STEPS[*]}"
 	timed "$s" "step_$s"
 done
