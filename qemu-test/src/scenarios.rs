@@ -7,12 +7,14 @@
 //!   cgroups, NUMA, a long-running workload), and the timed comparisons;
 //! - [`hugepages`]: hosts that back the guest with huge pages;
 //! - [`misbehaving`]: a device that misbehaves (the in-guest fake device);
-//! - [`faults`]: fault injection on the debug tier.
+//! - [`faults`]: fault injection on the debug tier;
+//! - [`install`]: the Debian package in a full Debian guest.
 
 pub mod faults;
 pub mod features;
 pub mod hotplug;
 pub mod hugepages;
+pub mod install;
 pub mod misbehaving;
 pub mod realistic;
 pub mod suite;

@@ -320,6 +320,10 @@ pub struct VmConfig {
     /// Size of the swap disk (sparse, `mkswap` + `swapon` in the guest), or
     /// none. Default 1 GiB.
     pub swap_mib: Option<u64>,
+    /// Disk images the caller made and keeps (serial number, path),
+    /// attached as they are before the data and swap disks: the first is
+    /// the guest's `/dev/vda`.
+    pub attached_disks: Vec<(String, std::path::PathBuf)>,
     /// Transparent huge page mode; `None` = the kernel's default (always).
     pub thp: Option<ThpMode>,
     /// Kernel problems of the C driver are what the scenario shows (a
@@ -354,6 +358,7 @@ impl VmConfig {
             backing: Backing::default(),
             data_disk_mib: Some(4096),
             swap_mib: Some(1024),
+            attached_disks: Vec::new(),
             thp: None,
             c_problems_expected: false,
         }
@@ -381,6 +386,14 @@ impl VmConfig {
     /// out of memory).
     pub fn swap_mib(mut self, mib: Option<u64>) -> Self {
         self.swap_mib = mib;
+        self
+    }
+
+    /// Attaches the disk image at `path` (which the caller made and keeps)
+    /// with serial number `serial`, after those attached before.
+    pub fn attach_disk(mut self, serial: &str, path: &std::path::Path) -> Self {
+        self.attached_disks
+            .push((serial.to_string(), path.to_path_buf()));
         self
     }
 

@@ -77,7 +77,8 @@ pub const DATA_DISK_SERIAL: &str = "data";
 /// Serial number of the swap disk.
 pub const SWAP_DISK_SERIAL: &str = "swap";
 
-/// The disks of `spec`'s VM: serial number and image path.
+/// The disks [`create_disks`] makes for `spec`'s VM: serial number and
+/// image path.
 pub fn disks(spec: &QemuSpec) -> Vec<(&'static str, PathBuf)> {
     let mut d = Vec::new();
     if spec.cfg.data_disk_mib.is_some() {
@@ -87,6 +88,17 @@ pub fn disks(spec: &QemuSpec) -> Vec<(&'static str, PathBuf)> {
         d.push((SWAP_DISK_SERIAL, spec.disk_dir.join("swap.img")));
     }
     d
+}
+
+/// Every disk of `spec`'s VM, in the order the guest sees them: those the
+/// caller attached ([`VmConfig::attached_disks`]), then [`disks`].
+fn all_disks(spec: &QemuSpec) -> Vec<(String, PathBuf)> {
+    spec.cfg
+        .attached_disks
+        .iter()
+        .cloned()
+        .chain(disks(spec).into_iter().map(|(s, p)| (s.to_string(), p)))
+        .collect()
 }
 
 /// Creates the VM's disk images, sparse, in `spec.disk_dir`: the data disk
@@ -321,7 +333,7 @@ fn device_args(a: &mut Args, spec: &QemuSpec) {
     a.push("-device");
     a.push("virtserialport,bus=vser0.0,chardev=agent,name=agent");
     // Disks, on virtio-blk; the guest finds them by serial number.
-    for (serial, path) in disks(spec) {
+    for (serial, path) in all_disks(spec) {
         a.push("-drive");
         a.push(&format!(
             "file={},if=none,id=disk-{serial},format=raw,cache=unsafe,discard=unmap",

@@ -1,0 +1,406 @@
+//! Installing the driver as users do (issue 21): the Debian package of
+//! `make deb` in a full Debian guest (`scripts/debian-guest.sh`: systemd,
+//! udev, apt, Debian's unmodified kernels and the initrds Debian made),
+//! booted with root on its disk, Debian's kernel and Debian's initrd.
+//!
+//! Nothing here loads a module: udev does, at boot, for the balloon device.
+//! Boot by boot:
+//! 1. the package's kernel, before the package: Debian's C driver binds;
+//! 2. `apt install ./<package>.deb`, options in `/etc/modprobe.d`, reboot:
+//!    ours binds, C is not loaded, the balloon inflates, holds at the
+//!    reserve the option set, and deflates;
+//! 3. another kernel (trixie's 6.12), no package of ours for it, ours
+//!    still installed for the first: C binds; then `apt remove` (every
+//!    file it installed is gone) and `apt purge` (dpkg's record too);
+//! 4. the package's kernel again: C binds, nothing of ours left on disk.
+
+use crate::rig::config::GuestImage;
+use crate::rig::units::{format_bytes, MIB};
+use crate::rig::vm::Vm;
+use crate::VmConfig;
+use anyhow::{bail, ensure, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The C driver's module.
+const C_MODULE: &str = "virtio_balloon";
+/// Ours.
+const RS_MODULE: &str = "virtio_balloon_rs";
+/// The module option the test sets in `/etc/modprobe.d`, as a user would.
+const OPTION: (&str, &str) = ("min_available_mib", "96");
+/// Where the test puts the option (a file of the user's, not the package's).
+const OPTIONS_FILE: &str = "/etc/modprobe.d/virtio-balloon-rs.conf";
+/// Guest RAM.
+const GUEST_MIB: u64 = 1024;
+
+/// What `make test-install` hands the test (environment).
+#[derive(Debug, Clone)]
+pub struct Install {
+    /// The pristine guest image (`root.img` of `scripts/debian-guest.sh`),
+    /// copied for each run.
+    pub image: PathBuf,
+    /// The package (`make deb`).
+    pub deb: PathBuf,
+    /// The kernel release the package is for.
+    pub krel: String,
+}
+
+impl Install {
+    /// Reads `BALLOON_DEBIAN_IMAGE`, `BALLOON_DEB` and `BALLOON_DEB_KREL`;
+    /// unset or missing is an error saying to run `make test-install`.
+    pub fn from_env() -> Result<Install> {
+        let var = |name: &str| -> Result<String> {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .with_context(|| {
+                    format!("{name} is not set: run this test with `make test-install`")
+                })
+        };
+        let i = Install {
+            image: var("BALLOON_DEBIAN_IMAGE")?.into(),
+            deb: var("BALLOON_DEB")?.into(),
+            krel: var("BALLOON_DEB_KREL")?,
+        };
+        for f in [&i.image, &i.deb] {
+            ensure!(
+                f.is_file(),
+                "{} does not exist: run `make test-install`",
+                f.display()
+            );
+        }
+        Ok(i)
+    }
+}
+
+/// Runs `debugfs -R request image` (e2fsprogs: reads the ext4 image
+/// without mounting it) and returns its output.
+fn debugfs(image: &Path, request: &str) -> Result<String> {
+    let out = Command::new("debugfs")
+        .args(["-R", request])
+        .arg(image)
+        .output()
+        .context("running debugfs (install e2fsprogs; `make setup` does)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "debugfs -R '{request}' {} failed: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(text)
+}
+
+/// The kernel releases with a `/boot/vmlinuz-<release>` in the image.
+fn kernels_in(image: &Path) -> Result<Vec<String>> {
+    // `ls -p`: /inode/mode/uid/gid/name/size/ per entry.
+    let listing = debugfs(image, "ls -p /boot")?;
+    Ok(listing
+        .lines()
+        .filter_map(|l| l.split('/').nth(5))
+        .filter_map(|name| name.strip_prefix("vmlinuz-"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Copies `/boot/<name>` out of the image into `dir`, as it is now (the
+/// initrd changes when packages regenerate it).
+fn boot_file(image: &Path, name: &str, dir: &Path) -> Result<PathBuf> {
+    let to = dir.join(name);
+    let _ = std::fs::remove_file(&to);
+    debugfs(image, &format!("dump /boot/{name} {}", to.display()))?;
+    ensure!(
+        to.metadata().map(|m| m.len() > 0).unwrap_or(false),
+        "/boot/{name} is not in {} (or is empty)",
+        image.display()
+    );
+    Ok(to)
+}
+
+/// A disk image (ext4, label `pkgs`) holding `file`, for the guest to mount.
+fn package_disk(file: &Path, dir: &Path) -> Result<PathBuf> {
+    let content = dir.join("pkgs");
+    std::fs::create_dir_all(&content)?;
+    let name = file.file_name().context("package path has no file name")?;
+    std::fs::copy(file, content.join(name))
+        .with_context(|| format!("copying {}", file.display()))?;
+    let img = dir.join("pkgs.img");
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "pkgs", "-d"])
+        .arg(&content)
+        .arg(&img)
+        .arg("64M")
+        .output()
+        .context("running mkfs.ext4 (install e2fsprogs)")?;
+    ensure!(
+        out.status.success(),
+        "mkfs.ext4 -d {} failed: {}",
+        content.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(img)
+}
+
+/// The guest's disks and where the kernel files go.
+struct Guest {
+    root: PathBuf,
+    pkgs: PathBuf,
+    dir: PathBuf,
+}
+
+impl Guest {
+    /// Boots kernel `krel` from the image with Debian's initrd for it, root
+    /// on the image, systemd as init; waits for the agent.
+    fn boot(&self, krel: &str, name: &str) -> Result<Vm> {
+        let kernel = boot_file(&self.root, &format!("vmlinuz-{krel}"), &self.dir)?;
+        let initrd = boot_file(&self.root, &format!("initrd.img-{krel}"), &self.dir)?;
+        let image = GuestImage::with_kernel(&kernel, &initrd)?;
+        let cfg = VmConfig::new(name)
+            .memory_mib(GUEST_MIB)
+            .numa_nodes(1)
+            .data_disk_mib(None)
+            .swap_mib(None)
+            .attach_disk("root", &self.root)
+            .attach_disk("pkgs", &self.pkgs)
+            .cmdline_arg("root=LABEL=debian-root")
+            .cmdline_arg("rw")
+            // udev says which modules it loads, in the journal.
+            .cmdline_arg("udev.log_level=debug")
+            .boot_timeout(Duration::from_secs(240));
+        let mut vm = Vm::boot_with_image(cfg, image)?;
+        let running = vm.run_ok("uname -r; systemctl is-system-running --wait || true")?;
+        vm.note(&format!(
+            "booted Debian, kernel and state: {}",
+            running.trim().replace('\n', ", ")
+        ));
+        let r = running
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        ensure!(r == krel, "booted kernel {r}, expected {krel}");
+        Ok(vm)
+    }
+}
+
+/// Which balloon driver this boot has: the one bound to the device, the
+/// balloon modules loaded, and what udev said about loading them.
+#[derive(Debug)]
+struct Drivers {
+    bound: Option<String>,
+    loaded: Vec<String>,
+    udev: Vec<String>,
+}
+
+fn drivers(vm: &mut Vm) -> Result<Drivers> {
+    let bound = vm.balloon_driver()?;
+    let modules = vm.run_ok("cut -d' ' -f1 /proc/modules")?;
+    let loaded = modules
+        .lines()
+        .filter(|m| *m == C_MODULE || *m == RS_MODULE)
+        .map(str::to_string)
+        .collect();
+    // systemd-udevd, at debug level, logs each module it loads for a
+    // device's modalias (its workers' lines are not all under its unit).
+    let udev = vm.run_ok(
+        "journalctl -b -o cat 2>/dev/null | \
+         grep -E \"virtio:d00000005|'virtio_balloon(_rs)?'\" | head -20",
+    )?;
+    let d = Drivers {
+        bound,
+        loaded,
+        udev: udev.lines().map(str::to_string).collect(),
+    };
+    vm.note(&format!("balloon drivers: {d:#?}"));
+    Ok(d)
+}
+
+/// This boot's balloon device is driven by `module` alone, loaded by udev.
+fn expect_driver(vm: &mut Vm, module: &str) -> Result<()> {
+    let d = drivers(vm)?;
+    ensure!(
+        d.bound.as_deref() == Some(module),
+        "the balloon device is bound to {:?}, expected {module}: {d:#?}",
+        d.bound
+    );
+    ensure!(
+        d.loaded == [module],
+        "balloon modules loaded: {:?}, expected {module} alone (never both, never neither): {d:#?}",
+        d.loaded
+    );
+    ensure!(
+        d.udev
+            .iter()
+            .any(|l| l.contains("Loading module: virtio:d00000005"))
+            && d.udev.iter().any(|l| l.contains(&format!("'{module}'"))),
+        "systemd-udevd's journal does not show it loading {module} for the balloon's \
+         modalias: {d:#?}"
+    );
+    Ok(())
+}
+
+/// The balloon moves with ours, and the user's option took effect: it
+/// inflates to half the guest; asked for all but 16 MiB it holds at the
+/// reserve the option set (ours logs it; a module's parameters are not in
+/// sysfs); it deflates back.
+fn balloon_moves(vm: &mut Vm) -> Result<()> {
+    let half = GUEST_MIB / 2 * MIB;
+    vm.set_balloon_target_bytes(half)?;
+    let actual = vm.wait_balloon_actual(half, Duration::from_secs(120))?;
+    vm.note(&format!(
+        "balloon target {}: actual {}",
+        format_bytes(half),
+        format_bytes(actual)
+    ));
+    let mark = vm.console_mark();
+    vm.set_balloon_target_bytes(16 * MIB)?;
+    let held = vm.wait_console(mark, "holding the balloon", Duration::from_secs(120))?;
+    vm.note(&format!("balloon target 16 MiB: {}", held.trim()));
+    let want = format!("less than {} MiB available", OPTION.1);
+    ensure!(
+        held.contains(&want),
+        "the balloon held at another reserve than `options {RS_MODULE} {}={}` sets: {held}",
+        OPTION.0,
+        OPTION.1
+    );
+    let full = GUEST_MIB * MIB;
+    vm.set_balloon_target_bytes(full)?;
+    let actual = vm.wait_balloon_actual(full, Duration::from_secs(120))?;
+    vm.note(&format!(
+        "balloon target {}: actual {}",
+        format_bytes(full),
+        format_bytes(actual)
+    ));
+    Ok(())
+}
+
+/// Files of ours anywhere on the guest's root file system, but the
+/// options file the test wrote (the user's, which stays as any file a user
+/// writes in /etc) and those under `except`.
+fn leftovers(vm: &mut Vm, except: &str) -> Result<String> {
+    vm.run_ok(&format!(
+        "find / -xdev \\( -name '*virtio_balloon_rs*' -o -name '*virtio-balloon-rs*' \\) \
+         ! -path {OPTIONS_FILE} ! -path '/mnt/pkgs/*' ! -path '{except}/*' -print"
+    ))
+}
+
+/// The whole install, boot by boot (module docs).
+pub fn debian_package_install() -> Result<()> {
+    let inst = Install::from_env()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("balloon-install-")
+        .tempdir()
+        .context("creating the test's directory")?;
+    let dir = tmp.path().to_path_buf();
+    let root = dir.join("root.img");
+    let out = Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(&inst.image)
+        .arg(&root)
+        .output()
+        .context("copying the guest image")?;
+    ensure!(
+        out.status.success(),
+        "cp {} failed: {}",
+        inst.image.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other = kernels_in(&root)?
+        .into_iter()
+        .find(|k| *k != inst.krel)
+        .context("the guest image has no second kernel (scripts/debian-guest.sh installs one)")?;
+    let guest = Guest {
+        pkgs: package_disk(&inst.deb, &dir)?,
+        root,
+        dir,
+    };
+    let pkg_file = inst
+        .deb
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("package file name")?
+        .to_string();
+    let pkg = pkg_file.split('_').next().unwrap_or_default().to_string();
+
+    // 1. Before the package: Debian's C driver.
+    let mut vm = guest.boot(&inst.krel, "install-1-before")?;
+    expect_driver(&mut vm, C_MODULE).context("boot 1, before the package")?;
+    // The package, from the second disk, as a user installs a local .deb;
+    // the option as a user sets it.
+    let installed = vm.run_timeout(
+        &format!(
+            "mkdir -p /mnt/pkgs && mount -o ro /dev/disk/by-label/pkgs /mnt/pkgs && \
+             DEBIAN_FRONTEND=noninteractive apt-get install -y /mnt/pkgs/{pkg_file} 2>&1 && \
+             echo 'options {RS_MODULE} {}={}' > {OPTIONS_FILE} && \
+             dpkg-query -W -f='${{Status}} ${{Version}}\\n' {pkg} && dpkg -L {pkg}",
+            OPTION.0, OPTION.1
+        ),
+        Duration::from_secs(600),
+    )?;
+    vm.note(&format!("apt install: {}", installed.output));
+    ensure!(
+        installed.code == 0 && installed.output.contains("install ok installed"),
+        "apt install ./{pkg_file} failed (exit {}): {}",
+        installed.code,
+        installed.output
+    );
+    vm.shutdown()?;
+
+    // 2. After the package: ours, loaded by udev, with the user's option.
+    let mut vm = guest.boot(&inst.krel, "install-2-installed")?;
+    expect_driver(&mut vm, RS_MODULE).context("boot 2, with the package")?;
+    let version = vm.run_ok(&format!("cat /sys/module/{RS_MODULE}/version"))?;
+    vm.note(&format!("{RS_MODULE} version {}", version.trim()));
+    balloon_moves(&mut vm)?;
+    vm.shutdown()?;
+
+    // 3. Another kernel, no package of ours for it: C. Then remove ours.
+    let mut vm = guest.boot(&other, "install-3-other-kernel")?;
+    expect_driver(&mut vm, C_MODULE).context("boot 3, a kernel without a package of ours")?;
+    let removed = vm.run_timeout(
+        &format!(
+            "DEBIAN_FRONTEND=noninteractive apt-get remove -y {pkg} 2>&1 && \
+             {{ dpkg-query -W -f='${{Status}}\\n' {pkg} 2>&1 || true; }}"
+        ),
+        Duration::from_secs(600),
+    )?;
+    vm.note(&format!("apt remove: {}", removed.output));
+    ensure!(
+        removed.code == 0,
+        "apt remove {pkg} failed (exit {}): {}",
+        removed.code,
+        removed.output
+    );
+    // Removed, every file the package installed is gone; dpkg keeps its
+    // record of the package (and the postrm a purge runs) until a purge,
+    // as for any package with maintainer scripts.
+    let left = leftovers(&mut vm, "/var/lib/dpkg/info")?;
+    ensure!(
+        left.trim().is_empty() && removed.output.contains("deinstall ok config-files"),
+        "after apt remove, files of ours are left: {left}"
+    );
+    let purged = vm.run_timeout(
+        &format!("DEBIAN_FRONTEND=noninteractive apt-get purge -y {pkg} 2>&1"),
+        Duration::from_secs(600),
+    )?;
+    vm.note(&format!("apt purge: {}", purged.output));
+    ensure!(
+        purged.code == 0,
+        "apt purge {pkg} failed: {}",
+        purged.output
+    );
+    let left = leftovers(&mut vm, "/nonexistent")?;
+    ensure!(
+        left.trim().is_empty(),
+        "after apt purge, files of ours are left: {left}"
+    );
+    vm.shutdown()?;
+
+    // 4. The package's kernel, the package removed: C again.
+    let mut vm = guest.boot(&inst.krel, "install-4-removed")?;
+    expect_driver(&mut vm, C_MODULE).context("boot 4, after apt remove")?;
+    vm.shutdown()
+}
