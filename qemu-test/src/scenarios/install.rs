@@ -333,7 +333,7 @@ pub fn debian_package_install() -> Result<()> {
     let installed = vm.run_timeout(
         &format!(
             "mkdir -p /mnt/pkgs && mount -o ro /dev/disk/by-label/pkgs /mnt/pkgs && \
-             DEBIAN_FRONTEND=noninteractive apt-get install -y /mnt/pkgs/{pkg_file} 2>&1 && \
+             cd /mnt/pkgs && DEBIAN_FRONTEND=noninteractive apt install -y ./{pkg_file} 2>&1 && \
              echo 'options {RS_MODULE} {}={}' > {OPTIONS_FILE} && \
              dpkg-query -W -f='${{Status}} ${{Version}}\\n' {pkg} && dpkg -L {pkg}",
             OPTION.0, OPTION.1
@@ -352,8 +352,13 @@ pub fn debian_package_install() -> Result<()> {
     // 2. After the package: ours, loaded by udev, with the user's option.
     let mut vm = guest.boot(&inst.krel, "install-2-installed")?;
     expect_driver(&mut vm, RS_MODULE).context("boot 2, with the package")?;
-    let version = vm.run_ok(&format!("cat /sys/module/{RS_MODULE}/version"))?;
-    vm.note(&format!("{RS_MODULE} version {}", version.trim()));
+    // README "Installing"'s check, as a user types it.
+    let check = vm.run_ok(&format!(
+        "ls /sys/bus/virtio/drivers/; cat /sys/module/{RS_MODULE}/version"
+    ))?;
+    vm.note(&format!(
+        "ls /sys/bus/virtio/drivers/; cat /sys/module/{RS_MODULE}/version:\n{check}"
+    ));
     balloon_moves(&mut vm)?;
     vm.shutdown()?;
 
