@@ -238,7 +238,7 @@ test-install: deb
 	deb=$$(ls "$(DISTRO_OUT)"/virtio-balloon-rs-*.deb) && \
 	BALLOON_DEBIAN_IMAGE="$$guest/root.img" BALLOON_DEB="$$deb" \
 	BALLOON_DEB_KREL="$$(dpkg-deb -f "$$deb" Package | sed 's/^virtio-balloon-rs-//')" \
-	BALLOON_LOG_DIR="$(BUILD_DIR)/logs-install" \
+	BALLOON_LOG_DIR="$(BUILD_DIR)/logs-install$(GUEST_SUFFIX)" \
 	cargo test --locked --release -p qemu-test --test install -- --nocapture
 
 # Kernel rustfmt, the must-not-build check and clippy on the module, clippy

@@ -9,9 +9,15 @@
 #
 # Two kernels are installed, both untouched:
 #   linux-image-$DISTRO_KREL (trixie-backports, the kernel `make deb`
-#       packages the module for), and
-#   linux-image-cloud-amd64 (trixie's 6.12, a kernel with no package of
-#       ours: the C driver must bind there whatever of ours is installed).
+#       packages the module for: 7.3.4+deb13-cloud-amd64, with ARCH=arm64
+#       7.3.4+deb13-cloud-arm64), and
+#   linux-image-cloud-amd64 (-cloud-arm64: trixie's 6.12, a kernel with no
+#       package of ours: the C driver must bind there whatever of ours is
+#       installed).
+#
+# An arm64 guest is made on this x86_64 host with the packages'
+# maintainer scripts run by qemu-user (qemu-user-static through
+# binfmt_misc, which this script registers host-wide if it is not).
 #
 # The only addition is the test harness's command channel: the agent
 # (scripts/guest/agent) as a systemd service on the virtio-serial port
@@ -27,15 +33,17 @@
 
 source "$(dirname "$0")/lib.sh"
 
-[[ "$ARCH" == x86_64 ]] ||
-	die "the full Debian guest is made for x86_64 only (ARCH=$ARCH)" \
-		"An arm64 root needs a foreign-architecture mmdebstrap (qemu-user binfmt); see README \"Installing\"."
-DISTRO_KREL=${DISTRO_KREL:-7.3.4+deb13-cloud-amd64}
+case "$ARCH:$PAGES" in
+x86_64:4k) FLAVOUR=cloud-amd64 ;;
+arm64:4k) FLAVOUR=cloud-arm64 ;;
+*) die "the full Debian guest is made for x86_64 and arm64 with 4 KiB pages (ARCH=$ARCH PAGES=$PAGES)" ;;
+esac
+DISTRO_KREL=${DISTRO_KREL:-7.3.4+deb13-$FLAVOUR}
 DISTRO_KPKG=${DISTRO_KPKG:-7.3.4-1~bpo13+1}
 SUITE=trixie
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-GUEST_DIR=$BALLOON_CACHE/debian-guest
+GUEST_DIR=$BALLOON_CACHE/debian-guest/$DEB_ARCH
 IMAGE_MIB=3072
 
 PACKAGES=(
@@ -43,7 +51,7 @@ PACKAGES=(
 	# The backported kernel pre-depends on the backported linux-base.
 	linux-base/trixie-backports
 	"linux-image-$DISTRO_KREL=$DISTRO_KPKG"
-	linux-image-cloud-amd64
+	"linux-image-$FLAVOUR"
 )
 
 # customize ROOTFS: what the test harness needs in the guest, nothing more.
@@ -82,7 +90,7 @@ if [[ "${1:-}" == --customize ]]; then
 fi
 
 key=$({
-	echo "$SUITE $MIRROR $IMAGE_MIB"
+	echo "$SUITE $MIRROR $IMAGE_MIB $DEB_ARCH"
 	printf '%s\n' "${PACKAGES[@]}"
 	cat "$0" "$PROJECT_DIR/scripts/guest/agent"
 } | sha12)
@@ -98,17 +106,32 @@ need_cmd mmdebstrap "apt-get install mmdebstrap"
 need_cmd mkfs.ext4 "apt-get install e2fsprogs"
 ((EUID == 0)) || die "the Debian guest needs root (mmdebstrap --mode=root)"
 [[ -f "$KEYRING" ]] || die "$KEYRING missing" "apt-get install debian-archive-keyring"
+# A foreign architecture's maintainer scripts run under qemu-user.
+foreign_arch_ready() {
+	[[ "$DEB_ARCH" == amd64 ]] && return
+	need_cmd arch-test "apt-get install arch-test"
+	arch-test "$DEB_ARCH" >/dev/null 2>&1 && return
+	local conf=/usr/lib/binfmt.d/qemu-$QEMU_ARCH.conf
+	[[ -f "$conf" ]] || die "this host cannot run $DEB_ARCH programs, which an $DEB_ARCH root needs" \
+		"apt-get install qemu-user-static arch-test (then rerun: this script registers it)"
+	msg "registering qemu-$QEMU_ARCH-static with binfmt_misc (host-wide, until reboot)"
+	mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+	[[ -e /proc/sys/fs/binfmt_misc/qemu-$QEMU_ARCH ]] || cat "$conf" >/proc/sys/fs/binfmt_misc/register
+	arch-test "$DEB_ARCH" >/dev/null 2>&1 ||
+		die "$DEB_ARCH programs still do not run through binfmt_misc ($(arch-test "$DEB_ARCH" 2>&1))"
+}
+foreign_arch_ready
 
 mkdir -p "$GUEST_DIR"
 tmp=$OUT.tmp
 rm -rf "$tmp"
 mkdir -p "$tmp"
-msg "Debian guest: mmdebstrap $SUITE (systemd, udev, apt, linux-image-$DISTRO_KREL, linux-image-cloud-amd64)"
+msg "Debian guest: mmdebstrap $SUITE $DEB_ARCH (systemd, udev, apt, linux-image-$DISTRO_KREL, linux-image-$FLAVOUR)"
 inc=$(
 	IFS=,
 	echo "${PACKAGES[*]}"
 )
-mmdebstrap --variant=minbase --mode=root --components=main \
+mmdebstrap --variant=minbase --mode=root --components=main --architectures="$DEB_ARCH" \
 	--aptopt='Acquire::Languages "none"' \
 	--aptopt='APT::Install-Recommends "false"' \
 	--include="$inc" \

@@ -391,11 +391,31 @@ fn hold_is_idle(vm: &mut Vm, power: &str) -> Result<()> {
             .map(|v| v.unwrap_or(0))
             .collect())
     };
+    // Where memory the balloon took meanwhile came from.
+    const MEMINFO: [&str; 7] = [
+        "MemFree",
+        "MemAvailable",
+        "AnonPages",
+        "Cached",
+        "Shmem",
+        "SReclaimable",
+        "SwapFree",
+    ];
     let v0 = reclaim(vm)?;
+    let m0 = vm.meminfo()?;
     let c0 = vm.rs_counters()?;
     std::thread::sleep(Duration::from_secs(10));
     let c1 = vm.rs_counters()?;
+    let m1 = vm.meminfo()?;
     let v1 = reclaim(vm)?;
+    let mib = |m: &std::collections::BTreeMap<String, u64>, k: &str| {
+        m.get(k).copied().unwrap_or(0) as f64 / MIB as f64
+    };
+    let mem: Vec<String> = MEMINFO
+        .iter()
+        .map(|k| format!("{k} {:.1} -> {:.1} MiB", mib(&m0, k), mib(&m1, k)))
+        .collect();
+    vm.note(&format!("meminfo over the 10 s: {}", mem.join(", ")));
     let moved: Vec<String> = RECLAIM
         .iter()
         .zip(v0.iter().zip(&v1))
