@@ -64,8 +64,11 @@ rm -rf "$stage"
 mkdir -p "$stage/DEBIAN" "$stage/usr/lib/modules/$KREL/updates" "$stage/usr/lib/modprobe.d" \
 	"$stage/usr/share/initramfs-tools/hooks" "$stage/usr/share/doc/$PKG"
 
-# The module, without debug information (as Debian ships its own).
-objcopy --strip-debug "$KO" "$stage/usr/lib/modules/$KREL/updates/virtio_balloon_rs.ko"
+# The module, without debug information (as Debian ships its own);
+# LLVM's objcopy reads every architecture's objects.
+OBJCOPY=llvm-objcopy$LLVM_SUFFIX
+need_cmd "$OBJCOPY" "apt-get install llvm$LLVM_SUFFIX (make setup does)"
+"$OBJCOPY" --strip-debug "$KO" "$stage/usr/lib/modules/$KREL/updates/virtio_balloon_rs.ko"
 chmod 0644 "$stage/usr/lib/modules/$KREL/updates/virtio_balloon_rs.ko"
 
 # Parameter documentation, from the module itself.
