@@ -222,7 +222,7 @@ test-distro:
 	$(call DISTRO_TEST,$(addprefix --test ,$(DISTRO_SUITES)),$$DISTRO_SKIP $(TESTS))
 
 # The Debian package of the module for Debian's stock kernel (ARCH, PAGES
-# as above), lintian-checked: $(DISTRO_OUT)/virtio-balloon-rs-modules-*.deb
+# as above), lintian-checked: $(DISTRO_OUT)/virtio-balloon-rs-<ABI>_*.deb
 # (scripts/deb.sh says what it installs and why).
 .PHONY: deb
 deb:
@@ -235,7 +235,7 @@ deb:
 .PHONY: test-install
 test-install: deb
 	guest=$$(scripts/debian-guest.sh) && \
-	deb=$$(ls "$(DISTRO_OUT)"/virtio-balloon-rs-*.deb) && \
+	deb=$$(cat "$(DISTRO_OUT)/deb.path") && \
 	BALLOON_DEBIAN_IMAGE="$$guest/root.img" BALLOON_DEB="$$deb" \
 	BALLOON_DEB_KREL="$$(dpkg-deb -f "$$deb" Package | sed 's/^virtio-balloon-rs-//')" \
 	BALLOON_LOG_DIR="$(BUILD_DIR)/logs-install$(GUEST_SUFFIX)" \

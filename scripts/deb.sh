@@ -33,11 +33,17 @@
 # modprobe looks modules up in /usr/lib/modules/$(uname -r) only, so on
 # KREL ours is found and C is never loaded; on every other kernel (no
 # package of ours for it, or it was removed) `modprobe -q
-# virtio_balloon_rs` fails and C loads as before. Never both: the rule is
-# the only way C loads while the package is installed; never neither: C is
-# the fallback of the same command. (A plain `blacklist virtio_balloon`
-# applies to every kernel and only stops alias loading; depmod's updates/
-# priority only ranks modules of the same name.)
+# virtio_balloon_rs` fails and C loads as before, and so it does on KREL
+# when ours cannot be loaded (e.g. refused as unsigned under Secure Boot).
+# Not both: at boot the rule is the only way C loads while the package is
+# installed (on the running system C stays bound until the reboot; ours,
+# loaded beside it then, finds the device taken). Not neither: C is the
+# fallback of the same command, as long as ours fails to load; if ours
+# loads and its probe fails, C is not tried. (A plain `blacklist
+# virtio_balloon` applies to every kernel and only stops alias loading;
+# depmod's updates/ priority only ranks modules of the same name.) To keep
+# C on KREL with the package installed: `install virtio_balloon_rs
+# /bin/false` in a file of /etc/modprobe.d.
 
 source "$(dirname "$0")/lib.sh"
 
@@ -116,15 +122,16 @@ chmod 0755 "$stage/usr/share/initramfs-tools/hooks/virtio-balloon-rs-$KREL"
 
 # depmod for this kernel only (as the kernel's own postinst does for it),
 # and its initrd if that has a balloon driver, whenever the module appears
-# or goes.
+# or goes (on remove, not again on purge, when kmod may be gone); nothing if
+# the kernel itself is gone.
 for script in postinst postrm; do
 	cat >"$stage/DEBIAN/$script" <<EOF
 #!/bin/sh
 set -e
 KREL=$KREL
 case "\$1" in
-$(if [[ $script == postinst ]]; then echo configure; else echo 'remove|purge'; fi))
-	if [ -d "/usr/lib/modules/\$KREL/kernel" ]; then
+$(if [[ $script == postinst ]]; then echo configure; else echo remove; fi))
+	if [ -d "/usr/lib/modules/\$KREL/kernel" ] && command -v depmod >/dev/null; then
 		if [ -e "/boot/System.map-\$KREL" ]; then
 			depmod -a -F "/boot/System.map-\$KREL" "\$KREL"
 		else
@@ -132,7 +139,7 @@ $(if [[ $script == postinst ]]; then echo configure; else echo 'remove|purge'; f
 		fi
 		# Only an initrd with C's driver in it has a balloon driver to change.
 		if command -v update-initramfs >/dev/null && [ -e "/boot/initrd.img-\$KREL" ] &&
-			lsinitramfs "/boot/initrd.img-\$KREL" | grep -q '/virtio_balloon\.ko'; then
+			lsinitramfs "/boot/initrd.img-\$KREL" | grep '/virtio_balloon\.ko' >/dev/null; then
 			update-initramfs -u -k "\$KREL"
 		fi
 	fi
@@ -203,10 +210,15 @@ Description: virtio memory balloon driver in Rust for Linux $KREL
 EOF
 
 find "$stage" -type d -exec chmod 0755 {} +
+find "$stage/usr" -type f -exec chmod 0644 {} +
+chmod 0755 "$stage/usr/share/initramfs-tools/hooks/virtio-balloon-rs-$KREL"
 mkdir -p "$OUTDIR"
 rm -f "$OUTDIR/${PKG}_"*.deb "$OUTDIR/virtio-balloon-rs-modules-"*.deb
 dpkg-deb --root-owner-group -Zxz --build "$stage" "$DEB" >/dev/null ||
 	die "dpkg-deb failed to build $DEB"
+# Which file is the package, for make test-install (others of older
+# kernel versions may be there too).
+echo "$DEB" >"$OUTDIR/deb.path"
 rm -rf "$stage"
 msg "deb: $DEB"
 

@@ -22,9 +22,12 @@ pub(crate) const fn modinfo_bytes<const N: usize>(s: &str) -> [u8; N] {
 /// version` and `/sys/module/<name>/version` show it.
 macro_rules! module_version {
     ($version:literal) => {
+        // As `module!` writes its entries: kept by the compiler, not
+        // retained by the linker (`used(linker)` would mark the section
+        // SHF_GNU_RETAIN, unlike C's `.modinfo`).
         #[cfg(MODULE)]
         #[link_section = ".modinfo"]
-        #[used]
+        #[used(compiler)]
         static __MODULE_VERSION: [u8; concat!("version=", $version, "\0").len()] =
             $crate::modinfo::modinfo_bytes(concat!("version=", $version, "\0"));
     };

@@ -64,7 +64,8 @@ use crate::{
             batch_pages,
             held_allowance,
             inflate_allowance,
-            reserve_pages, //
+            reserve_pages,
+            RecentReclaim, //
         },
     },
     mm::{
@@ -94,6 +95,10 @@ use kernel::{
         },
         Mutex,
     },
+    time::{
+        Instant,
+        Monotonic, //
+    },
 };
 
 /// Pages allocated for one inflate round, before the host hears of them.
@@ -112,6 +117,8 @@ struct Staging {
     /// A report to lend the reporting queue: blocks and their entries
     /// (`None` after the device kept one).
     report: Option<KBox<BlockReport>>,
+    /// What the guest's reclaim freed lately, while the balloon holds.
+    held_reclaim: RecentReclaim,
 }
 
 /// The inflating side of a balloon.
@@ -127,10 +134,8 @@ pub(super) struct Inflater {
     /// Whether inflating is held back to keep the guest's reserve, until
     /// the margin is there or this inflate ends.
     holding: Atomic<bool>,
-    /// Pages the guest's reclaim had freed ([`stat::reclaimed_pages`]) when
-    /// the balloon began to hold: what reclaim frees after that does not
-    /// restart it.
-    held_reclaimed: Atomic<u64>,
+    /// When the inflater was made: the clock of [`Staging::held_reclaim`].
+    origin: Instant<Monotonic>,
     /// Whether reporting blocks on the reporting queue failed once.
     report_failed: Atomic<bool>,
 }
@@ -183,10 +188,11 @@ impl Inflater {
                 pages: KVec::with_capacity(pages, GFP_KERNEL)?,
                 buffer: KVec::with_capacity(PFNS_PER_BUFFER, GFP_KERNEL)?,
                 report: Some(BlockReport::new(REPORT_BLOCKS_MAX)?),
+                held_reclaim: RecentReclaim::default(),
             }),
             out_of_puff: Atomic::new(0),
             holding: Atomic::new(false),
-            held_reclaimed: Atomic::new(0),
+            origin: Instant::now(),
             report_failed: Atomic::new(false),
         }? Error)
     }
@@ -195,11 +201,13 @@ impl Inflater {
     /// inflated and `left` more balloon pages wanted, without cutting into
     /// the reserve the guest needs to keep running; logs when it starts and
     /// stops holding back. Once holding, it waits for a margin the guest
-    /// freed of itself, not by reclaim ([`held_allowance`]).
+    /// freed of itself, not by reclaim lately (`held_reclaim`,
+    /// [`held_allowance`]).
     fn allowance(
         &self,
         host: &Host,
         dev: &virtio::Device<Bound>,
+        held_reclaim: &mut RecentReclaim,
         num_pages: u32,
         left: u32,
     ) -> usize {
@@ -215,14 +223,15 @@ impl Inflater {
         let mut allowance =
             inflate_allowance(stat::available_pages(), stat::swappable_pages(), reserve);
         let reclaimed = stat::reclaimed_pages();
+        let now_ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(0);
         if self.holding.load(Relaxed) {
-            let since = reclaimed.wrapping_sub(self.held_reclaimed.load(Relaxed));
-            allowance = held_allowance(allowance, reserve, u64::from(left.div_ceil(per)), since);
+            let lately = held_reclaim.since(reclaimed, now_ms);
+            allowance = held_allowance(allowance, reserve, u64::from(left.div_ceil(per)), lately);
         }
         let holding = allowance == 0;
         if self.holding.xchg(holding, Relaxed) != holding {
             if holding {
-                self.held_reclaimed.store(reclaimed, Relaxed);
+                *held_reclaim = RecentReclaim::start(reclaimed, now_ms);
                 dev_warn!(
                     dev.as_ref(),
                     "holding the balloon at {} MiB: inflating further would leave the guest less \
@@ -285,7 +294,7 @@ impl Inflater {
             let block = BLOCK_PAGES as u32 * per;
             let buffers_per_block = (BLOCK_PAGES * per as usize).div_ceil(PFNS_PER_BUFFER);
             while left >= block && buffers >= buffers_per_block {
-                if self.allowance(host, dev, num_pages, left) < BLOCK_PAGES {
+                if self.allowance(host, dev, &mut staging.held_reclaim, num_pages, left) < BLOCK_PAGES {
                     break;
                 }
                 let Some(b) = alloc_block() else {
@@ -304,7 +313,7 @@ impl Inflater {
                 break;
             }
             let want = batch_pages(left, per, PFNS_PER_BUFFER)
-                .min(self.allowance(host, dev, num_pages, left));
+                .min(self.allowance(host, dev, &mut staging.held_reclaim, num_pages, left));
             if want == 0 {
                 stop = Some(Stop::Hold);
                 break;
@@ -349,6 +358,7 @@ impl Inflater {
             pages,
             buffer,
             report,
+            held_reclaim: _,
         } = &mut *staging;
         if !blocks.is_empty() {
             host.perf().add(Counter::InflateBlocks, blocks.len() as u64);

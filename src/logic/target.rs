@@ -108,7 +108,7 @@ pub fn inflate_allowance(available: u64, swappable: u64, reserve: u64) -> u64 {
 
 /// Guest pages the balloon may take while it holds at the reserve, when
 /// `allowance` pages are above the reserve and the guest's reclaim has
-/// freed `reclaimed` pages since the balloon began to hold: what the guest
+/// freed `reclaimed` pages lately ([`RecentReclaim`]): what the guest
 /// freed of itself (`allowance` less `reclaimed`), once that has grown to a
 /// quarter of the `reserve`, or to the `wanted` pages the target still
 /// needs if that is less; else nothing.
@@ -126,6 +126,45 @@ pub fn held_allowance(allowance: u64, reserve: u64, wanted: u64, reclaimed: u64)
         own
     } else {
         0
+    }
+}
+
+/// How long reclaim counts against a held balloon ([`RecentReclaim`]).
+pub const HOLD_RECLAIM_WINDOW_MS: u64 = 30_000;
+
+/// What the guest's reclaim freed lately, while the balloon holds: the
+/// pages of a reclaim counter since a snapshot one to two
+/// [`HOLD_RECLAIM_WINDOW_MS`] old (or since the hold began, if later).
+///
+/// Reclaim the balloon caused shows in `MemAvailable` within seconds;
+/// counting it for ever would keep a balloon held through a long hold with
+/// steady reclaim (a guest streaming files at its watermarks) however much
+/// memory a process then frees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecentReclaim {
+    /// Counter and time (ms) of the older snapshot, which `since` counts from.
+    older: (u64, u64),
+    /// And of the newer one, which becomes the older a window later.
+    newer: (u64, u64),
+}
+
+impl RecentReclaim {
+    /// Starts counting, the counter at `reclaimed` pages, at `now_ms`.
+    pub fn start(reclaimed: u64, now_ms: u64) -> Self {
+        Self {
+            older: (reclaimed, now_ms),
+            newer: (reclaimed, now_ms),
+        }
+    }
+
+    /// Pages reclaimed lately, the counter now at `reclaimed`, at `now_ms`
+    /// (0 if the counter went back).
+    pub fn since(&mut self, reclaimed: u64, now_ms: u64) -> u64 {
+        if now_ms.saturating_sub(self.newer.1) >= HOLD_RECLAIM_WINDOW_MS {
+            self.older = self.newer;
+            self.newer = (reclaimed, now_ms);
+        }
+        reclaimed.saturating_sub(self.older.0)
     }
 }
 
@@ -279,6 +318,23 @@ mod tests {
         // ...memory the guest freed of itself beyond it does.
         assert_eq!(held_allowance(100_000, 5120, 1 << 20, 3000), 97_000);
         assert_eq!(held_allowance(4280, 5120, 1 << 20, 3000), 1280);
+    }
+
+    #[test]
+    fn recent_reclaim_counts_since_the_hold_then_forgets() {
+        let w = HOLD_RECLAIM_WINDOW_MS;
+        let mut r = RecentReclaim::start(1000, 0);
+        assert_eq!(r.since(1000, 10), 0);
+        assert_eq!(r.since(1500, 5_000), 500);
+        // Within the first window everything since the hold counts...
+        assert_eq!(r.since(1600, w - 1), 600);
+        // ...a window later, from the snapshot a window old at most twice.
+        assert_eq!(r.since(1600, w), 600);
+        assert_eq!(r.since(1600, 2 * w - 1), 600);
+        assert_eq!(r.since(1600, 2 * w), 0);
+        // Steady reclaim keeps counting; a counter that went back, nothing.
+        assert_eq!(r.since(9000, 2 * w + 1), 7400);
+        assert_eq!(r.since(10, 2 * w + 2), 0);
     }
 
     #[test]

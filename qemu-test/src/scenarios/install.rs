@@ -7,11 +7,15 @@
 //! Boot by boot:
 //! 1. the package's kernel, before the package: Debian's C driver binds;
 //! 2. `apt install ./<package>.deb`, options in `/etc/modprobe.d`, reboot:
-//!    ours binds, C is not loaded, the balloon inflates, holds at the
-//!    reserve the option set, and deflates;
+//!    ours binds (its version the package's), C is not loaded, the balloon
+//!    inflates, holds at the reserve the option set, and deflates; then
+//!    with ours refused (`install virtio_balloon_rs /bin/false`, as when
+//!    it is unsigned under Secure Boot), reboot: C binds; the initrd was
+//!    never changed;
 //! 3. another kernel (trixie's 6.12), no package of ours for it, ours
 //!    still installed for the first: C binds; then `apt remove` (every
-//!    file it installed is gone) and `apt purge` (dpkg's record too);
+//!    file it installed is gone, no module index names it) and `apt
+//!    purge` (dpkg's record too);
 //! 4. the package's kernel again: C binds, nothing of ours left on disk.
 
 use crate::rig::config::GuestImage;
@@ -33,6 +37,8 @@ const OPTION: (&str, &str) = ("min_available_mib", "96");
 const OPTIONS_FILE: &str = "/etc/modprobe.d/virtio-balloon-rs.conf";
 /// Guest RAM.
 const GUEST_MIB: u64 = 1024;
+/// README's way to keep the C driver with the package installed.
+const KEEP_C_FILE: &str = "/etc/modprobe.d/keep-c-balloon.conf";
 
 /// What `make test-install` hands the test (environment).
 #[derive(Debug, Clone)]
@@ -143,11 +149,22 @@ fn package_disk(file: &Path, dir: &Path) -> Result<PathBuf> {
     Ok(img)
 }
 
+/// A digest of the file at `path` (to tell whether an initrd changed).
+fn file_digest(path: &Path) -> Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Ok(h.finish())
+}
+
 /// The guest's disks and where the kernel files go.
 struct Guest {
     root: PathBuf,
     pkgs: PathBuf,
     dir: PathBuf,
+    /// The kernel and the digest of its initrd, boot by boot.
+    initrds: std::cell::RefCell<Vec<(String, u64)>>,
 }
 
 impl Guest {
@@ -156,6 +173,9 @@ impl Guest {
     fn boot(&self, krel: &str, name: &str) -> Result<Vm> {
         let kernel = boot_file(&self.root, &format!("vmlinuz-{krel}"), &self.dir)?;
         let initrd = boot_file(&self.root, &format!("initrd.img-{krel}"), &self.dir)?;
+        self.initrds
+            .borrow_mut()
+            .push((krel.to_string(), file_digest(&initrd)?));
         let image = GuestImage::with_kernel(&kernel, &initrd)?;
         let cfg = VmConfig::new(name)
             .memory_mib(GUEST_MIB)
@@ -207,7 +227,7 @@ fn drivers(vm: &mut Vm) -> Result<Drivers> {
     // device's modalias (its workers' lines are not all under its unit).
     let udev = vm.run_ok(
         "journalctl -b -o cat 2>/dev/null | \
-         grep -E \"virtio:d00000005|'virtio_balloon(_rs)?'\" | head -20",
+         grep -E \"virtio:d00000005|'virtio_balloon(_rs)?'\"",
     )?;
     let d = Drivers {
         bound,
@@ -316,6 +336,7 @@ pub fn debian_package_install() -> Result<()> {
         pkgs: package_disk(&inst.deb, &dir)?,
         root,
         dir,
+        initrds: Default::default(),
     };
     let pkg_file = inst
         .deb
@@ -359,8 +380,40 @@ pub fn debian_package_install() -> Result<()> {
     vm.note(&format!(
         "ls /sys/bus/virtio/drivers/; cat /sys/module/{RS_MODULE}/version:\n{check}"
     ));
+    let pkg_version = pkg_file.split('_').nth(1).unwrap_or_default();
+    ensure!(
+        pkg_version.starts_with(&format!(
+            "{}+",
+            check.lines().last().unwrap_or_default().trim()
+        )),
+        "the loaded module's version ({}) is not the package's ({pkg_version})",
+        check.trim()
+    );
     balloon_moves(&mut vm)?;
+    // README's way to keep C on this kernel with the package installed,
+    // which is also what happens when ours cannot load (unsigned under
+    // Secure Boot): C binds, the device is never left without a driver.
+    vm.run_ok(&format!(
+        "echo 'install {RS_MODULE} /bin/false' > {KEEP_C_FILE}"
+    ))?;
     vm.shutdown()?;
+    let mut vm = guest.boot(&inst.krel, "install-2b-ours-refused")?;
+    expect_driver(&mut vm, C_MODULE).context("boot 2b, ours refused to load")?;
+    vm.run_ok(&format!("rm {KEEP_C_FILE}"))?;
+    vm.shutdown()?;
+    // Installing the package left the initrd alone (it has no balloon
+    // driver): the same bytes at every boot of the package's kernel.
+    let initrds = guest.initrds.borrow().clone();
+    let ours: Vec<u64> = initrds
+        .iter()
+        .filter(|(k, _)| *k == inst.krel)
+        .map(|(_, d)| *d)
+        .collect();
+    ensure!(
+        ours.windows(2).all(|w| w[0] == w[1]),
+        "the initrd of {} changed across boots: {initrds:?}",
+        inst.krel
+    );
 
     // 3. Another kernel, no package of ours for it: C. Then remove ours.
     let mut vm = guest.boot(&other, "install-3-other-kernel")?;
@@ -382,10 +435,23 @@ pub fn debian_package_install() -> Result<()> {
     // Removed, every file the package installed is gone; dpkg keeps its
     // record of the package (and the postrm a purge runs) until a purge,
     // as for any package with maintainer scripts.
+    ensure!(
+        removed.output.contains("deinstall ok config-files"),
+        "after apt remove, dpkg does not list {pkg} as removed: {}",
+        removed.output
+    );
     let left = leftovers(&mut vm, "/var/lib/dpkg/info")?;
     ensure!(
-        left.trim().is_empty() && removed.output.contains("deinstall ok config-files"),
+        left.trim().is_empty(),
         "after apt remove, files of ours are left: {left}"
+    );
+    // postrm ran depmod: no module index names ours any more.
+    let index = vm.run_ok(&format!(
+        "grep -l {RS_MODULE} /usr/lib/modules/*/modules.alias /usr/lib/modules/*/modules.dep || true"
+    ))?;
+    ensure!(
+        index.trim().is_empty(),
+        "after apt remove, module indexes still name {RS_MODULE}: {index}"
     );
     let purged = vm.run_timeout(
         &format!("DEBIAN_FRONTEND=noninteractive apt-get purge -y {pkg} 2>&1"),
