@@ -32,6 +32,9 @@
 # DEBIAN_MIRROR.
 
 source "$(dirname "$0")/lib.sh"
+# Standard output is the image's directory and nothing else (callers
+# capture it): everything else goes to standard error.
+exec 3>&1 1>&2
 
 case "$ARCH:$PAGES" in
 x86_64:4k) FLAVOUR=cloud-amd64 ;;
@@ -98,7 +101,7 @@ OUT=$GUEST_DIR/guest-$key
 
 if [[ -f "$OUT/.balloon-guest" ]]; then
 	msg "Debian guest: $OUT present"
-	echo "$OUT"
+	echo "$OUT" >&3
 	exit 0
 fi
 
@@ -158,4 +161,4 @@ done
 rm -rf "$OUT"
 mv "$tmp" "$OUT"
 msg "Debian guest: $OUT ($(tr '\n' ' ' <"$OUT/kernels.txt"))"
-echo "$OUT"
+echo "$OUT" >&3
