@@ -25,7 +25,7 @@
 # Nothing loads a module: udev does, as on any Debian system.
 #
 # The image is made once and cached in $BALLOON_CACHE/debian-guest, keyed by
-# this script and its inputs; tests copy it and boot the copy. Prints the
+# its inputs (packages, customize(), the agent); tests copy it and boot the copy. Prints the
 # image's directory (root.img, kernels.txt).
 #
 # Parameters (environment): DISTRO_KREL, DISTRO_KPKG (as scripts/distro.sh),
@@ -92,10 +92,12 @@ if [[ "${1:-}" == --customize ]]; then
 	exit 0
 fi
 
+# The image's inputs: the system, the packages, what customize() adds.
 key=$({
 	echo "$SUITE $MIRROR $IMAGE_MIB $DEB_ARCH"
 	printf '%s\n' "${PACKAGES[@]}"
-	cat "$0" "$PROJECT_DIR/scripts/guest/agent"
+	declare -f customize
+	cat "$PROJECT_DIR/scripts/guest/agent"
 } | sha12)
 OUT=$GUEST_DIR/guest-$key
 
