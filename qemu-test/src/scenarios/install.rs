@@ -307,171 +307,217 @@ fn leftovers(vm: &mut Vm, except: &str) -> Result<String> {
     ))
 }
 
+/// Runs an apt command (noninteractive) in the guest, notes its output
+/// under `what`, and fails if it fails.
+fn apt(vm: &mut Vm, what: &str, cmd: &str) -> Result<String> {
+    let out = vm.run_timeout(
+        &format!("export DEBIAN_FRONTEND=noninteractive; {cmd} 2>&1"),
+        Duration::from_secs(600),
+    )?;
+    vm.note(&format!("{what}: {}", out.output));
+    ensure!(
+        out.code == 0,
+        "{what} failed (exit {}): {}",
+        out.code,
+        out.output
+    );
+    Ok(out.output)
+}
+
+/// One run of the test: the guest, the package, the other kernel.
+struct Run {
+    inst: Install,
+    guest: Guest,
+    /// The package's file name and its package name.
+    pkg_file: String,
+    pkg: String,
+    /// A kernel of the image with no package of ours.
+    other: String,
+    /// The test's directory (the image copy, the kernel files).
+    _tmp: tempfile::TempDir,
+}
+
+impl Run {
+    /// A fresh copy of the image, the package disk, the other kernel.
+    fn new(inst: Install) -> Result<Run> {
+        let tmp = tempfile::Builder::new()
+            .prefix("balloon-install-")
+            .tempdir()
+            .context("creating the test's directory")?;
+        let dir = tmp.path().to_path_buf();
+        let root = dir.join("root.img");
+        let out = Command::new("cp")
+            .args(["--sparse=always"])
+            .arg(&inst.image)
+            .arg(&root)
+            .output()
+            .context("copying the guest image")?;
+        ensure!(
+            out.status.success(),
+            "cp {} failed: {}",
+            inst.image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let other = kernels_in(&root)?
+            .into_iter()
+            .find(|k| *k != inst.krel)
+            .context(
+                "the guest image has no second kernel (scripts/debian-guest.sh installs one)",
+            )?;
+        let pkg_file = inst
+            .deb
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("package file name")?
+            .to_string();
+        let pkg = pkg_file.split('_').next().unwrap_or_default().to_string();
+        let guest = Guest {
+            pkgs: package_disk(&inst.deb, &dir)?,
+            root,
+            dir,
+            initrds: Default::default(),
+        };
+        Ok(Run {
+            inst,
+            guest,
+            pkg_file,
+            pkg,
+            other,
+            _tmp: tmp,
+        })
+    }
+
+    /// Boot 1, before the package: Debian's C driver. Then the package, from
+    /// the second disk, as a user installs a local .deb, and the option as
+    /// a user sets it.
+    fn before_then_install(&self) -> Result<()> {
+        let (pkg, pkg_file) = (&self.pkg, &self.pkg_file);
+        let mut vm = self.guest.boot(&self.inst.krel, "install-1-before")?;
+        expect_driver(&mut vm, C_MODULE).context("boot 1, before the package")?;
+        let installed = apt(
+            &mut vm,
+            "apt install",
+            &format!(
+                "mkdir -p /mnt/pkgs && mount -o ro /dev/disk/by-label/pkgs /mnt/pkgs && \
+                 cd /mnt/pkgs && apt install -y ./{pkg_file} && \
+                 echo 'options {RS_MODULE} {}={}' > {OPTIONS_FILE} && \
+                 dpkg-query -W -f='${{Status}} ${{Version}}\\n' {pkg} && dpkg -L {pkg}",
+                OPTION.0, OPTION.1
+            ),
+        )?;
+        ensure!(
+            installed.contains("install ok installed"),
+            "after apt install ./{pkg_file}, dpkg does not list {pkg} as installed"
+        );
+        vm.shutdown()
+    }
+
+    /// Boot 2, after the package: ours, loaded by udev, its version the
+    /// package's, with the user's option; the balloon moves. Then ours is
+    /// refused for the next boot.
+    fn installed(&self) -> Result<()> {
+        let mut vm = self.guest.boot(&self.inst.krel, "install-2-installed")?;
+        expect_driver(&mut vm, RS_MODULE).context("boot 2, with the package")?;
+        // README "Installing"'s check, as a user types it.
+        let check = vm.run_ok(&format!(
+            "ls /sys/bus/virtio/drivers/; cat /sys/module/{RS_MODULE}/version"
+        ))?;
+        vm.note(&format!(
+            "ls /sys/bus/virtio/drivers/; cat /sys/module/{RS_MODULE}/version:\n{check}"
+        ));
+        let version = check.lines().last().unwrap_or_default().trim();
+        let pkg_version = self.pkg_file.split('_').nth(1).unwrap_or_default();
+        ensure!(
+            pkg_version.starts_with(&format!("{version}+")),
+            "the loaded module's version ({version}) is not the package's ({pkg_version})"
+        );
+        balloon_moves(&mut vm)?;
+        // For the next boot (`refused`).
+        vm.run_ok(&format!(
+            "echo 'install {RS_MODULE} /bin/false' > {KEEP_C_FILE}"
+        ))?;
+        vm.shutdown()
+    }
+
+    /// Boot 2b, ours refused (README's way to keep C on this kernel with the
+    /// package installed, and what an unsigned module under Secure Boot
+    /// amounts to): C binds, the device is never left without a driver.
+    /// And the package never changed the initrd (it has no balloon
+    /// driver): the same bytes at every boot of the package's kernel.
+    fn refused(&self) -> Result<()> {
+        let mut vm = self
+            .guest
+            .boot(&self.inst.krel, "install-2b-ours-refused")?;
+        expect_driver(&mut vm, C_MODULE).context("boot 2b, ours refused to load")?;
+        vm.run_ok(&format!("rm {KEEP_C_FILE}"))?;
+        vm.shutdown()?;
+        let initrds = self.guest.initrds.borrow().clone();
+        let ours: Vec<u64> = initrds
+            .iter()
+            .filter(|(k, _)| *k == self.inst.krel)
+            .map(|(_, d)| *d)
+            .collect();
+        ensure!(
+            ours.windows(2).all(|w| w[0] == w[1]),
+            "the initrd of {} changed across boots: {initrds:?}",
+            self.inst.krel
+        );
+        Ok(())
+    }
+
+    /// Boot 3, another kernel, no package of ours for it: C. Then `apt remove`:
+    /// every file the package installed is gone (dpkg keeps its record,
+    /// and the postrm a purge runs, until a purge, as for any package with
+    /// maintainer scripts), and postrm ran depmod; `apt purge`: nothing.
+    fn other_kernel_then_remove(&self) -> Result<()> {
+        let pkg = &self.pkg;
+        let mut vm = self.guest.boot(&self.other, "install-3-other-kernel")?;
+        expect_driver(&mut vm, C_MODULE).context("boot 3, a kernel without a package of ours")?;
+        let removed = apt(
+            &mut vm,
+            "apt remove",
+            &format!("apt-get remove -y {pkg} && dpkg-query -W -f='${{Status}}\\n' {pkg}"),
+        )?;
+        ensure!(
+            removed.contains("deinstall ok config-files"),
+            "after apt remove, dpkg does not list {pkg} as removed"
+        );
+        let left = leftovers(&mut vm, "/var/lib/dpkg/info")?;
+        ensure!(
+            left.trim().is_empty(),
+            "after apt remove, files of ours are left: {left}"
+        );
+        let index = vm.run_ok(&format!(
+            "grep -l {RS_MODULE} /usr/lib/modules/*/modules.alias \
+             /usr/lib/modules/*/modules.dep || true"
+        ))?;
+        ensure!(
+            index.trim().is_empty(),
+            "after apt remove, module indexes still name {RS_MODULE}: {index}"
+        );
+        apt(&mut vm, "apt purge", &format!("apt-get purge -y {pkg}"))?;
+        let left = leftovers(&mut vm, "/nonexistent")?;
+        ensure!(
+            left.trim().is_empty(),
+            "after apt purge, files of ours are left: {left}"
+        );
+        vm.shutdown()
+    }
+
+    /// Boot 4, the package's kernel, the package removed: C again.
+    fn removed(&self) -> Result<()> {
+        let mut vm = self.guest.boot(&self.inst.krel, "install-4-removed")?;
+        expect_driver(&mut vm, C_MODULE).context("boot 4, after apt remove")?;
+        vm.shutdown()
+    }
+}
+
 /// The whole install, boot by boot (module docs).
 pub fn debian_package_install() -> Result<()> {
-    let inst = Install::from_env()?;
-    let tmp = tempfile::Builder::new()
-        .prefix("balloon-install-")
-        .tempdir()
-        .context("creating the test's directory")?;
-    let dir = tmp.path().to_path_buf();
-    let root = dir.join("root.img");
-    let out = Command::new("cp")
-        .args(["--sparse=always"])
-        .arg(&inst.image)
-        .arg(&root)
-        .output()
-        .context("copying the guest image")?;
-    ensure!(
-        out.status.success(),
-        "cp {} failed: {}",
-        inst.image.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let other = kernels_in(&root)?
-        .into_iter()
-        .find(|k| *k != inst.krel)
-        .context("the guest image has no second kernel (scripts/debian-guest.sh installs one)")?;
-    let guest = Guest {
-        pkgs: package_disk(&inst.deb, &dir)?,
-        root,
-        dir,
-        initrds: Default::default(),
-    };
-    let pkg_file = inst
-        .deb
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("package file name")?
-        .to_string();
-    let pkg = pkg_file.split('_').next().unwrap_or_default().to_string();
-
-    // 1. Before the package: Debian's C driver.
-    let mut vm = guest.boot(&inst.krel, "install-1-before")?;
-    expect_driver(&mut vm, C_MODULE).context("boot 1, before the package")?;
-    // The package, from the second disk, as a user installs a local .deb;
-    // the option as a user sets it.
-    let installed = vm.run_timeout(
-        &format!(
-            "mkdir -p /mnt/pkgs && mount -o ro /dev/disk/by-label/pkgs /mnt/pkgs && \
-             cd /mnt/pkgs && DEBIAN_FRONTEND=noninteractive apt install -y ./{pkg_file} 2>&1 && \
-             echo 'options {RS_MODULE} {}={}' > {OPTIONS_FILE} && \
-             dpkg-query -W -f='${{Status}} ${{Version}}\\n' {pkg} && dpkg -L {pkg}",
-            OPTION.0, OPTION.1
-        ),
-        Duration::from_secs(600),
-    )?;
-    vm.note(&format!("apt install: {}", installed.output));
-    ensure!(
-        installed.code == 0 && installed.output.contains("install ok installed"),
-        "apt install ./{pkg_file} failed (exit {}): {}",
-        installed.code,
-        installed.output
-    );
-    vm.shutdown()?;
-
-    // 2. After the package: ours, loaded by udev, with the user's option.
-    let mut vm = guest.boot(&inst.krel, "install-2-installed")?;
-    expect_driver(&mut vm, RS_MODULE).context("boot 2, with the package")?;
-    // README "Installing"'s check, as a user types it.
-    let check = vm.run_ok(&format!(
-        "ls /sys/bus/virtio/drivers/; cat /sys/module/{RS_MODULE}/version"
-    ))?;
-    vm.note(&format!(
-        "ls /sys/bus/virtio/drivers/; cat /sys/module/{RS_MODULE}/version:\n{check}"
-    ));
-    let pkg_version = pkg_file.split('_').nth(1).unwrap_or_default();
-    ensure!(
-        pkg_version.starts_with(&format!(
-            "{}+",
-            check.lines().last().unwrap_or_default().trim()
-        )),
-        "the loaded module's version ({}) is not the package's ({pkg_version})",
-        check.trim()
-    );
-    balloon_moves(&mut vm)?;
-    // README's way to keep C on this kernel with the package installed,
-    // which is also what happens when ours cannot load (unsigned under
-    // Secure Boot): C binds, the device is never left without a driver.
-    vm.run_ok(&format!(
-        "echo 'install {RS_MODULE} /bin/false' > {KEEP_C_FILE}"
-    ))?;
-    vm.shutdown()?;
-    let mut vm = guest.boot(&inst.krel, "install-2b-ours-refused")?;
-    expect_driver(&mut vm, C_MODULE).context("boot 2b, ours refused to load")?;
-    vm.run_ok(&format!("rm {KEEP_C_FILE}"))?;
-    vm.shutdown()?;
-    // Installing the package left the initrd alone (it has no balloon
-    // driver): the same bytes at every boot of the package's kernel.
-    let initrds = guest.initrds.borrow().clone();
-    let ours: Vec<u64> = initrds
-        .iter()
-        .filter(|(k, _)| *k == inst.krel)
-        .map(|(_, d)| *d)
-        .collect();
-    ensure!(
-        ours.windows(2).all(|w| w[0] == w[1]),
-        "the initrd of {} changed across boots: {initrds:?}",
-        inst.krel
-    );
-
-    // 3. Another kernel, no package of ours for it: C. Then remove ours.
-    let mut vm = guest.boot(&other, "install-3-other-kernel")?;
-    expect_driver(&mut vm, C_MODULE).context("boot 3, a kernel without a package of ours")?;
-    let removed = vm.run_timeout(
-        &format!(
-            "DEBIAN_FRONTEND=noninteractive apt-get remove -y {pkg} 2>&1 && \
-             {{ dpkg-query -W -f='${{Status}}\\n' {pkg} 2>&1 || true; }}"
-        ),
-        Duration::from_secs(600),
-    )?;
-    vm.note(&format!("apt remove: {}", removed.output));
-    ensure!(
-        removed.code == 0,
-        "apt remove {pkg} failed (exit {}): {}",
-        removed.code,
-        removed.output
-    );
-    // Removed, every file the package installed is gone; dpkg keeps its
-    // record of the package (and the postrm a purge runs) until a purge,
-    // as for any package with maintainer scripts.
-    ensure!(
-        removed.output.contains("deinstall ok config-files"),
-        "after apt remove, dpkg does not list {pkg} as removed: {}",
-        removed.output
-    );
-    let left = leftovers(&mut vm, "/var/lib/dpkg/info")?;
-    ensure!(
-        left.trim().is_empty(),
-        "after apt remove, files of ours are left: {left}"
-    );
-    // postrm ran depmod: no module index names ours any more.
-    let index = vm.run_ok(&format!(
-        "grep -l {RS_MODULE} /usr/lib/modules/*/modules.alias /usr/lib/modules/*/modules.dep || true"
-    ))?;
-    ensure!(
-        index.trim().is_empty(),
-        "after apt remove, module indexes still name {RS_MODULE}: {index}"
-    );
-    let purged = vm.run_timeout(
-        &format!("DEBIAN_FRONTEND=noninteractive apt-get purge -y {pkg} 2>&1"),
-        Duration::from_secs(600),
-    )?;
-    vm.note(&format!("apt purge: {}", purged.output));
-    ensure!(
-        purged.code == 0,
-        "apt purge {pkg} failed: {}",
-        purged.output
-    );
-    let left = leftovers(&mut vm, "/nonexistent")?;
-    ensure!(
-        left.trim().is_empty(),
-        "after apt purge, files of ours are left: {left}"
-    );
-    vm.shutdown()?;
-
-    // 4. The package's kernel, the package removed: C again.
-    let mut vm = guest.boot(&inst.krel, "install-4-removed")?;
-    expect_driver(&mut vm, C_MODULE).context("boot 4, after apt remove")?;
-    vm.shutdown()
+    let run = Run::new(Install::from_env()?)?;
+    run.before_then_install()?;
+    run.installed()?;
+    run.refused()?;
+    run.other_kernel_then_remove()?;
+    run.removed()
 }
