@@ -294,7 +294,9 @@ impl Inflater {
             let block = BLOCK_PAGES as u32 * per;
             let buffers_per_block = (BLOCK_PAGES * per as usize).div_ceil(PFNS_PER_BUFFER);
             while left >= block && buffers >= buffers_per_block {
-                if self.allowance(host, dev, &mut staging.held_reclaim, num_pages, left) < BLOCK_PAGES {
+                if self.allowance(host, dev, &mut staging.held_reclaim, num_pages, left)
+                    < BLOCK_PAGES
+                {
                     break;
                 }
                 let Some(b) = alloc_block() else {
@@ -312,8 +314,13 @@ impl Inflater {
             if left == 0 {
                 break;
             }
-            let want = batch_pages(left, per, PFNS_PER_BUFFER)
-                .min(self.allowance(host, dev, &mut staging.held_reclaim, num_pages, left));
+            let want = batch_pages(left, per, PFNS_PER_BUFFER).min(self.allowance(
+                host,
+                dev,
+                &mut staging.held_reclaim,
+                num_pages,
+                left,
+            ));
             if want == 0 {
                 stop = Some(Stop::Hold);
                 break;
