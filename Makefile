@@ -212,12 +212,20 @@ DISTRO_TEST = set -a && . "$(DISTRO_OUT)/env" && set +a && rc=0 && { \
 		-- --test-threads=$${QEMU_TEST_THREADS:-2} $(2) || rc=$$?; } && \
 	sed 's/^/NOT APPLICABLE: /' "$(DISTRO_OUT)/not-applicable.txt" && exit $$rc
 
+# What booting a guest of ARCH needs besides the kernel (the host's packages
+# for that ARCH, its QEMU, its busybox): `make setup` prepares x86_64's
+# only, so the distro targets of another ARCH set theirs up (no-ops when
+# present).
+GUEST_TOOLS = scripts/setup.sh packages qemu busybox
+
 .PHONY: test-distro check-distro
 check-distro:
+	$(GUEST_TOOLS)
 	DISTRO_OUT="$(DISTRO_OUT)" scripts/distro.sh
 	$(call DISTRO_TEST,--test c_driver --test rust_driver,$$DISTRO_SKIP $(or $(TESTS),$(SMOKE_TESTS)))
 
 test-distro:
+	$(GUEST_TOOLS)
 	DISTRO_OUT="$(DISTRO_OUT)" scripts/distro.sh
 	$(call DISTRO_TEST,$(addprefix --test ,$(DISTRO_SUITES)),$$DISTRO_SKIP $(TESTS))
 
@@ -226,6 +234,7 @@ test-distro:
 # (scripts/deb.sh says what it installs and why).
 .PHONY: deb
 deb:
+	scripts/setup.sh packages
 	DISTRO_OUT="$(DISTRO_OUT)" scripts/distro.sh root image kbuild module deb
 
 # That package installed as users do, in a full Debian guest
@@ -234,6 +243,7 @@ deb:
 # C on another kernel, C after apt remove (qemu-test/tests/install.rs).
 .PHONY: test-install
 test-install: deb
+	$(GUEST_TOOLS)
 	guest=$$(scripts/debian-guest.sh) && \
 	deb=$$(cat "$(DISTRO_OUT)/deb.path") && \
 	BALLOON_DEBIAN_IMAGE="$$guest/root.img" BALLOON_DEB="$$deb" \
