@@ -19,8 +19,9 @@
 //! 4. the package's kernel again: C binds, nothing of ours left on disk.
 
 use crate::rig::config::GuestImage;
-use crate::rig::units::{format_bytes, MIB};
+use crate::rig::units::MIB;
 use crate::rig::vm::Vm;
+use crate::scenarios::suite::balloon_to_within;
 use crate::VmConfig;
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ const OPTION: (&str, &str) = ("min_available_mib", "96");
 const OPTIONS_FILE: &str = "/etc/modprobe.d/virtio-balloon-rs.conf";
 /// Guest RAM.
 const GUEST_MIB: u64 = 1024;
+/// How long the balloon may take to reach a target in the full guest.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// README's way to keep the C driver with the package installed.
 const KEEP_C_FILE: &str = "/etc/modprobe.d/keep-c-balloon.conf";
 
@@ -267,17 +270,10 @@ fn expect_driver(vm: &mut Vm, module: &str) -> Result<()> {
 /// reserve the option set (ours logs it; a module's parameters are not in
 /// sysfs); it deflates back.
 fn balloon_moves(vm: &mut Vm) -> Result<()> {
-    let half = GUEST_MIB / 2 * MIB;
-    vm.set_balloon_target_bytes(half)?;
-    let actual = vm.wait_balloon_actual(half, Duration::from_secs(120))?;
-    vm.note(&format!(
-        "balloon target {}: actual {}",
-        format_bytes(half),
-        format_bytes(actual)
-    ));
+    balloon_to_within(vm, GUEST_MIB / 2 * MIB, MOVE_TIMEOUT)?;
     let mark = vm.console_mark();
     vm.set_balloon_target_bytes(16 * MIB)?;
-    let held = vm.wait_console(mark, "holding the balloon", Duration::from_secs(120))?;
+    let held = vm.wait_console(mark, "holding the balloon", MOVE_TIMEOUT)?;
     vm.note(&format!("balloon target 16 MiB: {}", held.trim()));
     let want = format!("less than {} MiB available", OPTION.1);
     ensure!(
@@ -286,15 +282,7 @@ fn balloon_moves(vm: &mut Vm) -> Result<()> {
         OPTION.0,
         OPTION.1
     );
-    let full = GUEST_MIB * MIB;
-    vm.set_balloon_target_bytes(full)?;
-    let actual = vm.wait_balloon_actual(full, Duration::from_secs(120))?;
-    vm.note(&format!(
-        "balloon target {}: actual {}",
-        format_bytes(full),
-        format_bytes(actual)
-    ));
-    Ok(())
+    balloon_to_within(vm, GUEST_MIB * MIB, MOVE_TIMEOUT)
 }
 
 /// Files of ours anywhere on the guest's root file system, but the

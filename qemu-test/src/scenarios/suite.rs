@@ -73,10 +73,15 @@ fn within(measured: i64, expected: i64, tolerance: f64) -> bool {
 
 /// Sets the target and waits for `actual` to reach it.
 pub fn balloon_to(vm: &mut Vm, target: u64) -> Result<()> {
+    balloon_to_within(vm, target, BALLOON_TIMEOUT)
+}
+
+/// [`balloon_to`], waiting up to `timeout`.
+pub fn balloon_to_within(vm: &mut Vm, target: u64, timeout: Duration) -> Result<()> {
     vm.log(&format!("balloon target {}", format_bytes(target)));
     let t0 = Instant::now();
     vm.set_balloon_target_bytes(target)?;
-    let actual = vm.wait_balloon_actual(target, BALLOON_TIMEOUT)?;
+    let actual = vm.wait_balloon_actual(target, timeout)?;
     vm.note(&format!(
         "balloon actual {} after {:.2?}",
         format_bytes(actual),
