@@ -14,8 +14,11 @@
 //! - deflate ([`deflate`], C's `leak_balloon()`): take pages off the list,
 //!   send their PFNs on the deflate queue, then free them;
 //!
-//! and writes the new size to `actual` after each round ([`host`], which
-//! also holds the balloon lock and the PFN buffers of [`buffers`]). The
+//! Both take one [`round`] context (device, host side, lists, patience),
+//! the balloon lock and a number of pages; both send their buffers through
+//! a [`pipeline`] and end by writing the new size to `actual` under the
+//! lock ([`host`]: configuration, the balloon lock, the PFN buffers of
+//! [`buffers`]). The
 //! host can ask for memory statistics on the stats queue at any time
 //! ([`stats`]). Balloon pages stay movable: compaction migrates them
 //! through [`migrate`]. While the balloon is adjusting, the device holds a
@@ -42,9 +45,11 @@ mod lists;
 mod migrate;
 mod oom;
 mod perf;
+mod pipeline;
 mod poison;
 mod registrations;
 mod reporting;
+mod round;
 mod stats;
 mod vq;
 mod wakeup;

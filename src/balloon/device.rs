@@ -22,7 +22,13 @@ use super::{
         self,
         Counter, //
     },
-    poison, stats, vq,
+    poison,
+    round::{
+        Round,
+        RoundContext,
+        Stop, //
+    },
+    stats, vq,
     wakeup::{
         Wakeup,
         WakeupSignal, //
@@ -83,37 +89,6 @@ const RECHECK_WORK: u64 = 2;
 const HOLD_RECHECK_MS: u32 = 5000;
 /// How long to wait for pages compaction has isolated.
 const ISOLATED_RECHECK_MS: u32 = 10;
-
-/// Why a round of the balloon stopped before its target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Stop {
-    /// Inflating further would cut into the guest's reserve.
-    Hold,
-    /// A single-page allocation failed, even after reclaim (C's "Out of
-    /// puff").
-    OutOfPuff,
-    /// The host did not take or return a buffer.
-    Host,
-}
-
-/// What a round of inflating or deflating did.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Round {
-    /// Balloon pages the host was told about.
-    pub(super) moved: u32,
-    /// Balloon pages the host acknowledged (deflate: freed to the guest).
-    pub(super) acked: u32,
-    /// Why it stopped short, if it did.
-    pub(super) stop: Option<Stop>,
-}
-
-impl Round {
-    pub(super) const NOTHING: Round = Round {
-        moved: 0,
-        acked: 0,
-        stop: None,
-    };
-}
 
 /// What the size work does after a round.
 enum Next {
@@ -279,14 +254,32 @@ impl Balloon {
         }
     }
 
-    /// One round of the size work (C's `update_balloon_size_func()`): move
-    /// up to a few dozen buffers towards the target, write `actual`.
+    /// What a round on `dev` works with, waiting at most `wait` for the
+    /// host.
+    fn round_context<'a>(
+        &'a self,
+        dev: &'a virtio::Device<Bound>,
+        wait: Delta,
+    ) -> RoundContext<'a> {
+        RoundContext {
+            dev,
+            host: &self.host,
+            lists: &self.lists,
+            wait,
+        }
+    }
+
+    /// One round of the size work (C's `update_balloon_size_func()`): read
+    /// where the balloon is and the host's target under the balloon lock,
+    /// then move up to a few dozen buffers towards it; the round writes
+    /// `actual`.
     fn update_balloon_size_func(&self, dev: &virtio::Device<Bound>) -> Next {
         if !self.host.recover(dev) {
             return Next::Idle;
         }
-        let current = self.host.lock().num_pages;
-        let step = match self.host.towards_target(dev, current) {
+        let ctx = self.round_context(dev, self.host.timeout());
+        let mut b = self.host.lock();
+        let step = match self.host.towards_target(dev, b.num_pages) {
             Ok(step) => step,
             Err(e) => {
                 dev_warn!(dev.as_ref(), "cannot read the target: {:?}\n", e);
@@ -295,18 +288,17 @@ impl Balloon {
         };
         let round = match step {
             Step::Idle => {
+                drop(b);
                 self.inflater.end();
                 return Next::Idle;
             }
-            Step::Inflate(n) => self.inflater.fill_balloon(&self.host, &self.lists, dev, n),
+            Step::Inflate(n) => self.inflater.fill_balloon(&ctx, b, n),
             Step::Deflate(n) => {
                 self.inflater.end();
-                let mut b = self.host.lock();
-                leak_balloon(&self.host, &mut b, &self.lists, dev, n, self.host.timeout())
+                leak_balloon(&ctx, &mut b, n)
             }
         };
         self.host.perf().add(Counter::Rounds, 1);
-        self.host.update_balloon_size(dev);
         match round.stop {
             Some(Stop::Host) => Next::Idle,
             Some(Stop::Hold) => Next::Later(HOLD_RECHECK_MS),
@@ -324,7 +316,9 @@ impl Balloon {
 
     /// Deflates up to `num` balloon pages for the OOM notifier, waiting at
     /// most `lock_patience` for the balloon lock and `host_patience` for the
-    /// host; returns the guest pages freed.
+    /// host; returns the guest pages freed. The round writes `actual`
+    /// before it lets the lock go: waiting for the lock again could take as
+    /// long as a size round waits for the host.
     pub(super) fn deflate_for_oom(
         &self,
         num: u32,
@@ -340,10 +334,7 @@ impl Balloon {
         let Some(mut b) = self.host.lock_within(lock_patience) else {
             return 0;
         };
-        let round: Round = leak_balloon(&self.host, &mut b, &self.lists, &dev, num, host_patience);
-        // While the lock is still ours: waiting for it again could take as
-        // long as a size round waits for the host.
-        self.host.publish_actual(&dev, &b);
+        let round: Round = leak_balloon(&self.round_context(&dev, host_patience), &mut b, num);
         drop(b);
         (round.acked / BALLOON_PAGES_PER_PAGE) as usize
     }
@@ -369,6 +360,7 @@ impl Balloon {
     /// was told about are never freed: they stay allocated for good
     /// (`MUST_TELL_HOST` forbids reusing them), which is logged.
     pub(super) fn release_all(&self, dev: &virtio::Device<Bound>) {
+        let ctx = self.round_context(dev, self.host.timeout());
         loop {
             if !self.host.recover(dev) {
                 break;
@@ -378,14 +370,7 @@ impl Balloon {
                 break;
             }
             let num = b.num_pages;
-            let round = leak_balloon(
-                &self.host,
-                &mut b,
-                &self.lists,
-                dev,
-                num,
-                self.host.timeout(),
-            );
+            let round = leak_balloon(&ctx, &mut b, num);
             drop(b);
             if round.stop == Some(Stop::Host) {
                 break;

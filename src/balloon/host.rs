@@ -43,10 +43,7 @@ use crate::{
     mm::stat,
     virtio::{
         self,
-        Buffer,
-        ConfigField,
-        Rejected,
-        Virtqueue, //
+        ConfigField, //
     },
     virtio_config_field,
 };
@@ -446,74 +443,6 @@ impl Host {
     /// Whether the host was marked unresponsive.
     pub(super) fn is_marked_unresponsive(&self) -> bool {
         self.unresponsive.load(Relaxed)
-    }
-}
-
-/// Buffers in flight on one queue (C's `tell_host()`, with up to `depth`
-/// buffers on the queue instead of one: virtio allows any number before a
-/// notification).
-pub(super) struct Pipeline<'a, B: Buffer> {
-    vq: Virtqueue<'a, B>,
-    depth: NonZeroUsize,
-    timeout: Delta,
-    perf: &'a Counters,
-    wait: Counter,
-}
-
-impl<'a, B: Buffer> Pipeline<'a, B> {
-    /// A pipeline on queue `index` of `dev` with up to `depth` buffers,
-    /// each of which the host must return within `timeout`; time spent
-    /// waiting counts in `wait`.
-    pub(super) fn new(
-        dev: &'a virtio::Device<Bound>,
-        index: usize,
-        depth: NonZeroUsize,
-        timeout: Delta,
-        perf: &'a Counters,
-        wait: Counter,
-    ) -> Result<Self> {
-        Ok(Self {
-            vq: dev.vq::<B>(index)?,
-            depth,
-            timeout,
-            perf,
-            wait,
-        })
-    }
-
-    /// Whether another buffer may be sent now.
-    pub(super) fn has_room(&self) -> bool {
-        self.vq.in_flight() < self.depth.get()
-    }
-
-    /// Buffers sent and not yet returned.
-    pub(super) fn in_flight(&self) -> usize {
-        self.vq.in_flight()
-    }
-
-    /// Queues the first `bytes` of `buf` without notifying the host.
-    pub(super) fn queue(&mut self, buf: B, bytes: usize) -> Result<(), Rejected<B>> {
-        self.vq.add_outbuf(buf, bytes)
-    }
-
-    /// Notifies the host of queued buffers, if it wants to be notified.
-    pub(super) fn kick(&mut self) {
-        if self.vq.kick() {
-            self.perf.add(Counter::Notifications, 1);
-        }
-    }
-
-    /// How long [`Pipeline::complete`] waits for the host.
-    pub(super) fn timeout(&self) -> Delta {
-        self.timeout
-    }
-
-    /// Sleeps until the host returns a buffer, for at most the timeout.
-    pub(super) fn complete(&mut self) -> Result<B> {
-        let sw = Stopwatch::start();
-        let done = self.vq.wait_buf(self.timeout);
-        sw.stop(self.perf, self.wait);
-        done.map(|used| used.buf)
     }
 }
 

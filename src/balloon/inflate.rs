@@ -31,17 +31,9 @@
 
 use super::{
     buffers::InflateBuffer,
-    device::{
-        Round,
-        Stop, //
-    },
-    host::{
-        Host,
-        Pipeline, //
-    },
+    host::Ballooned,
     lists::{
         ListKind,
-        Lists,
         BALLOON_PAGES_PER_PAGE,
         BLOCK_ORDER,
         BLOCK_PAGES, //
@@ -50,7 +42,15 @@ use super::{
         Counter,
         Stopwatch, //
     },
-    vq, //
+    reporting::{
+        report_blocks,
+        REPORT_BLOCKS_MAX, //
+    },
+    round::{
+        Round,
+        RoundContext,
+        Stop, //
+    },
 };
 use crate::{
     compat::Param,
@@ -77,10 +77,7 @@ use crate::{
         stat,
         Node, //
     },
-    virtio::{
-        self,
-        NotReturned, //
-    },
+    virtio,
 };
 use core::num::NonZeroUsize;
 use kernel::{
@@ -94,6 +91,7 @@ use kernel::{
             Relaxed, //
         },
         Mutex,
+        MutexGuard, //
     },
     time::{
         Instant,
@@ -205,14 +203,13 @@ impl Inflater {
     /// [`held_allowance`]).
     fn allowance(
         &self,
-        host: &Host,
-        dev: &virtio::Device<Bound>,
+        ctx: &RoundContext<'_>,
         held_reclaim: &mut RecentReclaim,
         num_pages: u32,
         left: u32,
     ) -> usize {
         let per = BALLOON_PAGES_PER_PAGE;
-        let guest_pages = host.guest_pages(num_pages);
+        let guest_pages = ctx.host.guest_pages(num_pages);
         let shift = kernel::page::PAGE_SHIFT as u32;
         let mib = |guest_pages: u64| (guest_pages << shift) / u64::SZ_1M;
         let reserve = reserve_pages(
@@ -233,14 +230,14 @@ impl Inflater {
             if holding {
                 *held_reclaim = RecentReclaim::start(reclaimed, now_ms);
                 dev_warn!(
-                    dev.as_ref(),
+                    ctx.dev.as_ref(),
                     "holding the balloon at {} MiB: inflating further would leave the guest less \
                      than {} MiB available\n",
                     mib(u64::from(num_pages / per)),
                     mib(reserve)
                 );
             } else {
-                dev_info!(dev.as_ref(), "inflating again\n");
+                dev_info!(ctx.dev.as_ref(), "inflating again\n");
             }
         }
         usize::try_from(allowance).unwrap_or(usize::MAX)
@@ -273,19 +270,19 @@ impl Inflater {
     }
 
     /// Allocates the guest pages of up to `depth` buffers for `num` balloon
-    /// pages into `staging`, without the balloon lock: whole blocks while
-    /// they are at hand (two buffers each), then single pages. Returns why
-    /// it stopped short, if it did.
+    /// pages into `staging`, with `num_pages` balloon pages inflated and
+    /// without the balloon lock: whole blocks while they are at hand (two
+    /// buffers each), then single pages. Returns why it stopped short, if
+    /// it did.
     fn alloc_round(
         &self,
-        host: &Host,
-        dev: &virtio::Device<Bound>,
+        ctx: &RoundContext<'_>,
         staging: &mut Staging,
+        num_pages: u32,
         num: u32,
     ) -> Option<Stop> {
-        let batching = host.batching();
+        let batching = ctx.host.batching();
         let per = BALLOON_PAGES_PER_PAGE;
-        let num_pages = host.lock().num_pages;
         let sw = Stopwatch::start();
         let mut left = num;
         let mut buffers = batching.inflate_depth.get();
@@ -294,9 +291,7 @@ impl Inflater {
             let block = BLOCK_PAGES as u32 * per;
             let buffers_per_block = (BLOCK_PAGES * per as usize).div_ceil(PFNS_PER_BUFFER);
             while left >= block && buffers >= buffers_per_block {
-                if self.allowance(host, dev, &mut staging.held_reclaim, num_pages, left)
-                    < BLOCK_PAGES
-                {
+                if self.allowance(ctx, &mut staging.held_reclaim, num_pages, left) < BLOCK_PAGES {
                     break;
                 }
                 let Some(b) = alloc_block() else {
@@ -315,8 +310,7 @@ impl Inflater {
                 break;
             }
             let want = batch_pages(left, per, PFNS_PER_BUFFER).min(self.allowance(
-                host,
-                dev,
+                ctx,
                 &mut staging.held_reclaim,
                 num_pages,
                 left,
@@ -332,32 +326,35 @@ impl Inflater {
                 break;
             }
         }
-        sw.stop(host.perf(), Counter::InflateAllocNs);
+        sw.stop(ctx.host.perf(), Counter::InflateAllocNs);
         match stop {
-            Some(Stop::OutOfPuff) => self.out_of_puff(dev),
+            Some(Stop::OutOfPuff) => self.out_of_puff(ctx.dev),
             _ => self.out_of_puff.store(0, Relaxed),
         }
         stop
     }
 
     /// Inflates by up to `inflate_depth` buffers of `num` balloon pages in
-    /// all (C's `fill_balloon()`).
+    /// all (C's `fill_balloon()`), then writes `actual`.
     ///
-    /// The pages are allocated first, then put on the balloon list and
-    /// handed to the host with one notification; the guest then sleeps
-    /// while the host releases their memory. Filling while the host works
-    /// does not pay off: QEMU frees each page with its own `madvise()`
-    /// while holding its big lock, so a busy guest only slows the host
-    /// down (TLB shootdowns) and stalls on the lock itself.
+    /// The balloon lock (`b`) is let go while the pages are allocated: the
+    /// allocation may reclaim, and reclaim may call the OOM notifier, which
+    /// takes it. The pages are then put on the balloon list and handed to
+    /// the host with one notification, under the lock again; the guest
+    /// sleeps while the host releases their memory. Filling while the host
+    /// works does not pay off: QEMU frees each page with its own
+    /// `madvise()` while holding its big lock, so a busy guest only slows
+    /// the host down (TLB shootdowns) and stalls on the lock itself.
     pub(super) fn fill_balloon(
         &self,
-        host: &Host,
-        lists: &Lists,
-        dev: &virtio::Device<Bound>,
+        ctx: &RoundContext<'_>,
+        b: MutexGuard<'_, Ballooned>,
         num: u32,
     ) -> Round {
+        let num_pages = b.num_pages;
+        drop(b);
         let mut staging = self.staging.lock();
-        let short = self.alloc_round(host, dev, &mut staging, num);
+        let short = self.alloc_round(ctx, &mut staging, num_pages, num);
         let Staging {
             blocks,
             reported,
@@ -368,9 +365,11 @@ impl Inflater {
             held_reclaim: _,
         } = &mut *staging;
         if !blocks.is_empty() {
-            host.perf().add(Counter::InflateBlocks, blocks.len() as u64);
-            if host.batching().report_blocks {
-                report_blocks(host, dev, blocks, reported, report, &self.report_failed);
+            ctx.host
+                .perf()
+                .add(Counter::InflateBlocks, blocks.len() as u64);
+            if ctx.host.batching().report_blocks {
+                report_blocks(ctx, blocks, reported, report, &self.report_failed);
             }
             for block in blocks.drain_all() {
                 // There is room: the round's pages fit in `block_pages`.
@@ -382,9 +381,7 @@ impl Inflater {
             block_pages.reverse();
         }
         let mut round = tell_host(
-            host,
-            lists,
-            dev,
+            ctx,
             [
                 (ListKind::Blocks, &mut *block_pages),
                 (ListKind::Singles, &mut *pages),
@@ -399,135 +396,58 @@ impl Inflater {
     }
 }
 
-/// Most blocks reported at once (`PAGE_REPORTING_CAPACITY` in
-/// `include/linux/page_reporting.h`, what the page allocator's own reports
-/// use).
-const REPORT_BLOCKS_MAX: usize = 32;
-
-/// Reports `blocks`, whole, on the free page reporting queue, so that a
-/// host backed by huge pages can discard them as such; they go on to be
-/// ballooned (reported ones pass through `reported`, which has room for
-/// them all). The blocks are ours alone until they are ballooned, and the
-/// host may discard balloon pages anyway; a failure only costs the host
-/// those huge pages, so this never waits for anything but its own report:
-/// not for a host marked unresponsive, not behind the page allocator's
-/// report in progress, not again after a report failed (`failed`, logged
-/// once), and not once unbinding has begun.
-///
-/// A report waits for the host at most `host_timeout_ms`: the size work is
-/// freezable, and the system cannot suspend while it waits. A report the
-/// host keeps longer stays the device's (logged): its blocks are neither
-/// ballooned nor reused until the device gives them back (they are freed
-/// then) or is reset (unbind, suspend), and no block is reported meanwhile.
-fn report_blocks(
-    host: &Host,
-    dev: &virtio::Device<Bound>,
-    blocks: &mut KVec<BalloonBlock>,
-    reported: &mut KVec<BalloonBlock>,
-    report: &mut Option<KBox<BlockReport>>,
-    failed: &Atomic<bool>,
-) {
-    if failed.load(Relaxed) || !host.recover(dev) {
-        return;
-    }
-    let Ok(q) = dev.sg_vq(vq::REPORTING) else {
-        return;
-    };
-    let per_report = (q.size() as usize).min(REPORT_BLOCKS_MAX);
-    if per_report == 0 {
-        return;
-    }
-    while !blocks.is_empty() && !host.binding().is_revoked() {
-        let mut r = match report.take() {
-            Some(r) => r,
-            None => match BlockReport::new(REPORT_BLOCKS_MAX) {
-                Ok(r) => r,
-                Err(_) => break,
-            },
+/// Moves pages from the end of `pages` to `buffer` and their PFNs into
+/// `buf`, until either is full or `pages` is empty. A page whose PFN the
+/// device cannot take is freed, never announced.
+fn fill_buffer(
+    ctx: &RoundContext<'_>,
+    buf: &mut InflateBuffer,
+    pages: &mut KVec<BalloonPage>,
+    buffer: &mut KVec<BalloonPage>,
+) -> PfnBatch {
+    let per_buffer = PFNS_PER_BUFFER / BALLOON_PAGES_PER_PAGE as usize;
+    let mut batch = PfnBatch::new(
+        kernel::page::PAGE_SHIFT as u32,
+        ctx.host.negotiated().endian,
+    );
+    while buffer.len() < per_buffer {
+        let Some(page) = pages.pop() else {
+            break;
         };
-        let n = r.fill(blocks, per_report);
-        match q.try_transfer_owned(r, host.timeout()) {
-            Ok(mut r) => {
-                host.perf().add(Counter::ReportedBlocks, n as u64);
-                r.empty_into(reported);
-                *report = Some(r);
+        match batch.push(buf, page.pfn()) {
+            Ok(()) => {
+                // Room for `per_buffer` pages.
+                let _ = buffer.push_within_capacity(page);
             }
-            Err(NotReturned {
-                err,
-                sg: Some(mut r),
-            }) => {
-                r.empty_into(blocks);
-                *report = Some(r);
-                // EBUSY: the page allocator reports free pages right now, or
-                // the device still has a report; ENODEV: unbinding began or
-                // the queue is gone. Skip.
-                if err != EBUSY && err != ENODEV && !failed.xchg(true, Relaxed) {
-                    dev_warn!(
-                        dev.as_ref(),
-                        "reporting {} inflated blocks on the reporting queue failed ({:?}): not \
-                         reporting blocks any more\n",
-                        n,
-                        err
-                    );
-                }
-                break;
-            }
-            Err(NotReturned { sg: None, .. }) => {
-                host.perf().add(Counter::KeptReports, 1);
+            Err(PushError::Unreachable) => {
                 dev_warn!(
-                    dev.as_ref(),
-                    "the device kept a report of {} inflated blocks ({} KiB) beyond {} ms: they \
-                     stay the device's until it returns them or is reset, and no block is \
-                     reported meanwhile\n",
-                    n,
-                    (n * BLOCK_PAGES) << (kernel::page::PAGE_SHIFT - 10),
-                    host.timeout().as_millis()
+                    ctx.dev.as_ref(),
+                    "page frame {:#x} is beyond 32-bit balloon PFNs, not inflating it\n",
+                    page.pfn()
                 );
-                break;
             }
+            Err(PushError::Full) => break,
         }
     }
-    // There is room: `blocks` held them all before.
-    while let Some(block) = reported.pop() {
-        if let Err(e) = blocks.push_within_capacity(block) {
-            drop(e);
-        }
-    }
+    batch
 }
 
 /// Puts the pages of `sources` on their balloon lists, one buffer at a
-/// time through `buffer` (each vector from its end), and tells the host
-/// (C's `tell_host()` on the inflate queue).
+/// time through `buffer` (each vector from its end), tells the host (C's
+/// `tell_host()` on the inflate queue) and writes `actual`, all under the
+/// balloon lock.
 fn tell_host(
-    host: &Host,
-    lists: &Lists,
-    dev: &virtio::Device<Bound>,
+    ctx: &RoundContext<'_>,
     sources: [(ListKind, &mut KVec<BalloonPage>); 2],
     buffer: &mut KVec<BalloonPage>,
 ) -> Round {
     if sources.iter().all(|(_, pages)| pages.is_empty()) {
         return Round::NOTHING;
     }
-    let endian = host.negotiated().endian;
-    let shift = kernel::page::PAGE_SHIFT as u32;
-    let per_buffer = PFNS_PER_BUFFER / BALLOON_PAGES_PER_PAGE as usize;
-    let mut b = host.lock();
-    let mut pipe = match Pipeline::<InflateBuffer>::new(
-        dev,
-        vq::INFLATE,
-        host.batching().inflate_depth,
-        host.timeout(),
-        host.perf(),
-        Counter::InflateWaitNs,
-    ) {
+    let mut b = ctx.host.lock();
+    let mut pipe = match ctx.pipeline::<InflateBuffer>(ctx.host.batching().inflate_depth) {
         Ok(pipe) => pipe,
-        Err(e) => {
-            dev_warn!(dev.as_ref(), "inflate queue unavailable: {:?}\n", e);
-            return Round {
-                stop: Some(Stop::Host),
-                ..Round::NOTHING
-            };
-        }
+        Err(stop) => return Round::stopped(stop),
     };
     let mut round = Round::NOTHING;
     'sources: for (kind, pages) in sources {
@@ -535,27 +455,7 @@ fn tell_host(
             let Some(mut buf) = b.inflate_buffers.take() else {
                 break 'sources;
             };
-            let mut batch = PfnBatch::new(shift, endian);
-            while buffer.len() < per_buffer {
-                let Some(page) = pages.pop() else {
-                    break;
-                };
-                match batch.push(&mut buf, page.pfn()) {
-                    Ok(()) => {
-                        // Room for `per_buffer` pages.
-                        let _ = buffer.push_within_capacity(page);
-                    }
-                    Err(PushError::Unreachable) => {
-                        // Freed here, never announced.
-                        dev_warn!(
-                            dev.as_ref(),
-                            "page frame {:#x} is beyond 32-bit balloon PFNs, not inflating it\n",
-                            page.pfn()
-                        );
-                    }
-                    Err(PushError::Full) => break,
-                }
-            }
+            let batch = fill_buffer(ctx, &mut buf, pages, buffer);
             if batch.is_empty() {
                 b.inflate_buffers.put(buf);
                 continue;
@@ -565,7 +465,7 @@ fn tell_host(
                 // guest, and `actual` never counts them (C counts them and
                 // only warns).
                 dev_warn!(
-                    dev.as_ref(),
+                    ctx.dev.as_ref(),
                     "inflate queue refused PFNs ({:?}): freeing its {} pages, never announced\n",
                     rejected.err,
                     buffer.len()
@@ -580,24 +480,19 @@ fn tell_host(
             // balloon list (one round of the balloon core's lock for the
             // whole buffer) and into `num_pages` before the balloon lock,
             // which migration and the OOM notifier take, is released.
-            lists.enqueue(kind, buffer);
-            b.num_pages += batch.len() as u32;
-            round.moved += batch.len() as u32;
-            host.perf().add(Counter::InflatePages, batch.len() as u64);
-            host.perf().add(Counter::InflateBuffers, 1);
+            ctx.lists.enqueue(kind, buffer);
+            let n = batch.len() as u32;
+            b.num_pages += n;
+            round.moved += n;
+            ctx.host.perf().add(Counter::InflatePages, u64::from(n));
+            ctx.host.perf().add(Counter::InflateBuffers, 1);
         }
     }
     pipe.kick();
-    while pipe.in_flight() > 0 {
-        match pipe.complete() {
-            Ok(buf) => b.inflate_buffers.put(buf),
-            Err(e) => {
-                host.unresponsive(dev, "inflate", e, pipe.timeout());
-                round.stop = Some(Stop::Host);
-                break;
-            }
-        }
+    if let Err(stop) = pipe.drain(|buf| b.inflate_buffers.put(buf)) {
+        round.stop = Some(stop);
     }
     round.acked = round.moved;
+    ctx.host.publish_actual(ctx.dev, &b);
     round
 }

@@ -19,8 +19,10 @@ use super::{
         InflateBuffer, //
     },
     host::Host,
-    perf::Counter,
-    vq,
+    pipeline::{
+        PfnQueue,
+        Pipeline, //
+    },
 };
 use crate::{
     logic::pfn::PfnBatch,
@@ -29,16 +31,8 @@ use crate::{
         Migrated,
         PageRef, //
     },
-    virtio::{
-        self,
-        Buffer,
-        Virtqueue, //
-    },
 };
-use kernel::{
-    device::Bound,
-    time::Delta, //
-};
+use core::num::NonZeroUsize;
 
 impl MigratePage for Host {
     fn migrate_page(&self, new: PageRef<'_>, old: PageRef<'_>) -> Migrated {
@@ -53,9 +47,10 @@ impl MigratePage for Host {
         let Some(dev) = self.binding().try_access() else {
             return Migrated::Retry;
         };
-        let (Ok(iq), Ok(dq)) = (
-            dev.vq::<InflateBuffer>(vq::INFLATE),
-            dev.vq::<DeflateBuffer>(vq::DEFLATE),
+        let one = NonZeroUsize::MIN;
+        let (Ok(mut inflate), Ok(mut deflate)) = (
+            Pipeline::<InflateBuffer>::new(&dev, self, one, self.timeout()),
+            Pipeline::<DeflateBuffer>::new(&dev, self, one, self.timeout()),
         ) else {
             return Migrated::Retry;
         };
@@ -78,20 +73,19 @@ impl MigratePage for Host {
             b.deflate_buffers.put(dbuf);
             return Migrated::Retry;
         }
-        if let Err(rejected) = iq.add_outbuf(ibuf, batch.bytes()) {
+        if let Err(rejected) = inflate.queue(ibuf, batch.bytes()) {
             b.inflate_buffers.put(rejected.buf);
             b.deflate_buffers.put(dbuf);
             return Migrated::Retry;
         }
-        let timeout = self.timeout();
-        if round_trip(self, &dev, &iq, timeout, &mut b.inflate_buffers, "inflate") {
+        if round_trip(&mut inflate, &mut b.inflate_buffers) {
             // 2nd step: deflate the old page (the balloon core frees it).
             let mut batch = PfnBatch::new(shift, endian);
             // The old page was reachable when it was inflated.
             let _ = batch.push(dbuf.data(), old.pfn());
-            match dq.add_outbuf(dbuf, batch.bytes()) {
+            match deflate.queue(dbuf, batch.bytes()) {
                 Ok(()) => {
-                    if round_trip(self, &dev, &dq, timeout, &mut b.deflate_buffers, "deflate") {
+                    if round_trip(&mut deflate, &mut b.deflate_buffers) {
                         return Migrated::Done;
                     }
                 }
@@ -106,28 +100,10 @@ impl MigratePage for Host {
     }
 }
 
-/// Notifies the host of the one buffer just queued on `q` and takes it back
-/// into `pool`; false (and the host marked unresponsive) if it does not come
-/// back in time.
-fn round_trip<B: Buffer>(
-    host: &Host,
-    dev: &virtio::Device<Bound>,
-    q: &Virtqueue<'_, B>,
-    timeout: Delta,
-    pool: &mut BufferPool<B>,
-    what: &str,
-) -> bool {
-    if q.kick() {
-        host.perf().add(Counter::Notifications, 1);
-    }
-    match q.wait_buf(timeout) {
-        Ok(used) => {
-            pool.put(used.buf);
-            true
-        }
-        Err(e) => {
-            host.unresponsive(dev, what, e, timeout);
-            false
-        }
-    }
+/// Notifies the host of the one buffer just queued on `pipe` and takes it
+/// back into `pool`; false (and the host marked unresponsive) if it does
+/// not come back in time.
+fn round_trip<B: PfnQueue>(pipe: &mut Pipeline<'_, B>, pool: &mut BufferPool<B>) -> bool {
+    pipe.kick();
+    pipe.complete().map(|buf| pool.put(buf)).is_ok()
 }

@@ -42,7 +42,8 @@ pub(super) enum Counter {
     DeflateFreeNs,
     /// Notifications of the host (kicks that reached the device).
     Notifications,
-    /// Rounds of the size work (each ends with an `actual` update).
+    /// Rounds of the size work that inflated or deflated (each that told
+    /// the host ends with an `actual` update).
     Rounds,
     /// Time in configuration space reads and writes.
     ConfigNs,
