@@ -4,9 +4,13 @@
 
 use super::{
     QueueKind,
+    SlotState,
     VqSlot, //
 };
-use crate::bindings;
+use crate::{
+    bindings,
+    compat::SpinLockIrqGuard, //
+};
 use core::{
     any::TypeId,
     ptr::NonNull, //
@@ -325,6 +329,30 @@ impl<'a> SgQueue<'a> {
             drop(returned.take());
             s = self.slot.state.lock();
         }
+        // SAFETY: `token` was queued on `s.vq` just above, under this function's safety
+        // requirements, and is counted in `lent`.
+        let (s, end) = unsafe { self.wait_lent(s, token, deadline, start) };
+        drop(s);
+        drop(returned);
+        end
+    }
+
+    /// Sleeps until the device gives back the memory lent under `token` at
+    /// `start`, or the device is reset or its queue deleted; with a
+    /// deadline, at most until then, after which the slot keeps the memory.
+    /// Takes the slot's lock (`s`) and returns it with the outcome.
+    ///
+    /// # Safety
+    ///
+    /// [`SgQueue::lend`] queued `token` on the slot's queue under its safety
+    /// requirements and counted it in `lent`.
+    unsafe fn wait_lent<'s>(
+        &'s self,
+        mut s: SpinLockIrqGuard<'s, SlotState>,
+        token: NonNull<c_void>,
+        deadline: Option<(Delta, DropToken)>,
+        start: Instant<Monotonic>,
+    ) -> (SpinLockIrqGuard<'s, SlotState>, Result<(), Lend>) {
         let end = loop {
             if s.vq.is_null() || s.generation != self.generation {
                 // The queue was deleted after a device reset: it no longer uses the memory.
@@ -366,8 +394,6 @@ impl<'a> SgQueue<'a> {
                 s = self.slot.state.lock();
             }
         };
-        drop(s);
-        drop(returned);
-        end
+        (s, end)
     }
 }
