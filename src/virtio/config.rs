@@ -19,6 +19,10 @@
 //!     virtio_config_field!(virtio_balloon_config, actual);
 //! let actual = dev.config_read(ACTUAL)?;
 //! ```
+//!
+//! Out-of-tree doctests are not compiled: this is the balloon's
+//! `host::ACTUAL`, compiled, whose offset, width and feature the KUnit suite
+//! `virtio_balloon_rs_config_fields` checks.
 
 use super::device::Device;
 use crate::bindings;
@@ -186,6 +190,9 @@ impl<C: ConfigSpace, T: ConfigValue> ConfigField<C, T> {
 /// // A member of an anonymous union, whose type must be given:
 /// virtio_config_field!(virtio_balloon_config, __bindgen_anon_1.free_page_hint_cmd_id as u32)
 /// ```
+///
+/// (Both forms are compiled and checked in the KUnit suite
+/// `virtio_balloon_rs_virtio_config`.)
 #[macro_export]
 macro_rules! virtio_config_field {
     ($config:ty, $($field:ident).+ as $ty:ty) => {

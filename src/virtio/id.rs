@@ -7,7 +7,10 @@
 //! raw ids that modpost and the virtio core read.
 
 use crate::bindings;
-use kernel::device_id::RawDeviceId;
+use kernel::{
+    device_id::RawDeviceId,
+    prelude::*, //
+};
 
 /// Device id matching any vendor, for [`DeviceId::new`].
 pub const ANY_VENDOR: u32 = bindings::VIRTIO_DEV_ANY_ID;
@@ -67,11 +70,17 @@ impl<U: 'static> IdTable<U> {
     /// The data of the first id that matches a device of type `device`
     /// from `vendor`.
     pub(super) fn info(&self, device: u32, vendor: u32) -> Option<&'static U> {
-        self.infos
-            .iter()
-            .find(|(id, _)| id.matches(device, vendor))
-            .map(|(_, info)| info)
+        first_match(self.infos, device, vendor)
     }
+}
+
+/// The data of the first id in `infos` that matches a device of type
+/// `device` from `vendor`, as the virtio core picks the id it probes with.
+fn first_match<U>(infos: &[(DeviceId, U)], device: u32, vendor: u32) -> Option<&U> {
+    infos
+        .iter()
+        .find(|(id, _)| id.matches(device, vendor))
+        .map(|(_, info)| info)
 }
 
 /// Declares a virtio driver's id table with per-id data, and the
@@ -79,6 +88,10 @@ impl<U: 'static> IdTable<U> {
 /// `pci_device_table!`.
 ///
 /// # Examples
+///
+/// (The balloon's own table, `VIRTIO_BALLOON_ID_TABLE`, is this, compiled;
+/// out-of-tree doctests are not. The matching it sets up is the KUnit suite
+/// `virtio_balloon_rs_virtio_id`.)
 ///
 /// ```ignore
 /// virtio_device_table!(
@@ -101,4 +114,48 @@ macro_rules! virtio_device_table {
             $crate::virtio::IdTable::new(&$table_name, &[$(($id, $info)),*])
         };
     };
+}
+
+#[kunit_tests(virtio_balloon_rs_virtio_id)]
+mod tests {
+    use super::*;
+    use bindings::{
+        VIRTIO_ID_BALLOON as BALLOON,
+        VIRTIO_ID_NET as NET, //
+    };
+
+    /// Red Hat's virtio vendor id, what QEMU's devices say.
+    const REDHAT: u32 = 0x1af4;
+
+    #[test]
+    fn an_id_of_any_vendor_matches_its_device_type_only() {
+        let id = DeviceId::new(BALLOON, ANY_VENDOR);
+        assert!(id.matches(BALLOON, REDHAT));
+        assert!(id.matches(BALLOON, 0));
+        assert!(!id.matches(NET, REDHAT));
+    }
+
+    #[test]
+    fn an_id_of_any_device_type_matches_its_vendor_only() {
+        let id = DeviceId::new(bindings::VIRTIO_DEV_ANY_ID, REDHAT);
+        assert!(id.matches(BALLOON, REDHAT));
+        assert!(id.matches(NET, REDHAT));
+        assert!(!id.matches(BALLOON, REDHAT + 1));
+        let exact = DeviceId::new(BALLOON, REDHAT);
+        assert!(exact.matches(BALLOON, REDHAT));
+        assert!(!exact.matches(BALLOON, REDHAT + 1));
+    }
+
+    #[test]
+    fn the_first_matching_id_gives_the_data() {
+        let infos = [
+            (DeviceId::new(BALLOON, REDHAT), 1),
+            (DeviceId::new(BALLOON, ANY_VENDOR), 2),
+            (DeviceId::new(bindings::VIRTIO_DEV_ANY_ID, ANY_VENDOR), 3),
+        ];
+        assert_eq!(first_match(&infos, BALLOON, REDHAT), Some(&1));
+        assert_eq!(first_match(&infos, BALLOON, 7), Some(&2));
+        assert_eq!(first_match(&infos, NET, 7), Some(&3));
+        assert_eq!(first_match(&infos[..2], NET, REDHAT), None);
+    }
 }

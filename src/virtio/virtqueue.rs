@@ -23,6 +23,7 @@
 mod buffer;
 mod hint;
 mod info;
+mod kunit;
 mod sg;
 
 pub use buffer::{
