@@ -102,8 +102,8 @@ fn queue_buffer(
 
 /// Deflates by up to `2 * deflate_depth` buffers of `num` balloon pages in
 /// all, up to `deflate_depth` of them in flight, waiting at most
-/// `ctx.wait` for each (C's `leak_balloon()`), then writes `actual`.
-/// Allocates nothing.
+/// `ctx.wait` for each (C's `leak_balloon()`), then, if it told the host
+/// anything, writes `actual`. Allocates nothing.
 ///
 /// The caller holds the balloon lock (`b`). `moved` is what left the
 /// balloon (the host was told), `acked` what the host returned and the

@@ -223,8 +223,11 @@ impl Balloon {
 
     /// The device is live: start moving towards the host's target.
     pub(super) fn ready(self: &Arc<Self>, dev: &virtio::Device<Core<'_>>) {
-        let current = self.host.lock().num_pages;
-        if !matches!(self.host.towards_target(dev, current), Ok(Step::Idle)) {
+        let step = self.host.read_target(dev).map(|target| {
+            let current = self.host.lock().num_pages;
+            self.host.towards_target(dev, target, current)
+        });
+        if !matches!(step, Ok(Step::Idle)) {
             self.changed(dev);
         }
     }
@@ -270,23 +273,23 @@ impl Balloon {
     }
 
     /// One round of the size work (C's `update_balloon_size_func()`): read
-    /// where the balloon is and the host's target under the balloon lock,
-    /// then move up to a few dozen buffers towards it; the round writes
-    /// `actual`.
+    /// the host's target, then, under the balloon lock, where the balloon
+    /// is, and move up to a few dozen buffers towards the target; a round
+    /// that told the host writes `actual`.
     fn update_balloon_size_func(&self, dev: &virtio::Device<Bound>) -> Next {
         if !self.host.recover(dev) {
             return Next::Idle;
         }
-        let ctx = self.round_context(dev, self.host.timeout());
-        let mut b = self.host.lock();
-        let step = match self.host.towards_target(dev, b.num_pages) {
-            Ok(step) => step,
+        let target = match self.host.read_target(dev) {
+            Ok(target) => target,
             Err(e) => {
                 dev_warn!(dev.as_ref(), "cannot read the target: {:?}\n", e);
                 return Next::Idle;
             }
         };
-        let round = match step {
+        let ctx = self.round_context(dev, self.host.timeout());
+        let mut b = self.host.lock();
+        let round = match self.host.towards_target(dev, target, b.num_pages) {
             Step::Idle => {
                 drop(b);
                 self.inflater.end();

@@ -340,14 +340,24 @@ impl Host {
         }
     }
 
-    /// Reads the host's target and decides the next step, from `current`
-    /// balloon pages (C's `towards_target()`). A target beyond the guest's
-    /// memory is clamped and logged once.
-    pub(super) fn towards_target(&self, dev: &virtio::Device<Bound>, current: u32) -> Result<Step> {
+    /// Reads the host's target (`num_pages`, in balloon pages): a
+    /// configuration read, which may sleep; done without the balloon lock.
+    pub(super) fn read_target(&self, dev: &virtio::Device<Bound>) -> Result<u32> {
         let sw = Stopwatch::start();
         let num_pages = dev.config_read(NUM_PAGES);
         sw.stop(&self.perf, Counter::ConfigNs);
-        let num_pages = num_pages?;
+        num_pages
+    }
+
+    /// The next step from `current` balloon pages towards the host's
+    /// target `num_pages` (C's `towards_target()`). A target beyond the
+    /// guest's memory is clamped and logged once.
+    pub(super) fn towards_target(
+        &self,
+        dev: &virtio::Device<Bound>,
+        num_pages: u32,
+        current: u32,
+    ) -> Step {
         let guest = self.guest_pages(current) * u64::from(BALLOON_PAGES_PER_PAGE);
         let target = Target::from_host(num_pages, BALLOON_PAGES_PER_PAGE, guest);
         if target.clamped && !self.clamp_reported.xchg(true, Relaxed) {
@@ -359,7 +369,7 @@ impl Host {
                 target.pages
             );
         }
-        Ok(target.step_from(current))
+        target.step_from(current)
     }
 
     /// Writes the balloon size to `actual` (C's `update_balloon_size()`).

@@ -335,7 +335,8 @@ impl Inflater {
     }
 
     /// Inflates by up to `inflate_depth` buffers of `num` balloon pages in
-    /// all (C's `fill_balloon()`), then writes `actual`.
+    /// all (C's `fill_balloon()`), then, if it told the host anything,
+    /// writes `actual`.
     ///
     /// The balloon lock (`b`) is let go while the pages are allocated: the
     /// allocation may reclaim, and reclaim may call the OOM notifier, which

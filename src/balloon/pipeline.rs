@@ -42,7 +42,8 @@ pub(super) trait PfnQueue: Buffer {
     const INDEX: usize;
     /// The queue's name, for log lines.
     const NAME: &'static str;
-    /// What waiting for the host on this queue counts in.
+    /// What waiting for the host on this queue counts in (page migration's
+    /// round trips included).
     const WAIT: Counter;
 }
 
@@ -69,27 +70,20 @@ pub(super) struct Pipeline<'a, B: PfnQueue> {
 
 impl<'a, B: PfnQueue> Pipeline<'a, B> {
     /// Up to `depth` buffers on `B`'s queue of `dev`, each of which the
-    /// host must return within `wait`. A queue that is gone is logged and
-    /// stops the round.
+    /// host must return within `wait`; [`ENODEV`] if the queue is gone.
     pub(super) fn new(
         dev: &'a virtio::Device<Bound>,
         host: &'a Host,
         depth: NonZeroUsize,
         wait: Delta,
-    ) -> Result<Self, Stop> {
-        match dev.vq::<B>(B::INDEX) {
-            Ok(vq) => Ok(Self {
-                dev,
-                host,
-                vq,
-                depth,
-                wait,
-            }),
-            Err(e) => {
-                dev_warn!(dev.as_ref(), "{} queue unavailable: {:?}\n", B::NAME, e);
-                Err(Stop::Host)
-            }
-        }
+    ) -> Result<Self> {
+        Ok(Self {
+            dev,
+            host,
+            vq: dev.vq::<B>(B::INDEX)?,
+            depth,
+            wait,
+        })
     }
 
     /// Whether another buffer may be sent now.

@@ -8,7 +8,8 @@
 //! the OOM notifier and the removal build it with their own patience for
 //! the host. Inflate ([`super::inflate`]) and deflate ([`super::deflate`])
 //! both take the context, the balloon lock and how many balloon pages to
-//! move; both end by writing `actual` under that lock.
+//! move; both end, if they told the host anything, by writing `actual`
+//! under that lock.
 
 use super::{
     host::Host,
@@ -22,6 +23,7 @@ use crate::virtio;
 use core::num::NonZeroUsize;
 use kernel::{
     device::Bound,
+    prelude::*,
     time::Delta, //
 };
 
@@ -41,12 +43,21 @@ pub(super) struct RoundContext<'a> {
 
 impl<'a> RoundContext<'a> {
     /// Up to `depth` buffers in flight on `B`'s queue, each waited for at
-    /// most [`RoundContext::wait`].
+    /// most [`RoundContext::wait`]. A queue that is gone is logged and
+    /// stops the round.
     pub(super) fn pipeline<B: PfnQueue>(
         &self,
         depth: NonZeroUsize,
     ) -> Result<Pipeline<'a, B>, Stop> {
-        Pipeline::new(self.dev, self.host, depth, self.wait)
+        Pipeline::new(self.dev, self.host, depth, self.wait).map_err(|e| {
+            dev_warn!(
+                self.dev.as_ref(),
+                "{} queue unavailable: {:?}\n",
+                B::NAME,
+                e
+            );
+            Stop::Host
+        })
     }
 }
 

@@ -28,6 +28,7 @@
 #include <uapi/linux/virtio_config.h>
 #include <uapi/linux/virtio_ids.h>
 #include <uapi/linux/virtio_ring.h>
+#include <xen/xen.h>
 
 /* Function-like macros. */
 static inline unsigned long rust_vb_page_to_pfn(struct page *page)
@@ -174,6 +175,12 @@ static inline int rust_vb_init_srcu_struct(struct srcu_struct *ssp, const char *
 #else
 	return init_srcu_struct(ssp);
 #endif
+}
+
+/* For the KUnit ring fixture (src/virtio/virtqueue/kunit.rs): a macro. */
+static inline bool rust_vb_xen_domain(void)
+{
+	return xen_domain();
 }
 
 /* For the test device (qemu-test/fake-device): macros. */

@@ -92,15 +92,16 @@ const WAIT_SLICE_MS: u32 = 100;
 ///
 /// # Invariants
 ///
-/// `vq` is null or a live virtqueue of the bound device, created for this
-/// slot. On a slot of owned buffers, every untagged token queued in `vq`
-/// came from `Buffer::into_token` of the type `ty` names, and `drop` drops
-/// such a token; tagged tokens are [`PageHint`]s, which own nothing. On a
-/// slot of [`SgQueue`] transfers (`drop` is `None`), a queued token is the
-/// transfer in progress (borrowed entries, or a leaked box of owned ones),
-/// or, while `kept` is `Some`, the kept one alone; `lent` counts them,
-/// `kept` included. `revoked`, once set, stays set until the next
-/// [`VqSlot::attach`]. `generation` changes whenever `vq` does.
+/// `vq` is null or a live virtqueue (of the bound device, or a KUnit
+/// fixture's ring) that only this slot uses. On a slot of owned buffers,
+/// every untagged token queued in `vq` came from `Buffer::into_token` of
+/// the type `ty` names, and `drop` drops such a token; tagged tokens are
+/// [`PageHint`]s, which own nothing. On a slot of [`SgQueue`] transfers
+/// (`drop` is `None`), a queued token is the transfer in progress (borrowed
+/// entries, or a leaked box of owned ones), or, while `kept` is `Some`, the
+/// kept one alone; `lent` counts them, `kept` included. `revoked`, once
+/// set, stays set until the next [`VqSlot::attach`]. `generation` changes
+/// whenever `vq` does.
 struct SlotState {
     vq: *mut bindings::virtqueue,
     generation: u64,
@@ -211,12 +212,14 @@ impl VqSlot {
         s.lent - usize::from(s.kept.is_some())
     }
 
-    /// Installs a virtqueue created by `virtio_find_vqs`.
+    /// Installs a virtqueue created by `virtio_find_vqs` (or a KUnit
+    /// fixture's ring).
     ///
     /// # Safety
     ///
-    /// `vq` must be null or a virtqueue of the bound device that holds no
-    /// buffer and stays valid until [`VqSlot::detach`].
+    /// `vq` must be null or a live virtqueue (of the bound device) that
+    /// holds no buffer, that nothing but this slot uses, and that stays
+    /// valid until [`VqSlot::detach`].
     pub(super) unsafe fn attach(&self, vq: *mut bindings::virtqueue, kind: QueueKind) {
         let mut s = self.state.lock();
         // A deleted queue gave up what it kept (`detach`); should anything be

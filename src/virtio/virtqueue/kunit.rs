@@ -31,15 +31,22 @@ mod tests {
     };
 
     /// A ring of `vring_create_virtqueue()` for a bare `struct
-    /// virtio_device` (no transport, no features): notifications go
-    /// nowhere and no buffer is ever used, as with a device that never
-    /// answers.
+    /// virtio_device`: notifications go nowhere and no buffer is ever used,
+    /// as with a device that never answers.
+    ///
+    /// The ring reads of the device only: its features (all clear: a split
+    /// ring, legacy byte order, no indirect descriptors, no event index, no
+    /// DMA or map API, so `map` and `dev.parent` stay unread), its queue
+    /// list and that list's lock, and `dev` for log lines (a zeroed device
+    /// prints as `(null)`). `config` is never called: the ring is never
+    /// reset or resized. Not on Xen, where the ring always maps through the
+    /// DMA API, which a bare device does not have.
     ///
     /// # Invariants
     ///
-    /// `vq` is a live virtqueue of `_vdev`, attached to `slot` until
-    /// dropped; `_vdev` is initialized as far as the ring uses it (its
-    /// queue list and that list's lock).
+    /// `vq` is a live virtqueue of `_vdev` until dropped, attached to
+    /// `slot` until [`FakeQueue::detach`] or the drop; `_vdev` is set up as
+    /// far as the ring uses it (above).
     struct FakeQueue {
         /// Dropped after the ring (fields drop after [`Drop::drop`]).
         _vdev: KBox<Opaque<bindings::virtio_device>>,
@@ -55,11 +62,20 @@ mod tests {
     impl FakeQueue {
         /// A ring of `num` entries.
         fn new(num: u32) -> Result<Self> {
-            let vdev = KBox::new(Opaque::<bindings::virtio_device>::zeroed(), GFP_KERNEL)?;
+            // SAFETY: Always safe to call.
+            if unsafe { bindings::rust_vb_xen_domain() } {
+                pr_err!("a bare ring cannot be made on Xen (it maps through the DMA API)\n");
+                return Err(ENODEV);
+            }
+            let vdev = KBox::init(
+                pin_init::zeroed::<Opaque<bindings::virtio_device>>(),
+                GFP_KERNEL,
+            )?;
             let d = vdev.get();
             // SAFETY: `d` points to a zeroed `struct virtio_device` we own, on the heap, which
             // outlives the ring (dropped after it): its queue list and lock are set up as
-            // `register_virtio_device()` does, for `vring_create_virtqueue()`.
+            // `register_virtio_device()` does. The bindings' `spinlock_t` is the kernel's
+            // `spinlock_t` (both generated from `include/linux/spinlock_types.h`), opaque here.
             unsafe {
                 bindings::INIT_LIST_HEAD(&raw mut (*d).vqs);
                 kb::__spin_lock_init(
@@ -68,9 +84,8 @@ mod tests {
                     static_lock_class!().as_ptr(),
                 );
             }
-            // SAFETY: `d` is set up above. No features: a split ring in memory from the page
-            // allocator (no DMA API), no indirect descriptors; `notify` is callable from any
-            // context; the name is static.
+            // SAFETY: `d` is set up as far as the ring uses it (see the type's documentation);
+            // `notify` is callable from any context; the name is static.
             let vq = unsafe {
                 bindings::vring_create_virtqueue(
                     0,
@@ -88,6 +103,10 @@ mod tests {
             if vq.is_null() {
                 return Err(ENOMEM);
             }
+            // SAFETY: `d` is the ring's device. A ring starts broken where notifications are
+            // hardened (`CONFIG_VIRTIO_HARDEN_NOTIFICATION`) until the device is ready, which this
+            // one is at once; elsewhere this changes nothing.
+            unsafe { bindings::__virtio_unbreak_device(d) };
             let slot = match KBox::pin_init(VqSlot::new(), GFP_KERNEL) {
                 Ok(slot) => slot,
                 Err(e) => {
@@ -96,7 +115,8 @@ mod tests {
                     return Err(e);
                 }
             };
-            // SAFETY: `vq` is live and holds no tokens yet.
+            // SAFETY: `vq` is live, holds no buffer, nothing else uses it, and it stays valid
+            // until the slot lets it go (`detach`, before `vring_del_virtqueue` in `drop`).
             unsafe { slot.attach(vq, QueueKind::Buffers) };
             // INVARIANT: `vq` of `vdev` is live and attached to `slot`; `vdev` moves into the
             // struct, its heap allocation does not.
@@ -122,6 +142,7 @@ mod tests {
 
     impl Drop for FakeQueue {
         fn drop(&mut self) {
+            // Let the queue go first, if `detach` has not already.
             self.slot.detach();
             // SAFETY: `vq` is live (type invariant) and no longer in the slot, so nothing uses it;
             // its device is still there.

@@ -262,7 +262,7 @@ impl<'a> SgQueue<'a> {
     /// function drops, once.
     unsafe fn lend(
         &self,
-        _turn: &MutexGuard<'_, ()>,
+        turn: &MutexGuard<'_, ()>,
         list: *mut kernel::bindings::scatterlist,
         n: usize,
         token: NonNull<c_void>,
@@ -301,7 +301,7 @@ impl<'a> SgQueue<'a> {
         }
         // SAFETY: `s.vq` is live (checked by `lock_for`); `list` holds `n` valid entries whose
         // memory the device may write until we take the token back below or the slot keeps it
-        // (safety requirements); `token` is unique while queued: transfers take turns (`_turn`),
+        // (safety requirements); `token` is unique while queued: transfers take turns (`turn`),
         // kept memory blocks the others until it is back, and this call does not return while
         // its own is queued unless the slot keeps it.
         let ret = unsafe {
@@ -331,7 +331,7 @@ impl<'a> SgQueue<'a> {
         }
         // SAFETY: `token` was queued on `s.vq` just above, under this function's safety
         // requirements, and is counted in `lent`.
-        let (s, end) = unsafe { self.wait_lent(s, token, deadline, start) };
+        let (s, end) = unsafe { self.wait_lent(turn, s, token, deadline, start) };
         drop(s);
         drop(returned);
         end
@@ -344,10 +344,13 @@ impl<'a> SgQueue<'a> {
     ///
     /// # Safety
     ///
-    /// [`SgQueue::lend`] queued `token` on the slot's queue under its safety
-    /// requirements and counted it in `lent`.
+    /// [`SgQueue::lend`] queued `token` on the slot's queue, in the turn
+    /// `_turn` guards (so nothing else is queued), under its safety
+    /// requirements, and counted it in `lent`; with a deadline, `token` is
+    /// what the deadline's function drops.
     unsafe fn wait_lent<'s>(
         &'s self,
+        _turn: &MutexGuard<'_, ()>,
         mut s: SpinLockIrqGuard<'s, SlotState>,
         token: NonNull<c_void>,
         deadline: Option<(Delta, DropToken)>,
