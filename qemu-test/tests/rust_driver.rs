@@ -20,7 +20,7 @@ fn holds_at_reserve_beyond_guest_memory() -> Result<()> {
 /// The module's own KUnit suites (5 suites, 16 cases today).
 #[test]
 fn kunit_suites_pass() -> Result<()> {
-    suite::kunit_suites_pass(DRIVER, 25)
+    suite::kunit_suites_pass(DRIVER, 27)
 }
 
 /// The same target sequence on the C driver and ours in one boot.

@@ -1,15 +1,21 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! KUnit cases of the owned-buffer queue, on a ring the virtio core creates
-//! for a device that is never there ([`FakeQueue`]): what the queue does
-//! with the buffers it is given, refuses and still holds when it goes away.
+//! KUnit cases of the queues, on a ring the virtio core creates for a
+//! device that is never there ([`FakeQueue`]): what the owned-buffer queue
+//! does with the buffers it is given, refuses and still holds when it goes
+//! away; what a lent-memory queue does once unbinding began and with
+//! memory the device keeps.
 
 use kernel::prelude::kunit_tests;
 
 #[kunit_tests(virtio_balloon_rs_virtqueue_buffers)]
 mod tests {
     use super::super::{
+        NotReturned,
+        OwnedSgList,
         QueueKind,
+        SgList,
+        SgQueue,
         Tagged,
         Virtqueue,
         VqSlot, //
@@ -27,6 +33,7 @@ mod tests {
             },
             Arc,
         },
+        time::Delta,
         types::Opaque,
     };
 
@@ -132,6 +139,11 @@ mod tests {
             Virtqueue::new(&self.slot)
         }
 
+        /// A handle of the queue for lent memory.
+        fn sg_queue(&self) -> Result<SgQueue<'_>> {
+            SgQueue::new(&self.slot)
+        }
+
         /// The device goes away: the queue leaves the slot and drops what
         /// it still holds (the device never used anything, as good as
         /// reset).
@@ -220,6 +232,112 @@ mod tests {
         let _words = fake.queue::<Words>()?;
         assert_eq!(fake.queue::<KBox<[u64; 2]>>().err(), Some(EINVAL));
         assert!(fake.queue::<Words>().is_ok());
+        Ok(())
+    }
+
+    /// 64 bytes of owned memory with the one scatterlist entry that
+    /// describes them, counting its drops.
+    ///
+    /// # Invariants
+    ///
+    /// `sg` is an initialized, ending entry describing `data`.
+    struct Lent {
+        sg: Opaque<kb::scatterlist>,
+        data: Opaque<[u8; 64]>,
+        drops: Arc<Atomic<u32>>,
+    }
+
+    impl Lent {
+        fn new(drops: &Arc<Atomic<u32>>) -> Result<KBox<Self>> {
+            let lent = KBox::new(
+                Self {
+                    sg: Opaque::zeroed(),
+                    data: Opaque::zeroed(),
+                    drops: drops.clone(),
+                },
+                GFP_KERNEL,
+            )?;
+            // SAFETY: `sg` is writable; `data` is 64 bytes of kmalloc memory (in the linear
+            // mapping) that stay where they are while the box lives.
+            unsafe { kb::sg_init_one(lent.sg.get(), lent.data.get().cast(), 64) };
+            // INVARIANT: Initialized above (`sg_init_one` marks the end).
+            Ok(lent)
+        }
+    }
+
+    impl Drop for Lent {
+        fn drop(&mut self) {
+            self.drops.add(1, Relaxed);
+        }
+    }
+
+    // SAFETY: One initialized entry that ends the list (type invariant), describing `data`, which
+    // the device may write (`Opaque`) and which nothing else uses.
+    unsafe impl SgList for Lent {
+        fn as_raw(&self) -> (*mut kb::scatterlist, usize) {
+            (self.sg.get(), 1)
+        }
+    }
+
+    // SAFETY: The entry and `data` are the value's own and live as long as it does; dropping it
+    // gives them back. `Arc` and plain memory are `Send`.
+    unsafe impl OwnedSgList for Lent {}
+
+    // SAFETY: The memory is the value's own; `Opaque` only stops the compiler from assuming
+    // nothing writes it.
+    unsafe impl Send for Lent {}
+
+    #[test]
+    fn nothing_is_lent_once_unbinding_began() -> Result {
+        let drops = Arc::new(Atomic::new(0u32), GFP_KERNEL)?;
+        let fake = FakeQueue::new(4)?;
+        let q = fake.sg_queue()?;
+        fake.slot.revoke();
+        let Err(NotReturned {
+            err,
+            sg: Some(back),
+        }) = q.try_transfer_owned(Lent::new(&drops)?, Delta::from_millis(1000))
+        else {
+            return Err(EINVAL);
+        };
+        // At once, with the memory, and nothing lent that unbinding would wait for.
+        assert_eq!(err, ENODEV);
+        assert_eq!(fake.slot.lent(), 0);
+        assert_eq!(drops.load(Relaxed), 0);
+        drop(back);
+        assert_eq!(drops.load(Relaxed), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn memory_the_device_keeps_stays_its_until_reset() -> Result {
+        let drops = Arc::new(Atomic::new(0u32), GFP_KERNEL)?;
+        let fake = FakeQueue::new(4)?;
+        let q = fake.sg_queue()?;
+        // The device never gives it back: the wait ends, the memory stays.
+        let Err(NotReturned { err, sg: None }) =
+            q.try_transfer_owned(Lent::new(&drops)?, Delta::from_millis(20))
+        else {
+            return Err(EINVAL);
+        };
+        assert_eq!(err, ETIMEDOUT);
+        assert_eq!(drops.load(Relaxed), 0);
+        // The queue owns it now: unbinding does not wait for it.
+        assert_eq!(fake.slot.lent(), 0);
+        // Transfers wait until the device gives it back or is reset.
+        let Err(NotReturned {
+            err,
+            sg: Some(back),
+        }) = q.try_transfer_owned(Lent::new(&drops)?, Delta::from_millis(20))
+        else {
+            return Err(EINVAL);
+        };
+        assert_eq!(err, EBUSY);
+        drop(back);
+        assert_eq!(drops.load(Relaxed), 1);
+        // Reset: the kept memory is freed, once.
+        fake.detach();
+        assert_eq!(drops.load(Relaxed), 2);
         Ok(())
     }
 }
