@@ -3,7 +3,7 @@
 
 use crate::rig::accel::Accel;
 use crate::rig::arch::Arch;
-use crate::rig::config::{Backing, GuestImage, VmConfig};
+use crate::rig::config::{Backing, GuestImage, Tier, VmConfig};
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -154,6 +154,13 @@ pub fn kernel_cmdline(spec: &QemuSpec) -> String {
         format!("loglevel={}", cfg.loglevel),
     ];
     args.extend(arch.cmdline().iter().map(|a| a.to_string()));
+    if arch == Arch::X86_64 && matches!(Tier::current(), Ok(Tier::Debug)) {
+        // PCI interrupt routing from the BIOS's table, not from ACPI's
+        // `_PRT`: on the debug kernel (KASAN, DEBUG_PAGEALLOC, lockdep)
+        // under TCG its AML loop runs past ACPICA's 30 s loop limit for
+        // every PCI device, and the boot misses its deadline.
+        args.push("pci=noacpi".into());
+    }
     args.push(format!(
         "balloon.load={}",
         cfg.driver.map(|d| d.load_param()).unwrap_or("none")
