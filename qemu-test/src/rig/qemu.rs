@@ -155,11 +155,12 @@ pub fn kernel_cmdline(spec: &QemuSpec) -> String {
     ];
     args.extend(arch.cmdline().iter().map(|a| a.to_string()));
     if arch == Arch::X86_64 && matches!(Tier::current(), Ok(Tier::Debug)) {
-        // PCI interrupt routing from the BIOS's table, not from ACPI's
-        // `_PRT`: on the debug kernel (KASAN, DEBUG_PAGEALLOC, lockdep)
-        // under TCG its AML loop runs past ACPICA's 30 s loop limit for
-        // every PCI device, and the boot misses its deadline.
-        args.push("pci=noacpi".into());
+        // Interrupt routing from the BIOS's tables, not from ACPI's `_PRT`:
+        // on the debug kernel (KASAN, DEBUG_PAGEALLOC, lockdep) under TCG
+        // its AML loop runs past ACPICA's 30 s loop limit for every PCI
+        // device, and the boot misses its deadline. ACPI PCI hotplug still
+        // works (`pci=noacpi` would break it).
+        args.push("acpi=noirq".into());
     }
     args.push(format!(
         "balloon.load={}",
