@@ -17,10 +17,7 @@ pub(super) fn read_word(reader: &mut UserSliceReader) -> Result<([u8; 32], usize
 }
 
 pub(super) fn write_target(dev: &Arc<FakeDevice>, reader: &mut UserSliceReader) -> Result {
-    let (w, n) = read_word(reader)?;
-    let s = core::str::from_utf8(&w[..n]).map_err(|_| EINVAL)?;
-    let pages: u32 = s.parse().map_err(|_| EINVAL)?;
-    dev.set_target(pages);
+    dev.set_target(read_u32(reader)?);
     Ok(())
 }
 
