@@ -258,6 +258,11 @@ fn remove_loop(driver: Driver, dev: &str, total0: u64, balloon_kib: u64) -> Stri
     let drv = driver_dir(driver);
     let total0_kib = total0 >> 10;
     // Balloon: in /proc/meminfo (NR_BALLOON_PAGES) counts both drivers' pages.
+    // It is a vmstat counter: each CPU keeps a delta of up to its threshold
+    // (dozens of pages) that /proc/meminfo does not add, so pages inflated
+    // on one CPU and deflated on another read as a few dozen kB left over
+    // until vmstat folds the deltas (seen on the debug tier: 12 and 36 kB).
+    // `stat_refresh` folds them first; the unfolded value is printed beside.
     let want = balloon_kib * 9 / 10;
     format!(
         "{FAULT_FN}; mi() {{ awk -v k=$1: '$1 == k {{ print $2 }}' /proc/meminfo; }}; n=1; \
@@ -265,7 +270,8 @@ fn remove_loop(driver: Driver, dev: &str, total0: u64, balloon_kib: u64) -> Stri
            i=0; while [ $(mi Balloon) -lt {want} ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done; \
            before=$(mi Balloon); r=$(fault $n 'echo {dev} > {drv}/unbind'); \
            b=0; [ -e {drv}/{dev} ] && b=1; \
-           echo \"n=$n $r bound=$b ballooned_before=$before total=$(mi MemTotal) balloon=$(mi Balloon)\"; \
+           raw=$(mi Balloon); echo 1 > /proc/sys/vm/stat_refresh; \
+           echo \"n=$n $r bound=$b ballooned_before=$before total=$(mi MemTotal) unfolded=$raw balloon=$(mi Balloon)\"; \
            case $r in *fired=0*) break;; esac; \
            [ $b = 1 ] || echo {dev} > {drv}/bind; n=$((n+1)); done; \
          [ $(mi MemTotal) = {total0_kib} ] || echo \"MemTotal $(mi MemTotal) kB, {total0_kib} kB before\""
