@@ -10,35 +10,73 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// QEMU binary for `arch`: `$BALLOON_QEMU` (exported by the Makefile: the
-/// QEMU `make setup` unpacks for `ARCH`), else `$QEMU`, else
-/// `qemu-system-<arch>` on `PATH`.
+/// QEMU `make setup` unpacks for `ARCH`), else `$QEMU`, else that same QEMU
+/// found through `scripts/paths.sh` (a test run with `cargo test` directly
+/// boots what `make` boots), else `qemu-system-<arch>` on `PATH`, with a
+/// warning: another QEMU is another device model (Debian 12's QEMU 7.2
+/// corrupts guests migrated with free page hinting, with either driver,
+/// where the setup's QEMU 10 does not).
 pub fn qemu_binary(arch: Arch) -> OsString {
+    if let Some(q) = qemu_from_env() {
+        return q;
+    }
+    if let Some(q) = setup_path(arch, "qemu").filter(|q| Path::new(q).is_file()) {
+        return q;
+    }
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        eprintln!(
+            "qemu-test: warning: BALLOON_QEMU is not set and `make setup` has not unpacked its \
+             QEMU: using {} from PATH, which is not the QEMU the suites are checked with",
+            arch.qemu_binary_name()
+        )
+    });
+    arch.qemu_binary_name().into()
+}
+
+/// `$BALLOON_QEMU`, else `$QEMU`, if set.
+fn qemu_from_env() -> Option<OsString> {
     ["BALLOON_QEMU", "QEMU"]
         .iter()
         .find_map(|v| std::env::var_os(v).filter(|q| !q.is_empty()))
-        .unwrap_or_else(|| {
-            static WARNED: std::sync::Once = std::sync::Once::new();
-            WARNED.call_once(|| {
-                eprintln!(
-                    "qemu-test: warning: BALLOON_QEMU is not set (run through `make`), \
-                     using {} from PATH",
-                    arch.qemu_binary_name()
-                )
-            });
-            arch.qemu_binary_name().into()
-        })
+}
+
+/// What `scripts/paths.sh <what>` prints for `arch`, if it prints something.
+fn setup_path(arch: Arch, what: &str) -> Option<OsString> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/paths.sh");
+    let arch = match arch {
+        Arch::X86_64 => "x86_64",
+        Arch::Arm64 => "arm64",
+    };
+    let out = std::process::Command::new(script)
+        .arg(what)
+        .env("ARCH", arch)
+        .output()
+        .ok()?;
+    let path = String::from_utf8(out.stdout).ok()?;
+    let path = path.trim();
+    (out.status.success() && !path.is_empty()).then(|| path.into())
 }
 
 /// QEMU firmware/data directories (`-L`): `$BALLOON_QEMU_DATA`,
-/// colon-separated (needed by a QEMU unpacked outside `/usr`).
+/// colon-separated (needed by a QEMU unpacked outside `/usr`); without it,
+/// and with no QEMU named in the environment, those of the QEMU `make setup`
+/// unpacks, as [`qemu_binary`] then boots that one.
 pub fn qemu_data_dirs() -> Vec<PathBuf> {
-    std::env::var_os("BALLOON_QEMU_DATA")
-        .map(|d| {
-            std::env::split_paths(&d)
-                .filter(|p| !p.as_os_str().is_empty())
-                .collect()
-        })
-        .unwrap_or_default()
+    let dirs = std::env::var_os("BALLOON_QEMU_DATA").or_else(|| {
+        let setup_qemu = setup_path(Arch::X86_64, "qemu").filter(|q| Path::new(q).is_file());
+        if qemu_from_env().is_some() || setup_qemu.is_none() {
+            None
+        } else {
+            setup_path(Arch::X86_64, "qemu-data")
+        }
+    });
+    dirs.map(|d| {
+        std::env::split_paths(&d)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// Where the serial console (ttyS0, ttyAMA0 on arm64) goes.
