@@ -9,74 +9,134 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The QEMU a VM of one architecture boots: its binary and firmware
+/// directories, chosen together once per architecture.
+struct QemuInstall {
+    binary: OsString,
+    data_dirs: Vec<PathBuf>,
+}
+
 /// QEMU binary for `arch`: `$BALLOON_QEMU` (exported by the Makefile: the
 /// QEMU `make setup` unpacks for `ARCH`), else `$QEMU`, else that same QEMU
 /// found through `scripts/paths.sh` (a test run with `cargo test` directly
 /// boots what `make` boots), else `qemu-system-<arch>` on `PATH`, with a
 /// warning: another QEMU is another device model (Debian 12's QEMU 7.2
 /// corrupts guests migrated with free page hinting, with either driver,
-/// where the setup's QEMU 10 does not).
+/// where the setup's QEMU 10 does not). The environment's binary is taken
+/// whatever `arch` is (the Makefile sets it for its `ARCH`).
 pub fn qemu_binary(arch: Arch) -> OsString {
-    if let Some(q) = qemu_from_env() {
-        return q;
-    }
-    if let Some(q) = setup_path(arch, "qemu").filter(|q| Path::new(q).is_file()) {
-        return q;
-    }
-    static WARNED: std::sync::Once = std::sync::Once::new();
-    WARNED.call_once(|| {
-        eprintln!(
-            "qemu-test: warning: BALLOON_QEMU is not set and `make setup` has not unpacked its \
-             QEMU: using {} from PATH, which is not the QEMU the suites are checked with",
-            arch.qemu_binary_name()
-        )
-    });
-    arch.qemu_binary_name().into()
+    qemu_install(arch).binary.clone()
 }
 
-/// `$BALLOON_QEMU`, else `$QEMU`, if set.
-fn qemu_from_env() -> Option<OsString> {
-    ["BALLOON_QEMU", "QEMU"]
+/// QEMU firmware/data directories (`-L`) for the QEMU [`qemu_binary`]
+/// boots for `arch`: `$BALLOON_QEMU_DATA` (colon-separated, needed by a
+/// QEMU unpacked outside `/usr`), else those of the QEMU `make setup`
+/// unpacked when that is the one booted, else none.
+pub fn qemu_data_dirs(arch: Arch) -> Vec<PathBuf> {
+    qemu_install(arch).data_dirs.clone()
+}
+
+/// The QEMU for `arch`, chosen on first use and kept: the command logged
+/// and the command run name the same one.
+fn qemu_install(arch: Arch) -> &'static QemuInstall {
+    static X86_64: std::sync::OnceLock<QemuInstall> = std::sync::OnceLock::new();
+    static ARM64: std::sync::OnceLock<QemuInstall> = std::sync::OnceLock::new();
+    let cell = match arch {
+        Arch::X86_64 => &X86_64,
+        Arch::Arm64 => &ARM64,
+    };
+    cell.get_or_init(|| choose_qemu(arch))
+}
+
+fn choose_qemu(arch: Arch) -> QemuInstall {
+    let split = |d: OsString| -> Vec<PathBuf> {
+        std::env::split_paths(&d)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect()
+    };
+    let env_data = std::env::var_os("BALLOON_QEMU_DATA");
+    let env_binary = ["BALLOON_QEMU", "QEMU"]
         .iter()
-        .find_map(|v| std::env::var_os(v).filter(|q| !q.is_empty()))
+        .find_map(|v| std::env::var_os(v).filter(|q| !q.is_empty()));
+    if let Some(binary) = env_binary {
+        return QemuInstall {
+            binary,
+            data_dirs: env_data.map(split).unwrap_or_default(),
+        };
+    }
+    let setup = setup_path(arch, "qemu").and_then(|q| {
+        if Path::new(&q).is_file() {
+            Ok(q)
+        } else {
+            Err(format!("{} does not exist", q.to_string_lossy()))
+        }
+    });
+    match setup {
+        Ok(binary) => {
+            let data = match env_data {
+                Some(d) => Ok(d),
+                None => setup_path(arch, "qemu-data"),
+            };
+            match data {
+                Ok(d) => QemuInstall {
+                    binary,
+                    data_dirs: split(d),
+                },
+                Err(why) => {
+                    eprintln!(
+                        "qemu-test: warning: booting {} without its firmware path: {why}",
+                        binary.to_string_lossy()
+                    );
+                    QemuInstall {
+                        binary,
+                        data_dirs: Vec::new(),
+                    }
+                }
+            }
+        }
+        Err(why) => {
+            eprintln!(
+                "qemu-test: warning: BALLOON_QEMU and QEMU are not set and the QEMU of `make{} \
+                 setup` was not found ({why}): using {} from PATH, which is not the QEMU the \
+                 suites are checked with",
+                match arch {
+                    Arch::X86_64 => "",
+                    Arch::Arm64 => " ARCH=arm64",
+                },
+                arch.qemu_binary_name()
+            );
+            QemuInstall {
+                binary: arch.qemu_binary_name().into(),
+                data_dirs: env_data.map(split).unwrap_or_default(),
+            }
+        }
+    }
 }
 
-/// What `scripts/paths.sh <what>` prints for `arch`, if it prints something.
-fn setup_path(arch: Arch, what: &str) -> Option<OsString> {
+/// What `scripts/paths.sh <what>` prints for `arch` (with 4 KiB pages,
+/// whatever `PAGES` says: the QEMU does not depend on it), or why not.
+fn setup_path(arch: Arch, what: &str) -> std::result::Result<OsString, String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/paths.sh");
     let arch = match arch {
         Arch::X86_64 => "x86_64",
         Arch::Arm64 => "arm64",
     };
-    let out = std::process::Command::new(script)
+    let out = std::process::Command::new(&script)
         .arg(what)
         .env("ARCH", arch)
+        .env_remove("PAGES")
         .output()
-        .ok()?;
-    let path = String::from_utf8(out.stdout).ok()?;
-    let path = path.trim();
-    (out.status.success() && !path.is_empty()).then(|| path.into())
-}
-
-/// QEMU firmware/data directories (`-L`): `$BALLOON_QEMU_DATA`,
-/// colon-separated (needed by a QEMU unpacked outside `/usr`); without it,
-/// and with no QEMU named in the environment, those of the QEMU `make setup`
-/// unpacks, as [`qemu_binary`] then boots that one.
-pub fn qemu_data_dirs() -> Vec<PathBuf> {
-    let dirs = std::env::var_os("BALLOON_QEMU_DATA").or_else(|| {
-        let setup_qemu = setup_path(Arch::X86_64, "qemu").filter(|q| Path::new(q).is_file());
-        if qemu_from_env().is_some() || setup_qemu.is_none() {
-            None
-        } else {
-            setup_path(Arch::X86_64, "qemu-data")
-        }
-    });
-    dirs.map(|d| {
-        std::env::split_paths(&d)
-            .filter(|p| !p.as_os_str().is_empty())
-            .collect()
-    })
-    .unwrap_or_default()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() && !path.is_empty() {
+        Ok(path.into())
+    } else {
+        Err(format!(
+            "{} {what}: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// Where the serial console (ttyS0, ttyAMA0 on arm64) goes.
@@ -231,7 +291,7 @@ fn socket_chardev(id: &str, path: &Path) -> String {
 /// RAM and CPUs, the console and QMP, the devices, the kernel.
 pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     let mut a = Args::default();
-    for dir in qemu_data_dirs() {
+    for dir in qemu_data_dirs(spec.image.arch) {
         a.push("-L");
         a.push(&dir.to_string_lossy());
     }

@@ -270,8 +270,9 @@ fn remove_loop(driver: Driver, dev: &str, total0: u64, balloon_kib: u64) -> Stri
            i=0; while [ $(mi Balloon) -lt {want} ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done; \
            before=$(mi Balloon); r=$(fault $n 'echo {dev} > {drv}/unbind'); \
            b=0; [ -e {drv}/{dev} ] && b=1; \
-           raw=$(mi Balloon); echo 1 > /proc/sys/vm/stat_refresh; \
-           echo \"n=$n $r bound=$b ballooned_before=$before total=$(mi MemTotal) unfolded=$raw balloon=$(mi Balloon)\"; \
+           raw=$(mi Balloon); rf=ok; echo 1 2>/dev/null > /proc/sys/vm/stat_refresh || rf=failed; \
+           neg=$(dmesg | grep -c 'vmstat_refresh: nr_balloon_pages'); \
+           echo \"n=$n $r bound=$b ballooned_before=$before total=$(mi MemTotal) refresh=$rf negative=$neg unfolded=$raw balloon=$(mi Balloon)\"; \
            case $r in *fired=0*) break;; esac; \
            [ $b = 1 ] || echo {dev} > {drv}/bind; n=$((n+1)); done; \
          [ $(mi MemTotal) = {total0_kib} ] || echo \"MemTotal $(mi MemTotal) kB, {total0_kib} kB before\""
@@ -317,6 +318,15 @@ impl Outcome {
             else {
                 continue;
             };
+            ensure!(
+                !l.contains("refresh=failed"),
+                "vm/stat_refresh could not fold the balloon count: {l}"
+            );
+            // A counter below zero reads as 0 in /proc/meminfo; the fold logs it.
+            ensure!(
+                field(l, "negative").unwrap_or(0) == 0,
+                "the kernel's balloon page count went below zero (vmstat_refresh logged it): {l}"
+            );
             if let (Some(total), Some(balloon)) = (field(l, "total"), field(l, "balloon")) {
                 ensure!(
                     balloon == 0,
