@@ -76,6 +76,7 @@ need_file "$GUEST_DIR/init" "The checkout is incomplete."
 need_file "$GUEST_DIR/agent" "The checkout is incomplete."
 need_file "$GUEST_DIR/fragment.c" "The checkout is incomplete."
 need_file "$GUEST_DIR/memhog.c" "The checkout is incomplete."
+need_file "$GUEST_DIR/workload.c" "The checkout is incomplete."
 need_cmd "$CC" "Install $CC ('make setup' does)."
 for ko in "$@"; do
 	need_file "$ko" "Build the module first: run 'make'."
@@ -101,7 +102,7 @@ if [[ -n "$distro_moddir" && ! -x "$gen_init_cpio" ]]; then
 fi
 
 # Guest test tools busybox lacks, built static for the guest.
-for tool in fragment memhog; do
+for tool in fragment memhog workload; do
 	"$CC" -static -O2 -Wall -Werror -o "$staging/$tool" "$GUEST_DIR/$tool.c" ||
 		die "building the guest tool $GUEST_DIR/$tool.c failed" \
 			"It needs $CC and the static C library (libc6-dev, for arm64 libc6-dev-arm64-cross)."
@@ -192,6 +193,7 @@ mkdir -p "$(dirname "$out")"
 	echo "file /bin/balloon-agent $GUEST_DIR/agent 0755 0 0"
 	echo "file /bin/fragment $stage/fragment 0755 0 0"
 	echo "file /bin/memhog $stage/memhog 0755 0 0"
+	echo "file /bin/workload $stage/workload 0755 0 0"
 	if [[ -n "$distro_moddir" ]]; then
 		echo "file /etc/modules $staging/etc/modules 0644 0 0"
 	fi

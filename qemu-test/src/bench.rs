@@ -48,6 +48,7 @@ mod host;
 mod measure;
 mod plot;
 pub mod report;
+pub mod workload;
 
 use guest::{compact, counters, guest_busy, guest_mem, load, prepare, settle_reporting};
 pub use guest::{parse_buddyinfo, Compaction, GuestMem, COMPACT_COUNTERS};
@@ -160,6 +161,8 @@ pub struct BenchOpts {
     /// once and record the host's memory and the guest's migration
     /// counters again, before the deflate.
     pub compact: bool,
+    /// The workload mode ([`workload`]) instead of inflate and deflate.
+    pub workload: bool,
 }
 
 impl BenchOpts {
@@ -184,6 +187,7 @@ impl Default for BenchOpts {
             frag_stride: 32,
             free_page_reporting: None,
             compact: false,
+            workload: false,
         }
     }
 }

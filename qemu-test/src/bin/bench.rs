@@ -6,7 +6,7 @@
 //! bench [--reps N] [--guest-mib M] [--balloon-mib B] [--drivers c,rs]
 //!       [--guest-state fresh|dirty|cache|fragmented] [--frag-stride N]
 //!       [--backing 4k|thp|hugetlb] [--reporting on|off] [--poll-ms P]
-//!       [--compact] [--out DIR] [--cmdline ARG]...
+//!       [--compact] [--workload] [--out DIR] [--cmdline ARG]...
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -19,7 +19,7 @@ const USAGE: &str = "\
 usage: bench [--reps N] [--guest-mib M] [--balloon-mib B] [--drivers c,rs]
              [--guest-state fresh|dirty|cache|fragmented] [--frag-stride N]
              [--backing 4k|thp|hugetlb] [--reporting on|off] [--poll-ms P] [--compact]
-             [--out DIR] [--cmdline ARG]...
+             [--workload] [--out DIR] [--cmdline ARG]...
 
   --backing      host pages of the guest RAM: 4k (THP disabled for QEMU), thp
                  (default: anonymous memory, which QEMU madvises MADV_HUGEPAGE;
@@ -35,6 +35,11 @@ usage: bench [--reps N] [--guest-mib M] [--balloon-mib B] [--drivers c,rs]
   --compact      after the inflate and its host figures, compact the guest's memory
                  once (/proc/sys/vm/compact_memory) and report the host figures and
                  the guest's migration counters (/proc/vmstat) again, before the deflate
+  --workload     instead of inflate and deflate: a fixed guest workload (memory, fork and
+                 exec, page-cache reads) for 60 s undisturbed, then 60 s while the host
+                 sets 30 targets (balloons of 10 to 60 % of RAM), each driver in turn;
+                 reports its throughput, PSI, stalls, churn and settle times, and
+                 workload.png (--guest-state dirty or cache; fresh also works)
 ";
 
 fn parse_args() -> Result<(BenchOpts, PathBuf)> {
@@ -54,6 +59,7 @@ fn parse_args() -> Result<(BenchOpts, PathBuf)> {
             "--backing" => opts.backing = Backing::parse(&val()?)?,
             "--frag-stride" => opts.frag_stride = val()?.parse()?,
             "--compact" => opts.compact = true,
+            "--workload" => opts.workload = true,
             "--reporting" => {
                 opts.free_page_reporting = Some(match val()?.as_str() {
                     "on" => true,
@@ -100,6 +106,9 @@ fn main() -> Result<()> {
         opts.reps,
         opts.drivers
     );
+    if opts.workload {
+        return bench::workload::run(&opts, &out);
+    }
     let outcome = bench::run(&opts, report::progress)?;
     report::write(&opts, &outcome, &out)
 }

@@ -1,0 +1,579 @@
+//! The workload mode of `make bench` (`--workload`): what a moving balloon
+//! costs the guest's own work, C and ours alternately in one boot.
+//!
+//! Each repetition, for each driver: the driver is loaded, the guest is put
+//! in [`BenchOpts::guest_state`] and the guest tool `workload`
+//! (`scripts/guest/workload.c`: anonymous memory written 64 MiB at a time,
+//! fork and exec, page-cache reads; operations counted per second) runs
+//! for [`PHASE`] undisturbed; then the state is prepared again and the same
+//! workload runs while the host sets [`TARGETS`] targets, one every
+//! [`PHASE`]`/`[`TARGETS`], balloons of 10 to 60 % of RAM in the order of
+//! the long-running test (`10 + (37 i + 11) mod 51` %). Around each phase
+//! it reads the guest's `/proc/vmstat` (allocation stalls, compaction
+//! stalls, direct scanning, pages the balloon moved, OOM kills),
+//! `/proc/pressure/memory` (PSI `some` and `full` time) and `/proc/stat`
+//! (system time: the guest kernel's CPU, the balloon's work in it; the guest
+//! kernel has no perf events), and in the moving phase how long `actual`
+//! took to reach each target.
+//!
+//! A phase's throughput is one number: the geometric mean, over the three
+//! kinds of operation, of its rate relative to the C driver's undisturbed
+//! rate in the same repetition (1.0 = as fast as the undisturbed guest
+//! with C loaded).
+
+use super::guest::{load, prepare};
+use super::report::name;
+use super::{host_setup, vm_config, BenchOpts};
+use crate::rig::units::MIB;
+use crate::rig::vm::Vm;
+use crate::{Driver, DATA_MOUNT};
+use anyhow::{bail, ensure, Context, Result};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How long the workload runs in each phase.
+pub const PHASE: Duration = Duration::from_secs(60);
+/// Targets the host sets in the moving phase.
+pub const TARGETS: u64 = 30;
+/// The file the workload reads (random data, in the page cache).
+const READ_FILE_MIB: u64 = 64;
+/// The workload's anonymous memory per round.
+const MEM_CHUNK_MIB: u64 = 64;
+/// The kinds of operation `workload` counts, in its output's order.
+const KINDS: [&str; 3] = ["mem", "fork", "read"];
+/// `/proc/vmstat` counters recorded per phase (summed where the name is a
+/// prefix: `allocstall_` covers every zone).
+const VMSTAT: [&str; 7] = [
+    "allocstall_",
+    "compact_stall",
+    "pgscan_direct",
+    "pgscan_kswapd",
+    "balloon_inflate",
+    "balloon_deflate",
+    "oom_kill",
+];
+
+/// The guest's counters at one moment.
+#[derive(Debug, Clone, Default)]
+struct Snapshot {
+    vmstat: BTreeMap<&'static str, u64>,
+    /// PSI memory `some` and `full` totals, microseconds.
+    psi_some_us: u64,
+    psi_full_us: u64,
+    /// `/proc/stat` `cpu` line: user nice system idle iowait irq softirq.
+    cpu: Vec<u64>,
+}
+
+fn snapshot(vm: &mut Vm) -> Result<Snapshot> {
+    let out = vm.run_ok(
+        "cat /proc/vmstat; echo @@; cat /proc/pressure/memory; echo @@; head -1 /proc/stat",
+    )?;
+    let mut parts = out.split("@@");
+    let (Some(vmstat), Some(psi), Some(stat)) = (parts.next(), parts.next(), parts.next()) else {
+        bail!("bad vmstat/pressure/stat output {out:?}");
+    };
+    let mut s = Snapshot::default();
+    for key in VMSTAT {
+        let sum = vmstat
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(k, _)| {
+                if key.ends_with('_') {
+                    k.starts_with(key)
+                } else {
+                    *k == key
+                }
+            })
+            .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+            .sum();
+        s.vmstat.insert(key, sum);
+    }
+    for line in psi.lines() {
+        let total = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("total="))
+            .map(str::parse::<u64>)
+            .transpose()
+            .with_context(|| format!("PSI line {line:?}"))?;
+        match (line.split_whitespace().next(), total) {
+            (Some("some"), Some(t)) => s.psi_some_us = t,
+            (Some("full"), Some(t)) => s.psi_full_us = t,
+            _ => {}
+        }
+    }
+    s.cpu = stat
+        .split_whitespace()
+        .skip(1)
+        .take(7)
+        .map(str::parse::<u64>)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("/proc/stat line {stat:?}"))?;
+    ensure!(s.cpu.len() == 7, "short /proc/stat line {stat:?}");
+    Ok(s)
+}
+
+/// One phase of one driver in one repetition.
+#[derive(Debug, Clone)]
+struct PhaseResult {
+    driver: Driver,
+    rep: usize,
+    moving: bool,
+    /// Operations per second, per kind.
+    per_second: Vec<[u64; 3]>,
+    /// Operations in the whole phase, per kind.
+    totals: [u64; 3],
+    /// Counter increases over the phase.
+    vmstat: BTreeMap<&'static str, u64>,
+    psi_some_ms: f64,
+    psi_full_ms: f64,
+    /// Share of the guest's CPU time in the kernel (system, irq, softirq).
+    system_share: f64,
+    /// Moving phase: the balloon size over time (s, bytes).
+    balloon: Vec<(f64, u64)>,
+    /// Moving phase: seconds `actual` took to reach each target, `None` if
+    /// it had not when the next target came.
+    settle: Vec<Option<f64>>,
+}
+
+/// Parses `workload`'s output: one line per second and the totals.
+fn parse_workload(out: &str) -> Result<(Vec<[u64; 3]>, [u64; 3])> {
+    let field = |l: &str, k: &str| -> Option<u64> {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+    };
+    let mut per_second = Vec::new();
+    let mut totals = None;
+    for l in out.lines() {
+        let counts = [field(l, KINDS[0]), field(l, KINDS[1]), field(l, KINDS[2])];
+        let [Some(a), Some(b), Some(c)] = counts else {
+            continue;
+        };
+        if l.starts_with("total ") {
+            totals = Some([a, b, c]);
+        } else if l.starts_with("t=") {
+            per_second.push([a, b, c]);
+        }
+    }
+    let totals = totals.with_context(|| format!("the guest's workload failed: {out:?}"))?;
+    Ok((per_second, totals))
+}
+
+/// Balloon target for a balloon of `percent` % of `ram`, in whole MiB.
+fn target_for(ram: u64, percent: u64) -> u64 {
+    ram - (ram * percent / 100) / MIB * MIB
+}
+
+/// The command that runs the workload for [`PHASE`].
+fn workload_cmd(file: &str) -> String {
+    format!(
+        "workload -t {} -f {file} -m {MEM_CHUNK_MIB}",
+        PHASE.as_secs()
+    )
+}
+
+/// Runs one phase: the workload, undisturbed or while the host moves the
+/// balloon; then the balloon is emptied again.
+fn run_phase(
+    vm: &mut Vm,
+    driver: Driver,
+    rep: usize,
+    moving: bool,
+    file: &str,
+) -> Result<PhaseResult> {
+    let ram = vm.ram_bytes();
+    let before = snapshot(vm)?;
+    let mut balloon = Vec::new();
+    let mut settle = Vec::new();
+    let out = if moving {
+        vm.run_ok(&format!(
+            "rm -f /tmp/w.out /tmp/w.done; ({} > /tmp/w.out 2>&1; echo rc=$? >> /tmp/w.out; \
+             touch /tmp/w.done) > /dev/null 2>&1 &",
+            workload_cmd(file)
+        ))?;
+        let t0 = Instant::now();
+        let step = PHASE / TARGETS as u32;
+        for i in 0..TARGETS {
+            let target = target_for(ram, 10 + (i * 37 + 11) % 51);
+            let set_at = Instant::now();
+            vm.set_balloon_target_bytes(target)?;
+            let mut settled = None;
+            while set_at.elapsed() < step {
+                let actual = vm.query_balloon_actual()?;
+                balloon.push((t0.elapsed().as_secs_f64(), ram.saturating_sub(actual)));
+                if settled.is_none() && actual == target {
+                    settled = Some(set_at.elapsed().as_secs_f64());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            settle.push(settled);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while vm.run("test -e /tmp/w.done")?.code != 0 {
+            ensure!(
+                Instant::now() < deadline,
+                "{driver}: the workload did not end within a minute of its {} s",
+                PHASE.as_secs()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        vm.run_ok("cat /tmp/w.out")?
+    } else {
+        vm.run_ok_timeout(
+            &format!("{} 2>&1; echo rc=$?", workload_cmd(file)),
+            PHASE + Duration::from_secs(60),
+        )?
+    };
+    let after = snapshot(vm)?;
+    vm.set_balloon_target_bytes(ram)?;
+    vm.wait_balloon_actual(ram, Duration::from_secs(300))
+        .with_context(|| format!("{driver}: the balloon did not empty after the phase"))?;
+    let (per_second, totals) = parse_workload(&out)?;
+    ensure!(
+        out.contains("rc=0"),
+        "{driver}: the workload failed: {}",
+        out.trim()
+    );
+    let vmstat = VMSTAT
+        .iter()
+        .map(|&k| (k, after.vmstat[k].saturating_sub(before.vmstat[k])))
+        .collect();
+    let cpu: Vec<u64> = after
+        .cpu
+        .iter()
+        .zip(&before.cpu)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
+    let all: u64 = cpu.iter().sum();
+    let kernel = cpu[2] + cpu[5] + cpu[6];
+    Ok(PhaseResult {
+        driver,
+        rep,
+        moving,
+        per_second,
+        totals,
+        vmstat,
+        psi_some_ms: after.psi_some_us.saturating_sub(before.psi_some_us) as f64 / 1000.0,
+        psi_full_ms: after.psi_full_us.saturating_sub(before.psi_full_us) as f64 / 1000.0,
+        system_share: if all == 0 {
+            0.0
+        } else {
+            kernel as f64 / all as f64
+        },
+        balloon,
+        settle,
+    })
+}
+
+/// Runs the workload mode and writes its report into `out`.
+pub fn run(opts: &BenchOpts, out: &Path) -> Result<()> {
+    ensure!(
+        opts.guest_state != super::GuestState::Fragmented,
+        "--workload runs with --guest-state fresh, dirty or cache"
+    );
+    let cfg = vm_config(opts);
+    let (host_thp, pool) = host_setup(opts, &cfg)?;
+    let mut vm = Vm::boot(cfg).context("booting the benchmark VM")?;
+    let file = format!("{DATA_MOUNT}/workload-read");
+    let cache_file = format!("{DATA_MOUNT}/bench-cache");
+    vm.run_timeout(
+        &format!(
+            "dd if=/dev/urandom of={file} bs=1M count={READ_FILE_MIB} 2>/dev/null && \
+             truncate -s {} {cache_file} && sync",
+            2 * vm.ram_bytes()
+        ),
+        Duration::from_secs(300),
+    )?;
+    let mut results = Vec::new();
+    for rep in 0..opts.reps {
+        for &driver in &opts.drivers {
+            load(&mut vm, driver)?;
+            for moving in [false, true] {
+                prepare(&mut vm, opts, &cache_file)?;
+                let r = run_phase(&mut vm, driver, rep, moving, &file)?;
+                eprintln!(
+                    "bench: rep {rep} {:>4} {:<11} ops {:?}, PSI full {:.0} ms, settled {}/{}",
+                    name(driver),
+                    if moving { "moving" } else { "undisturbed" },
+                    r.totals,
+                    r.psi_full_ms,
+                    r.settle.iter().filter(|s| s.is_some()).count(),
+                    r.settle.len()
+                );
+                results.push(r);
+            }
+        }
+    }
+    let accel = vm.accel();
+    drop(vm);
+    drop(pool);
+    let text = report(opts, &results, &format!("{accel:?}"), &host_thp)?;
+    std::fs::write(out.join("workload-report.txt"), &text)?;
+    let mut raw = String::new();
+    for r in &results {
+        for (s, c) in r.per_second.iter().enumerate() {
+            writeln!(
+                raw,
+                "rep={} driver={} moving={} t={} mem={} fork={} read={}",
+                r.rep,
+                name(r.driver),
+                r.moving,
+                s + 1,
+                c[0],
+                c[1],
+                c[2]
+            )?;
+        }
+    }
+    std::fs::write(out.join("workload-per-second.txt"), raw)?;
+    plot(&results, &out.join("workload.png"))?;
+    print!("{text}");
+    eprintln!("bench: report in {}", out.display());
+    Ok(())
+}
+
+/// The C driver's undisturbed operations per kind in `rep`.
+fn baseline(results: &[PhaseResult], rep: usize) -> Option<[u64; 3]> {
+    results
+        .iter()
+        .find(|r| r.rep == rep && r.driver == Driver::C && !r.moving)
+        .map(|r| r.totals)
+}
+
+/// A phase's throughput relative to `base` (geometric mean over the kinds).
+fn score(totals: &[u64; 3], base: &[u64; 3]) -> f64 {
+    let logs: f64 = totals
+        .iter()
+        .zip(base)
+        .map(|(&t, &b)| ((t.max(1)) as f64 / (b.max(1)) as f64).ln())
+        .sum();
+    (logs / 3.0).exp()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn spread(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{lo:.2}..{hi:.2}")
+}
+
+/// The report: per driver and phase, medians over the repetitions.
+fn report(
+    opts: &BenchOpts,
+    results: &[PhaseResult],
+    accel: &str,
+    host_thp: &str,
+) -> Result<String> {
+    let mut t = String::new();
+    writeln!(
+        t,
+        "workload bench: {} MiB guest ({} state, {} backing, host THP {host_thp}), accel {accel}, \
+         {} repetitions; {} s of workload per phase; moving: {TARGETS} targets, balloons of 10 \
+         to 60 % of RAM",
+        opts.guest_mib,
+        opts.guest_state.name(),
+        opts.backing.name(),
+        opts.reps,
+        PHASE.as_secs()
+    )?;
+    writeln!(
+        t,
+        "throughput: geometric mean of mem/fork/read rates relative to C undisturbed in the same \
+         repetition (median, min..max)\n"
+    )?;
+    let scores = |driver: Driver, moving: bool| -> Vec<f64> {
+        (0..opts.reps)
+            .filter_map(|rep| {
+                let base = baseline(results, rep)?;
+                let r = results
+                    .iter()
+                    .find(|r| r.rep == rep && r.driver == driver && r.moving == moving)?;
+                Some(score(&r.totals, &base))
+            })
+            .collect()
+    };
+    for &driver in &opts.drivers {
+        let und = scores(driver, false);
+        let mov = scores(driver, true);
+        let own: Vec<f64> = mov.iter().zip(&und).map(|(m, u)| m / u).collect();
+        writeln!(
+            t,
+            "{:>4}: undisturbed {:.3} ({}), moving {:.3} ({}), moving/undisturbed {:.3} ({})",
+            name(driver),
+            median(und.clone()),
+            spread(&und),
+            median(mov.clone()),
+            spread(&mov),
+            median(own.clone()),
+            spread(&own)
+        )?;
+    }
+    let c_mov = scores(Driver::C, true);
+    let rs_mov = scores(Driver::Rust, true);
+    let ratio: Vec<f64> = rs_mov.iter().zip(&c_mov).map(|(r, c)| r / c).collect();
+    writeln!(
+        t,
+        "ours/C while the balloon moves: {:.3} ({})\n",
+        median(ratio.clone()),
+        spread(&ratio)
+    )?;
+    writeln!(
+        t,
+        "{:>4} {:<11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7} {:>10} {:>9} {:>9} {:>10} {:>6} {:>8}",
+        "",
+        "phase",
+        "mem MiB/s",
+        "forks/s",
+        "read MiB/s",
+        "PSI some",
+        "PSI full",
+        "kernel",
+        "allocstall",
+        "compact",
+        "pgscan_d",
+        "churn MiB",
+        "OOM",
+        "settle"
+    )?;
+    for &driver in &opts.drivers {
+        for moving in [false, true] {
+            let rs: Vec<&PhaseResult> = results
+                .iter()
+                .filter(|r| r.driver == driver && r.moving == moving)
+                .collect();
+            let med = |f: &dyn Fn(&PhaseResult) -> f64| median(rs.iter().map(|r| f(r)).collect());
+            let secs = PHASE.as_secs_f64();
+            let settle: Vec<f64> = rs
+                .iter()
+                .flat_map(|r| r.settle.iter().flatten().copied())
+                .collect();
+            let unsettled: usize = rs
+                .iter()
+                .map(|r| r.settle.iter().filter(|s| s.is_none()).count())
+                .sum();
+            writeln!(
+                t,
+                "{:>4} {:<11} {:>9.1} {:>9.1} {:>9.1} {:>8.0}ms {:>8.0}ms {:>6.1}% {:>10.0} {:>9.0} \
+                 {:>9.0} {:>10.0} {:>6.0} {:>8}",
+                name(driver),
+                if moving { "moving" } else { "undisturbed" },
+                med(&|r| r.totals[0] as f64 / secs),
+                med(&|r| r.totals[1] as f64 / secs),
+                med(&|r| r.totals[2] as f64 / secs),
+                med(&|r| r.psi_some_ms),
+                med(&|r| r.psi_full_ms),
+                med(&|r| r.system_share * 100.0),
+                med(&|r| r.vmstat["allocstall_"] as f64),
+                med(&|r| r.vmstat["compact_stall"] as f64),
+                med(&|r| r.vmstat["pgscan_direct"] as f64),
+                med(&|r| {
+                    (r.vmstat["balloon_inflate"] + r.vmstat["balloon_deflate"]) as f64 * 4096.0
+                        / MIB as f64
+                }),
+                med(&|r| r.vmstat["oom_kill"] as f64),
+                if moving {
+                    format!("{:.2}s/{unsettled}", median(settle))
+                } else {
+                    "-".into()
+                }
+            )?;
+        }
+    }
+    writeln!(
+        t,
+        "\nkernel: system+irq+softirq share of the guest's CPU time (the balloon's work is in \
+         it); churn: pages the balloon took and gave back (balloon_inflate + balloon_deflate); \
+         settle: median time for actual to reach a target / targets not reached before the \
+         next one"
+    )?;
+    Ok(t)
+}
+
+/// Throughput per second (relative to C undisturbed, first repetition) and
+/// the balloon size in the moving phase of the first repetition, C in red,
+/// ours in blue.
+fn plot(results: &[PhaseResult], path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let Some(base) = baseline(results, 0) else {
+        return Ok(());
+    };
+    let per_sec_base = base.map(|b| b as f64 / PHASE.as_secs_f64());
+    let root = BitMapBackend::new(path, (1200, 800)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(450);
+    let secs = PHASE.as_secs_f64();
+    let mut chart = ChartBuilder::on(&top)
+        .caption(
+            "workload throughput while the balloon moves (rep 0)",
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..secs, 0.0..2.0)?;
+    chart
+        .configure_mesh()
+        .y_desc("throughput / C undisturbed")
+        .draw()?;
+    let mut sizes = ChartBuilder::on(&bottom)
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            0.0..secs,
+            0.0..(results
+                .iter()
+                .flat_map(|r| r.balloon.iter().map(|b| b.1))
+                .max()
+                .unwrap_or(MIB) as f64
+                / MIB as f64)
+                * 1.1,
+        )?;
+    sizes
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("balloon (MiB)")
+        .draw()?;
+    for r in results.iter().filter(|r| r.rep == 0 && r.moving) {
+        let color = match r.driver {
+            Driver::C => RED,
+            Driver::Rust => BLUE,
+        };
+        let pts = r.per_second.iter().enumerate().map(|(s, c)| {
+            let logs: f64 = c
+                .iter()
+                .zip(&per_sec_base)
+                .map(|(&x, &b)| ((x.max(1)) as f64 / b.max(1.0)).ln())
+                .sum();
+            (s as f64 + 0.5, (logs / 3.0).exp())
+        });
+        chart
+            .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+            .label(format!("{} driver", name(r.driver)))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        sizes.draw_series(LineSeries::new(
+            r.balloon.iter().map(|&(t, b)| (t, b as f64 / MIB as f64)),
+            color.stroke_width(2),
+        ))?;
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
