@@ -11,15 +11,19 @@
  *   fork  forks, execs busybox's `true` and waits for it: one per child;
  *   read  reads FILE from its start to its end with 1 MiB read()s (from the
  *         page cache once it was read): one per MiB read.
- * Each second it prints "t=S mem=N fork=N read=N", the operations of that
- * second; at the end "total mem=N fork=N read=N secs=S". Exit code 0, or 1
- * on an error (said on stderr).
+ * The three start together. Each second it prints "t=S mem=N fork=N
+ * read=N", the operations of that second; at the end "total mem=N fork=N
+ * read=N elapsed=SECONDS" (the time measured, not the one asked). Exit
+ * code 0, or 1 on an error (said on stderr): a process that ended before
+ * the end (an OOM kill too: its SIGKILL is not the SIGTERM that ends them)
+ * or a `true` that did not exit 0.
  *
  * Built statically by scripts/mkinitramfs.sh, like memhog and fragment.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +36,9 @@
 #define MIB (1UL << 20)
 
 enum { MEM, FORK, READ, KINDS };
+
+/* counts[GO] is set once every process may start. */
+#define GO KINDS
 
 static const char *const names[KINDS] = { "mem", "fork", "read" };
 
@@ -78,8 +85,14 @@ static void fork_loop(void)
 			execl("/bin/busybox", "true", (char *)NULL);
 			_exit(127);
 		}
-		if (waitpid(pid, NULL, 0) < 0)
+		int status;
+
+		if (waitpid(pid, &status, 0) < 0)
 			die("waitpid");
+		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+			fprintf(stderr, "workload: true ended with status %#x\n", status);
+			exit(1);
+		}
 		count(FORK);
 	}
 }
@@ -119,7 +132,7 @@ int main(int argc, char **argv)
 	const char *file = NULL;
 	uint64_t last[KINDS] = { 0 }, total[KINDS];
 	pid_t kids[KINDS];
-	double start;
+	double start, elapsed;
 	int opt;
 
 	while ((opt = getopt(argc, argv, "t:f:m:")) != -1) {
@@ -139,7 +152,7 @@ int main(int argc, char **argv)
 	}
 	if (!secs || !file || !mib)
 		goto usage;
-	counts = mmap(NULL, KINDS * sizeof(*counts), PROT_READ | PROT_WRITE,
+	counts = mmap(NULL, (KINDS + 1) * sizeof(*counts), PROT_READ | PROT_WRITE,
 		      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (counts == MAP_FAILED)
 		die("mmap");
@@ -149,6 +162,12 @@ int main(int argc, char **argv)
 		if (kids[k] < 0)
 			die("fork");
 		if (kids[k] == 0) {
+			/* Never outlive the parent (into a later measurement). */
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			if (getppid() == 1)
+				_exit(1);
+			while (!__atomic_load_n(&counts[GO], __ATOMIC_ACQUIRE))
+				usleep(1000);
 			if (k == MEM)
 				mem_loop(mib);
 			else if (k == FORK)
@@ -158,6 +177,7 @@ int main(int argc, char **argv)
 		}
 	}
 	start = now();
+	__atomic_store_n(&counts[GO], 1, __ATOMIC_RELEASE);
 	for (unsigned long s = 1; s <= secs; s++) {
 		double wait = start + s - now();
 
@@ -176,9 +196,21 @@ int main(int argc, char **argv)
 			last[k] = c;
 		}
 		printf("\n");
+		for (int k = 0; k < KINDS; k++) {
+			int status;
+
+			if (waitpid(kids[k], &status, WNOHANG) == kids[k]) {
+				fprintf(stderr, "workload: the %s process ended early (status %#x)\n",
+					names[k], status);
+				for (int j = 0; j < KINDS; j++)
+					kill(kids[j], SIGKILL);
+				return 1;
+			}
+		}
 	}
+	elapsed = now() - start;
 	for (int k = 0; k < KINDS; k++) {
-		kill(kids[k], SIGKILL);
+		kill(kids[k], SIGTERM);
 		total[k] = last[k];
 	}
 	for (int k = 0; k < KINDS; k++) {
@@ -186,15 +218,15 @@ int main(int argc, char **argv)
 
 		if (waitpid(kids[k], &status, 0) < 0)
 			die("waitpid");
-		/* A child that ended by itself (not our SIGKILL) failed. */
-		if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL) {
+		/* A child that ended otherwise than by our SIGTERM failed. */
+		if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGTERM) {
 			fprintf(stderr, "workload: the %s process failed\n", names[k]);
 			return 1;
 		}
 	}
-	printf("total mem=%llu fork=%llu read=%llu secs=%lu\n",
+	printf("total mem=%llu fork=%llu read=%llu elapsed=%.3f\n",
 	       (unsigned long long)total[MEM], (unsigned long long)total[FORK],
-	       (unsigned long long)total[READ], secs);
+	       (unsigned long long)total[READ], elapsed);
 	return 0;
 usage:
 	fprintf(stderr, "usage: workload -t SECS -f FILE [-m MIB]\n");

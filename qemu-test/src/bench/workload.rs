@@ -1,7 +1,9 @@
 //! The workload mode of `make bench` (`--workload`): what a moving balloon
 //! costs the guest's own work, C and ours alternately in one boot.
 //!
-//! Each repetition, for each driver: the driver is loaded, the guest is put
+//! Each repetition, for each driver (C first in even repetitions, ours
+//! first in odd ones, so neither always follows the other's moving phase):
+//! the driver is loaded, the guest is put
 //! in [`BenchOpts::guest_state`] and the guest tool `workload`
 //! (`scripts/guest/workload.c`: anonymous memory written 64 MiB at a time,
 //! fork and exec, page-cache reads; operations counted per second) runs
@@ -17,13 +19,13 @@
 //! took to reach each target.
 //!
 //! A phase's throughput is one number: the geometric mean, over the three
-//! kinds of operation, of its rate relative to the C driver's undisturbed
-//! rate in the same repetition (1.0 = as fast as the undisturbed guest
-//! with C loaded).
+//! kinds of operation, of its rate relative to the undisturbed rate of the
+//! same repetition, both drivers' undisturbed phases averaged (geometric
+//! mean), so that neither driver's noise is the other's baseline.
 
 use super::guest::{load, prepare};
 use super::report::name;
-use super::{host_setup, vm_config, BenchOpts};
+use super::{check_backing, host_setup, vm_config, BenchOpts};
 use crate::rig::units::MIB;
 use crate::rig::vm::Vm;
 use crate::{Driver, DATA_MOUNT};
@@ -76,7 +78,7 @@ fn snapshot(vm: &mut Vm) -> Result<Snapshot> {
     };
     let mut s = Snapshot::default();
     for key in VMSTAT {
-        let sum = vmstat
+        let values: Vec<u64> = vmstat
             .lines()
             .filter_map(|l| l.split_once(' '))
             .filter(|(k, _)| {
@@ -86,10 +88,19 @@ fn snapshot(vm: &mut Vm) -> Result<Snapshot> {
                     *k == key
                 }
             })
-            .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
-            .sum();
-        s.vmstat.insert(key, sum);
+            .map(|(k, v)| {
+                v.trim()
+                    .parse::<u64>()
+                    .with_context(|| format!("/proc/vmstat {k}"))
+            })
+            .collect::<Result<_>>()?;
+        ensure!(
+            !values.is_empty(),
+            "no {key}* counter in the guest's /proc/vmstat"
+        );
+        s.vmstat.insert(key, values.iter().sum());
     }
+    let mut psi_lines = 0;
     for line in psi.lines() {
         let total = line
             .split_whitespace()
@@ -100,9 +111,14 @@ fn snapshot(vm: &mut Vm) -> Result<Snapshot> {
         match (line.split_whitespace().next(), total) {
             (Some("some"), Some(t)) => s.psi_some_us = t,
             (Some("full"), Some(t)) => s.psi_full_us = t,
-            _ => {}
+            _ => continue,
         }
+        psi_lines += 1;
     }
+    ensure!(
+        psi_lines == 2,
+        "no PSI memory totals in the guest (CONFIG_PSI?): {psi:?}"
+    );
     s.cpu = stat
         .split_whitespace()
         .skip(1)
@@ -124,6 +140,8 @@ struct PhaseResult {
     per_second: Vec<[u64; 3]>,
     /// Operations in the whole phase, per kind.
     totals: [u64; 3],
+    /// How long the workload ran, as it measured it (seconds).
+    elapsed: f64,
     /// Counter increases over the phase.
     vmstat: BTreeMap<&'static str, u64>,
     psi_some_ms: f64,
@@ -135,16 +153,27 @@ struct PhaseResult {
     /// Moving phase: seconds `actual` took to reach each target, `None` if
     /// it had not when the next target came.
     settle: Vec<Option<f64>>,
+    /// Guest page size, bytes (for the churn in MiB).
+    page: u64,
 }
 
-/// Parses `workload`'s output: one line per second and the totals.
-fn parse_workload(out: &str) -> Result<(Vec<[u64; 3]>, [u64; 3])> {
+impl PhaseResult {
+    /// Operations per second, per kind.
+    fn rates(&self) -> [f64; 3] {
+        self.totals.map(|t| t as f64 / self.elapsed)
+    }
+}
+
+/// Parses `workload`'s output: one line per second, the totals and the
+/// time it measured.
+fn parse_workload(out: &str) -> Result<(Vec<[u64; 3]>, [u64; 3], f64)> {
     let field = |l: &str, k: &str| -> Option<u64> {
         l.split_whitespace()
             .find_map(|w| w.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
     };
     let mut per_second = Vec::new();
     let mut totals = None;
+    let mut elapsed = None;
     for l in out.lines() {
         let counts = [field(l, KINDS[0]), field(l, KINDS[1]), field(l, KINDS[2])];
         let [Some(a), Some(b), Some(c)] = counts else {
@@ -152,12 +181,22 @@ fn parse_workload(out: &str) -> Result<(Vec<[u64; 3]>, [u64; 3])> {
         };
         if l.starts_with("total ") {
             totals = Some([a, b, c]);
+            elapsed = l
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("elapsed=")?.parse::<f64>().ok());
         } else if l.starts_with("t=") {
             per_second.push([a, b, c]);
         }
     }
     let totals = totals.with_context(|| format!("the guest's workload failed: {out:?}"))?;
-    Ok((per_second, totals))
+    let elapsed = elapsed
+        .filter(|e| *e > 0.0)
+        .with_context(|| format!("no elapsed time in the workload's totals: {out:?}"))?;
+    ensure!(
+        totals.iter().all(|&t| t > 0),
+        "a kind of operation did not run at all: {out:?}"
+    );
+    Ok((per_second, totals, elapsed))
 }
 
 /// Balloon target for a balloon of `percent` % of `ram`, in whole MiB.
@@ -183,6 +222,7 @@ fn run_phase(
     file: &str,
 ) -> Result<PhaseResult> {
     let ram = vm.ram_bytes();
+    let page = vm.guest_page_size()?;
     let before = snapshot(vm)?;
     let mut balloon = Vec::new();
     let mut settle = Vec::new();
@@ -192,20 +232,25 @@ fn run_phase(
              touch /tmp/w.done) > /dev/null 2>&1 &",
             workload_cmd(file)
         ))?;
+        // Targets on a fixed schedule from the start (QMP calls do not
+        // push the later ones past the workload's end); `actual` polled
+        // every 50 ms, so a settle time is good to about that.
         let t0 = Instant::now();
         let step = PHASE / TARGETS as u32;
         for i in 0..TARGETS {
             let target = target_for(ram, 10 + (i * 37 + 11) % 51);
+            let next = t0 + step * (i as u32 + 1);
             let set_at = Instant::now();
             vm.set_balloon_target_bytes(target)?;
             let mut settled = None;
-            while set_at.elapsed() < step {
+            while Instant::now() < next {
                 let actual = vm.query_balloon_actual()?;
                 balloon.push((t0.elapsed().as_secs_f64(), ram.saturating_sub(actual)));
-                if settled.is_none() && actual == target {
+                if settled.is_none() && actual.abs_diff(target) <= page {
                     settled = Some(set_at.elapsed().as_secs_f64());
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                let left = next.saturating_duration_since(Instant::now());
+                std::thread::sleep(Duration::from_millis(50).min(left));
             }
             settle.push(settled);
         }
@@ -229,7 +274,7 @@ fn run_phase(
     vm.set_balloon_target_bytes(ram)?;
     vm.wait_balloon_actual(ram, Duration::from_secs(300))
         .with_context(|| format!("{driver}: the balloon did not empty after the phase"))?;
-    let (per_second, totals) = parse_workload(&out)?;
+    let (per_second, totals, elapsed) = parse_workload(&out)?;
     ensure!(
         out.contains("rc=0"),
         "{driver}: the workload failed: {}",
@@ -245,6 +290,12 @@ fn run_phase(
         .zip(&before.cpu)
         .map(|(a, b)| a.saturating_sub(*b))
         .collect();
+    let oom = after.vmstat["oom_kill"].saturating_sub(before.vmstat["oom_kill"]);
+    ensure!(
+        oom == 0,
+        "{driver}: {oom} OOM kill(s) during the {} phase",
+        if moving { "moving" } else { "undisturbed" }
+    );
     let all: u64 = cpu.iter().sum();
     let kernel = cpu[2] + cpu[5] + cpu[6];
     Ok(PhaseResult {
@@ -253,6 +304,7 @@ fn run_phase(
         moving,
         per_second,
         totals,
+        elapsed,
         vmstat,
         psi_some_ms: after.psi_some_us.saturating_sub(before.psi_some_us) as f64 / 1000.0,
         psi_full_ms: after.psi_full_us.saturating_sub(before.psi_full_us) as f64 / 1000.0,
@@ -263,6 +315,7 @@ fn run_phase(
         },
         balloon,
         settle,
+        page,
     })
 }
 
@@ -275,6 +328,7 @@ pub fn run(opts: &BenchOpts, out: &Path) -> Result<()> {
     let cfg = vm_config(opts);
     let (host_thp, pool) = host_setup(opts, &cfg)?;
     let mut vm = Vm::boot(cfg).context("booting the benchmark VM")?;
+    check_backing(opts.backing, vm.pid())?;
     let file = format!("{DATA_MOUNT}/workload-read");
     let cache_file = format!("{DATA_MOUNT}/bench-cache");
     vm.run_timeout(
@@ -287,7 +341,11 @@ pub fn run(opts: &BenchOpts, out: &Path) -> Result<()> {
     )?;
     let mut results = Vec::new();
     for rep in 0..opts.reps {
-        for &driver in &opts.drivers {
+        let mut order = opts.drivers.clone();
+        if rep % 2 == 1 {
+            order.reverse();
+        }
+        for driver in order {
             load(&mut vm, driver)?;
             for moving in [false, true] {
                 prepare(&mut vm, opts, &cache_file)?;
@@ -333,22 +391,37 @@ pub fn run(opts: &BenchOpts, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The C driver's undisturbed operations per kind in `rep`.
-fn baseline(results: &[PhaseResult], rep: usize) -> Option<[u64; 3]> {
-    results
+/// The undisturbed rates of `rep`, per kind: the geometric mean over the
+/// drivers' undisturbed phases of that repetition.
+fn baseline(results: &[PhaseResult], rep: usize) -> Option<[f64; 3]> {
+    let und: Vec<[f64; 3]> = results
         .iter()
-        .find(|r| r.rep == rep && r.driver == Driver::C && !r.moving)
-        .map(|r| r.totals)
+        .filter(|r| r.rep == rep && !r.moving)
+        .map(PhaseResult::rates)
+        .collect();
+    if und.is_empty() {
+        return None;
+    }
+    let n = und.len() as f64;
+    Some([0, 1, 2].map(|k| (und.iter().map(|r| r[k].ln()).sum::<f64>() / n).exp()))
 }
 
-/// A phase's throughput relative to `base` (geometric mean over the kinds).
-fn score(totals: &[u64; 3], base: &[u64; 3]) -> f64 {
-    let logs: f64 = totals
-        .iter()
-        .zip(base)
-        .map(|(&t, &b)| ((t.max(1)) as f64 / (b.max(1)) as f64).ln())
-        .sum();
+/// Rates relative to `base` (geometric mean over the kinds).
+fn score(rates: &[f64; 3], base: &[f64; 3]) -> f64 {
+    let logs: f64 = rates.iter().zip(base).map(|(r, b)| (r / b).ln()).sum();
     (logs / 3.0).exp()
+}
+
+/// The phase of `driver` in `rep`, undisturbed or moving.
+fn phase_of(
+    results: &[PhaseResult],
+    rep: usize,
+    driver: Driver,
+    moving: bool,
+) -> Option<&PhaseResult> {
+    results
+        .iter()
+        .find(|r| r.rep == rep && r.driver == driver && r.moving == moving)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -364,10 +437,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn spread(v: &[f64]) -> String {
+/// `median (min..max)`, or `-` without values.
+fn summary(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{lo:.2}..{hi:.2}")
+    format!("{:.3} ({lo:.2}..{hi:.2})", median(v.to_vec()))
 }
 
 /// The report: per driver and phase, medians over the repetitions.
@@ -381,8 +458,8 @@ fn report(
     writeln!(
         t,
         "workload bench: {} MiB guest ({} state, {} backing, host THP {host_thp}), accel {accel}, \
-         {} repetitions; {} s of workload per phase; moving: {TARGETS} targets, balloons of 10 \
-         to 60 % of RAM",
+         {} repetitions (driver order alternating); {} s of workload per phase; moving: \
+         {TARGETS} targets, balloons of 10 to 60 % of RAM",
         opts.guest_mib,
         opts.guest_state.name(),
         opts.backing.name(),
@@ -391,48 +468,37 @@ fn report(
     )?;
     writeln!(
         t,
-        "throughput: geometric mean of mem/fork/read rates relative to C undisturbed in the same \
-         repetition (median, min..max)\n"
+        "throughput: geometric mean of the mem/fork/read rates relative to the same \
+         repetition's undisturbed rates (both drivers'); median (min..max) over repetitions\n"
     )?;
-    let scores = |driver: Driver, moving: bool| -> Vec<f64> {
-        (0..opts.reps)
-            .filter_map(|rep| {
-                let base = baseline(results, rep)?;
-                let r = results
-                    .iter()
-                    .find(|r| r.rep == rep && r.driver == driver && r.moving == moving)?;
-                Some(score(&r.totals, &base))
-            })
-            .collect()
+    let per_rep =
+        |f: &dyn Fn(usize) -> Option<f64>| -> Vec<f64> { (0..opts.reps).filter_map(f).collect() };
+    let score_of = |rep: usize, driver: Driver, moving: bool| -> Option<f64> {
+        Some(score(
+            &phase_of(results, rep, driver, moving)?.rates(),
+            &baseline(results, rep)?,
+        ))
     };
     for &driver in &opts.drivers {
-        let und = scores(driver, false);
-        let mov = scores(driver, true);
-        let own: Vec<f64> = mov.iter().zip(&und).map(|(m, u)| m / u).collect();
+        let und = per_rep(&|rep| score_of(rep, driver, false));
+        let mov = per_rep(&|rep| score_of(rep, driver, true));
+        let own =
+            per_rep(&|rep| Some(score_of(rep, driver, true)? / score_of(rep, driver, false)?));
         writeln!(
             t,
-            "{:>4}: undisturbed {:.3} ({}), moving {:.3} ({}), moving/undisturbed {:.3} ({})",
+            "{:>4}: undisturbed {}, moving {}, moving/own undisturbed {}",
             name(driver),
-            median(und.clone()),
-            spread(&und),
-            median(mov.clone()),
-            spread(&mov),
-            median(own.clone()),
-            spread(&own)
+            summary(&und),
+            summary(&mov),
+            summary(&own)
         )?;
     }
-    let c_mov = scores(Driver::C, true);
-    let rs_mov = scores(Driver::Rust, true);
-    let ratio: Vec<f64> = rs_mov.iter().zip(&c_mov).map(|(r, c)| r / c).collect();
+    let ratio =
+        per_rep(&|rep| Some(score_of(rep, Driver::Rust, true)? / score_of(rep, Driver::C, true)?));
+    writeln!(t, "ours/C while the balloon moves: {}\n", summary(&ratio))?;
     writeln!(
         t,
-        "ours/C while the balloon moves: {:.3} ({})\n",
-        median(ratio.clone()),
-        spread(&ratio)
-    )?;
-    writeln!(
-        t,
-        "{:>4} {:<11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7} {:>10} {:>9} {:>9} {:>10} {:>6} {:>8}",
+        "{:>4} {:<11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7} {:>10} {:>9} {:>9} {:>10} {:>12}",
         "",
         "phase",
         "mem MiB/s",
@@ -445,8 +511,7 @@ fn report(
         "compact",
         "pgscan_d",
         "churn MiB",
-        "OOM",
-        "settle"
+        "settle/miss"
     )?;
     for &driver in &opts.drivers {
         for moving in [false, true] {
@@ -455,24 +520,22 @@ fn report(
                 .filter(|r| r.driver == driver && r.moving == moving)
                 .collect();
             let med = |f: &dyn Fn(&PhaseResult) -> f64| median(rs.iter().map(|r| f(r)).collect());
-            let secs = PHASE.as_secs_f64();
+            // A target not reached before the next one counts as the whole step.
+            let step = (PHASE / TARGETS as u32).as_secs_f64();
             let settle: Vec<f64> = rs
                 .iter()
-                .flat_map(|r| r.settle.iter().flatten().copied())
+                .flat_map(|r| r.settle.iter().map(|s| s.unwrap_or(step)))
                 .collect();
-            let unsettled: usize = rs
-                .iter()
-                .map(|r| r.settle.iter().filter(|s| s.is_none()).count())
-                .sum();
+            let missed = med(&|r| r.settle.iter().filter(|s| s.is_none()).count() as f64);
             writeln!(
                 t,
                 "{:>4} {:<11} {:>9.1} {:>9.1} {:>9.1} {:>8.0}ms {:>8.0}ms {:>6.1}% {:>10.0} {:>9.0} \
-                 {:>9.0} {:>10.0} {:>6.0} {:>8}",
+                 {:>9.0} {:>10.0} {:>12}",
                 name(driver),
                 if moving { "moving" } else { "undisturbed" },
-                med(&|r| r.totals[0] as f64 / secs),
-                med(&|r| r.totals[1] as f64 / secs),
-                med(&|r| r.totals[2] as f64 / secs),
+                med(&|r| r.rates()[0]),
+                med(&|r| r.rates()[1]),
+                med(&|r| r.rates()[2]),
                 med(&|r| r.psi_some_ms),
                 med(&|r| r.psi_full_ms),
                 med(&|r| r.system_share * 100.0),
@@ -480,12 +543,12 @@ fn report(
                 med(&|r| r.vmstat["compact_stall"] as f64),
                 med(&|r| r.vmstat["pgscan_direct"] as f64),
                 med(&|r| {
-                    (r.vmstat["balloon_inflate"] + r.vmstat["balloon_deflate"]) as f64 * 4096.0
+                    (r.vmstat["balloon_inflate"] + r.vmstat["balloon_deflate"]) as f64
+                        * r.page as f64
                         / MIB as f64
                 }),
-                med(&|r| r.vmstat["oom_kill"] as f64),
                 if moving {
-                    format!("{:.2}s/{unsettled}", median(settle))
+                    format!("{:.2}s/{missed:.0}", median(settle))
                 } else {
                     "-".into()
                 }
@@ -494,23 +557,26 @@ fn report(
     }
     writeln!(
         t,
-        "\nkernel: system+irq+softirq share of the guest's CPU time (the balloon's work is in \
-         it); churn: pages the balloon took and gave back (balloon_inflate + balloon_deflate); \
-         settle: median time for actual to reach a target / targets not reached before the \
-         next one"
+        "\nmedians over repetitions. kernel: system+irq+softirq share of the guest's CPU time \
+         (the balloon's work is in it); churn: memory the balloon took and gave back \
+         (balloon_inflate + balloon_deflate pages) in the phase; settle: median time for \
+         actual to reach a target (within a page; polled every 50 ms; a target not reached \
+         before the next one counts as the whole {:.0} s step) / targets not reached, of \
+         {TARGETS}",
+        (PHASE / TARGETS as u32).as_secs_f64()
     )?;
     Ok(t)
 }
 
-/// Throughput per second (relative to C undisturbed, first repetition) and
+/// Throughput per second (relative to the first repetition's undisturbed
+/// rates) and
 /// the balloon size in the moving phase of the first repetition, C in red,
 /// ours in blue.
 fn plot(results: &[PhaseResult], path: &Path) -> Result<()> {
     use plotters::prelude::*;
-    let Some(base) = baseline(results, 0) else {
+    let Some(per_sec_base) = baseline(results, 0) else {
         return Ok(());
     };
-    let per_sec_base = base.map(|b| b as f64 / PHASE.as_secs_f64());
     let root = BitMapBackend::new(path, (1200, 800)).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(450);
@@ -526,7 +592,7 @@ fn plot(results: &[PhaseResult], path: &Path) -> Result<()> {
         .build_cartesian_2d(0.0..secs, 0.0..2.0)?;
     chart
         .configure_mesh()
-        .y_desc("throughput / C undisturbed")
+        .y_desc("throughput / undisturbed")
         .draw()?;
     let mut sizes = ChartBuilder::on(&bottom)
         .margin(15)
@@ -556,7 +622,7 @@ fn plot(results: &[PhaseResult], path: &Path) -> Result<()> {
             let logs: f64 = c
                 .iter()
                 .zip(&per_sec_base)
-                .map(|(&x, &b)| ((x.max(1)) as f64 / b.max(1.0)).ln())
+                .map(|(&x, &b)| (x.max(1) as f64 / b).ln())
                 .sum();
             (s as f64 + 0.5, (logs / 3.0).exp())
         });
