@@ -339,6 +339,9 @@ impl Balloon {
         };
         let round: Round = leak_balloon(&self.round_context(&dev, host_patience), &mut b, num);
         drop(b);
+        self.host
+            .perf()
+            .add(Counter::OomNotifyPages, round.acked.into());
         (round.acked / BALLOON_PAGES_PER_PAGE) as usize
     }
 

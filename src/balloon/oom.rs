@@ -13,7 +13,9 @@
 //! [`LOCK_PATIENCE`] (the size work may hold it while waiting for the
 //! host), waits at most [`HOST_PATIENCE`] for the host, and writes
 //! `actual` before it lets the lock go, so it never takes it twice. The
-//! longest call is in debugfs (`oom_notify_max_ns`).
+//! longest call is in debugfs (`oom_notify_max_ns`), with the pages it
+//! deflated (`oom_notify_pages`) and any wait for the lock without a bound
+//! on the notifier's task (`oom_lock_waits`, always 0).
 
 use super::{
     device::Balloon,
@@ -40,6 +42,7 @@ const HOST_PATIENCE: Delta = Delta::from_millis(1000);
 impl OomHandler for Balloon {
     fn oom_free(&self) -> usize {
         let sw = Stopwatch::start();
+        let _oom = self.host().oom_context();
         let freed = self.deflate_for_oom(OOM_NR_PAGES, LOCK_PATIENCE, HOST_PATIENCE);
         let perf = self.host().perf();
         perf.add(Counter::OomNotifyCalls, 1);

@@ -57,9 +57,14 @@ pub(super) enum Counter {
     OomNotifyMaxNs,
     /// Block reports the device kept beyond the host timeout.
     KeptReports,
+    /// Balloon pages the OOM notifier deflated.
+    OomNotifyPages,
+    /// Times the OOM notifier's task took the balloon lock without a
+    /// bound ([`super::host::Host::lock`]): must stay 0.
+    OomLockWaits,
 }
 
-const NAMES: [&str; 16] = [
+const NAMES: [&str; 18] = [
     "inflate_pages",
     "inflate_buffers",
     "inflate_alloc_ns",
@@ -76,6 +81,8 @@ const NAMES: [&str; 16] = [
     "oom_notify_calls",
     "oom_notify_max_ns",
     "kept_reports",
+    "oom_notify_pages",
+    "oom_lock_waits",
 ];
 
 /// The counters of one device.

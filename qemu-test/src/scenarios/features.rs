@@ -137,6 +137,9 @@ pub fn deflate_on_oom(driver: Driver, on: bool) -> Result<()> {
             stats.lines().collect::<Vec<_>>().join(", "),
             vmstat.lines().collect::<Vec<_>>().join(", ")
         ));
+        if on {
+            oom_notifier_took_lock_once(&stats)?;
+        }
     }
     if on {
         ensure!(
@@ -164,6 +167,39 @@ pub fn deflate_on_oom(driver: Driver, on: bool) -> Result<()> {
     }
     balloon_to(&mut vm, ram)?;
     vm.shutdown()
+}
+
+/// Ours, from its debugfs `stats` after OOM notifier calls that deflated:
+/// the notifier deflated pages, and its task never took the balloon lock
+/// without a bound (`oom_lock_waits`, counted by the driver's blocking
+/// `Host::lock`). Every call that deflates would count one if the notifier
+/// took the lock again after its round (to write `actual`, say): a wait
+/// behind a size round holding the lock across a host wait, `oom_lock`
+/// held. Deterministic, where a race to the lock is not.
+fn oom_notifier_took_lock_once(stats: &str) -> Result<()> {
+    let field = |name: &str| -> Result<u64> {
+        stats
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(": ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .with_context(|| format!("no {name} in ours's debugfs stats: {stats}"))
+    };
+    let (pages, waits) = (field("oom_notify_pages")?, field("oom_lock_waits")?);
+    ensure!(
+        pages >= 1,
+        "the OOM notifier deflated no page: the path the lock check guards did not run"
+    );
+    ensure!(
+        waits == 0,
+        "the OOM notifier's task took the balloon lock without a bound {waits} time(s) \
+         ({pages} pages deflated by the notifier)"
+    );
+    Ok(())
 }
 
 // ---- free page reporting ------------------------------------------------------
