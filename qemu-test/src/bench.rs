@@ -301,6 +301,25 @@ impl Run {
     pub fn host_thp_kept(&self) -> f64 {
         self.host[1].ram_anon_huge as f64 / self.ram.saturating_sub(self.balloon) as f64
     }
+
+    /// Host transparent huge pages after the inflate per byte of guest RAM
+    /// the host backs (`Rss` of the guest RAM mappings): how much of the
+    /// memory the guest keeps and uses stays huge. Unlike
+    /// [`Self::host_thp_kept`], guest RAM never touched (no host memory at
+    /// all, huge or not) does not count against it.
+    pub fn host_thp_backed(&self) -> f64 {
+        self.host[1].ram_anon_huge as f64 / self.host[1].ram_rss as f64
+    }
+
+    /// Guest RAM the host backs with small pages after the inflate, MiB:
+    /// what is left of huge pages the balloon split (and of ranges never
+    /// huge).
+    pub fn host_small_backed_mib(&self) -> f64 {
+        self.host[1]
+            .ram_rss
+            .saturating_sub(self.host[1].ram_anon_huge) as f64
+            / MIB as f64
+    }
 }
 
 /// What [`run`] measured, once the VM is gone (and the host's hugetlb

@@ -15,7 +15,7 @@ use std::path::Path;
 pub fn progress(r: &Run) {
     eprintln!(
         "bench: {:>4} rep {}: inflate {:.3} s, deflate {:.3} s, guest CPU {:.2} s, \
-     RSS returned {:.3}/MiB, pool {:.3}/MiB, host THP {:.1}% -> {:.1}% kept, \
+     RSS returned {:.3}/MiB, pool {:.3}/MiB, host THP {:.1}% -> {:.1}% kept ({:.1}% of backed), \
      guest 4K free {} 2M free {} -> {} (prepared in {:.1} s)",
         name(r.driver),
         r.rep,
@@ -26,6 +26,7 @@ pub fn progress(r: &Run) {
         r.pool_returned_per_mib(),
         100.0 * r.host_thp_before(),
         100.0 * r.host_thp_kept(),
+        100.0 * r.host_thp_backed(),
         r.guest_before.free_single_pages(),
         r.guest_before.free_2m_blocks(),
         r.guest_after.free_2m_blocks(),
@@ -506,6 +507,8 @@ fn metrics(backing: Backing, compact: bool) -> Vec<Metric> {
             (|r| 100.0 * r.host_thp_before()) as fn(&Run) -> f64,
         ),
         ("host THP kept %", |r| 100.0 * r.host_thp_kept()),
+        ("host THP backed %", |r| 100.0 * r.host_thp_backed()),
+        ("host 4K-backed MiB", Run::host_small_backed_mib),
         ("guest 4K free before", |r| {
             r.guest_before.free_single_pages() as f64
         }),
@@ -574,6 +577,10 @@ reported blocks        of which reported on the free page reporting queue (repor
 host THP before %      guest RAM in host transparent huge pages (AnonHugePages of QEMU's guest
                        RAM mappings) before the inflate, % of guest RAM
 host THP kept %        the same after the inflate, % of the guest RAM not ballooned
+host THP backed %      the same after the inflate, % of the guest RAM the host backs (Rss of the
+                       RAM mappings): RAM never touched, which holds no host memory, left out
+host 4K-backed MiB     guest RAM the host backs with small pages after the inflate (Rss minus
+                       AnonHugePages): what is left of huge pages split by 4 KiB releases
 guest 4K free before   free single pages (order 0, /proc/buddyinfo) before the inflate
 guest pcp free before  free pages on the per-CPU lists (/proc/zoneinfo) before the inflate:
                        not in buddyinfo; an order-0 allocation takes its CPU's first
