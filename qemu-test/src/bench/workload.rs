@@ -50,7 +50,7 @@ const MEM_CHUNK_MIB: u64 = 64;
 const KINDS: [&str; 3] = ["mem", "fork", "read"];
 /// `/proc/vmstat` counters recorded per phase (summed where the name is a
 /// prefix: `allocstall_` covers every zone).
-const VMSTAT: [&str; 7] = [
+const VMSTAT: [&str; 9] = [
     "allocstall_",
     "compact_stall",
     "pgscan_direct",
@@ -58,6 +58,10 @@ const VMSTAT: [&str; 7] = [
     "balloon_inflate",
     "balloon_deflate",
     "oom_kill",
+    // The guest's transparent huge pages (THP "always"): the workload's
+    // anonymous memory faults in huge pages while free 2 MiB blocks last.
+    "thp_fault_alloc",
+    "thp_fault_fallback",
 ];
 
 /// The guest's counters at one moment.

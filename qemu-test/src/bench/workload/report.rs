@@ -117,7 +117,8 @@ pub(super) fn report(
     writeln!(t, "ours/C while the balloon moves: {}\n", summary(&ratio))?;
     writeln!(
         t,
-        "{:>4} {:<11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7} {:>10} {:>9} {:>9} {:>10} {:>12}",
+        "{:>4} {:<11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7} {:>10} {:>9} {:>9} {:>9} {:>10} \
+         {:>12}",
         "",
         "phase",
         "mem MiB/s",
@@ -129,6 +130,7 @@ pub(super) fn report(
         "allocstall",
         "compact",
         "pgscan_d",
+        "THP huge%",
         "churn MiB",
         "settle/miss"
     )?;
@@ -149,7 +151,7 @@ pub(super) fn report(
             writeln!(
                 t,
                 "{:>4} {:<11} {:>9.1} {:>9.1} {:>9.1} {:>8.0}ms {:>8.0}ms {:>6.1}% {:>10.0} {:>9.0} \
-                 {:>9.0} {:>10.0} {:>12}",
+                 {:>9.0} {:>8.1}% {:>10.0} {:>12}",
                 name(driver),
                 if moving { "moving" } else { "undisturbed" },
                 med(&|r| r.rates()[0]),
@@ -161,6 +163,10 @@ pub(super) fn report(
                 med(&|r| r.vmstat["allocstall_"] as f64),
                 med(&|r| r.vmstat["compact_stall"] as f64),
                 med(&|r| r.vmstat["pgscan_direct"] as f64),
+                med(&|r| {
+                    let (ok, fell) = (r.vmstat["thp_fault_alloc"], r.vmstat["thp_fault_fallback"]);
+                    100.0 * ok as f64 / (ok + fell).max(1) as f64
+                }),
                 med(&|r| {
                     (r.vmstat["balloon_inflate"] + r.vmstat["balloon_deflate"]) as f64
                         * r.page as f64
@@ -177,7 +183,8 @@ pub(super) fn report(
     writeln!(
         t,
         "\nmedians over repetitions. kernel: system+irq+softirq share of the guest's CPU time \
-         (the balloon's work is in it); churn: memory the balloon took and gave back \
+         (the balloon's work is in it); THP huge%: the guest's anonymous huge page faults \
+         that got a huge page (thp_fault_alloc over it plus thp_fault_fallback); churn: memory the balloon took and gave back \
          (balloon_inflate + balloon_deflate pages) in the phase; settle: median time for \
          actual to reach a target (within a page; polled every 50 ms; a target not reached \
          before the next one counts as the whole {:.0} s step) / targets not reached, of \
