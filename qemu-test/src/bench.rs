@@ -306,15 +306,23 @@ impl Run {
     /// the host backs (`Rss` of the guest RAM mappings): how much of the
     /// memory the guest keeps and uses stays huge. Unlike
     /// [`Self::host_thp_kept`], guest RAM never touched (no host memory at
-    /// all, huge or not) does not count against it.
+    /// all, huge or not) does not count against it. THP backing only (the
+    /// runs whose huge pages were collapsed): not a number otherwise, where
+    /// `Rss` holds hugetlb pages or no huge page at all.
     pub fn host_thp_backed(&self) -> f64 {
+        if self.collapse.is_none() {
+            return f64::NAN;
+        }
         self.host[1].ram_anon_huge as f64 / self.host[1].ram_rss as f64
     }
 
     /// Guest RAM the host backs with small pages after the inflate, MiB:
-    /// what is left of huge pages the balloon split (and of ranges never
-    /// huge).
+    /// what is left of huge pages the balloon split, and of ranges never
+    /// huge. THP backing only, as [`Self::host_thp_backed`].
     pub fn host_small_backed_mib(&self) -> f64 {
+        if self.collapse.is_none() {
+            return f64::NAN;
+        }
         self.host[1]
             .ram_rss
             .saturating_sub(self.host[1].ram_anon_huge) as f64

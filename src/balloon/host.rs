@@ -272,11 +272,12 @@ impl Host {
     /// Never from the OOM notifier ([`Host::lock_within`] is its way): a
     /// size round holds the lock while it waits for the host, and the
     /// notifier holds `oom_lock`, which every allocation that fails waits
-    /// for. Such a call is counted (`oom_lock_waits` in debugfs, which
-    /// the slow-host OOM test checks is 0).
+    /// for. Such a call, contended or not, is counted
+    /// (`oom_notify_blocking_locks` in debugfs), which `deflate_on_oom_on`
+    /// and `oom_with_late_host_rs` require to be 0.
     pub(super) fn lock(&self) -> MutexGuard<'_, Ballooned> {
         if self.oom_task.load(Relaxed) == current_task_id() {
-            self.perf.add(Counter::OomLockWaits, 1);
+            self.perf.add(Counter::OomNotifyBlockingLocks, 1);
         }
         self.ballooned.lock()
     }
@@ -299,6 +300,9 @@ impl Host {
         let start = Instant::<Monotonic>::now();
         loop {
             if let Some(guard) = self.ballooned.try_lock() {
+                if self.oom_task.load(Relaxed) == current_task_id() {
+                    self.perf.add(Counter::OomNotifyLocks, 1);
+                }
                 return Some(guard);
             }
             if start.elapsed() >= patience {
@@ -477,6 +481,21 @@ impl Host {
     }
 }
 
+/// The OOM notifier is running on this task ([`Host::oom_context`]).
+#[must_use = "the mark ends when the context is dropped"]
+pub(super) struct OomContext<'a>(&'a Host);
+
+impl Drop for OomContext<'_> {
+    fn drop(&mut self) {
+        self.0.oom_task.store(0, Relaxed);
+    }
+}
+
+/// The calling task's identity: its `task_struct`'s address, never 0.
+fn current_task_id() -> usize {
+    kernel::task::Task::current_raw().addr()
+}
+
 #[kunit_tests(virtio_balloon_rs_config_fields)]
 mod tests {
     use super::{
@@ -517,18 +536,4 @@ mod tests {
             (12, 4, Some(uapi::VIRTIO_BALLOON_F_PAGE_POISON))
         );
     }
-}
-
-/// The OOM notifier is running on this task ([`Host::oom_context`]).
-pub(super) struct OomContext<'a>(&'a Host);
-
-impl Drop for OomContext<'_> {
-    fn drop(&mut self) {
-        self.0.oom_task.store(0, Relaxed);
-    }
-}
-
-/// The calling task's identity: its `task_struct`'s address, never 0.
-fn current_task_id() -> usize {
-    kernel::task::Task::current_raw().addr()
 }

@@ -14,8 +14,9 @@
 //! host), waits at most [`HOST_PATIENCE`] for the host, and writes
 //! `actual` before it lets the lock go, so it never takes it twice. The
 //! longest call is in debugfs (`oom_notify_max_ns`), with the pages it
-//! deflated (`oom_notify_pages`) and any wait for the lock without a bound
-//! on the notifier's task (`oom_lock_waits`, always 0).
+//! deflated (`oom_notify_pages`), the times it got the lock
+//! (`oom_notify_locks`, at most one per call) and any blocking take of
+//! the lock on the notifier's task (`oom_notify_blocking_locks`, always 0).
 
 use super::{
     device::Balloon,

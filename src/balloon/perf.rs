@@ -59,12 +59,15 @@ pub(super) enum Counter {
     KeptReports,
     /// Balloon pages the OOM notifier deflated.
     OomNotifyPages,
-    /// Times the OOM notifier's task took the balloon lock without a
-    /// bound ([`super::host::Host::lock`]): must stay 0.
-    OomLockWaits,
+    /// Times the OOM notifier's task got the balloon lock through
+    /// [`super::host::Host::lock_within`]: at most one per call.
+    OomNotifyLocks,
+    /// Calls of the blocking [`super::host::Host::lock`] on the OOM
+    /// notifier's task, contended or not: must stay 0.
+    OomNotifyBlockingLocks,
 }
 
-const NAMES: [&str; 18] = [
+const NAMES: [&str; 19] = [
     "inflate_pages",
     "inflate_buffers",
     "inflate_alloc_ns",
@@ -82,7 +85,8 @@ const NAMES: [&str; 18] = [
     "oom_notify_max_ns",
     "kept_reports",
     "oom_notify_pages",
-    "oom_lock_waits",
+    "oom_notify_locks",
+    "oom_notify_blocking_locks",
 ];
 
 /// The counters of one device.

@@ -507,8 +507,6 @@ fn metrics(backing: Backing, compact: bool) -> Vec<Metric> {
             (|r| 100.0 * r.host_thp_before()) as fn(&Run) -> f64,
         ),
         ("host THP kept %", |r| 100.0 * r.host_thp_kept()),
-        ("host THP backed %", |r| 100.0 * r.host_thp_backed()),
-        ("host 4K-backed MiB", Run::host_small_backed_mib),
         ("guest 4K free before", |r| {
             r.guest_before.free_single_pages() as f64
         }),
@@ -523,6 +521,15 @@ fn metrics(backing: Backing, compact: bool) -> Vec<Metric> {
             r.guest_after.anon_huge as f64 / MIB as f64
         }),
     ]);
+    if backing == Backing::Anonymous {
+        m.extend([
+            (
+                "host THP backed %",
+                (|r| 100.0 * r.host_thp_backed()) as fn(&Run) -> f64,
+            ),
+            ("host 4K-backed MiB", Run::host_small_backed_mib),
+        ]);
+    }
     if compact {
         m.extend([
             (
@@ -580,7 +587,8 @@ host THP kept %        the same after the inflate, % of the guest RAM not balloo
 host THP backed %      the same after the inflate, % of the guest RAM the host backs (Rss of the
                        RAM mappings): RAM never touched, which holds no host memory, left out
 host 4K-backed MiB     guest RAM the host backs with small pages after the inflate (Rss minus
-                       AnonHugePages): what is left of huge pages split by 4 KiB releases
+                       AnonHugePages): what is left of huge pages split by 4 KiB releases, and
+                       of ranges never huge (both THP backing only)
 guest 4K free before   free single pages (order 0, /proc/buddyinfo) before the inflate
 guest pcp free before  free pages on the per-CPU lists (/proc/zoneinfo) before the inflate:
                        not in buddyinfo; an order-0 allocation takes its CPU's first

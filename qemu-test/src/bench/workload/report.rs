@@ -165,7 +165,8 @@ pub(super) fn report(
                 med(&|r| r.vmstat["pgscan_direct"] as f64),
                 med(&|r| {
                     let (ok, fell) = (r.vmstat["thp_fault_alloc"], r.vmstat["thp_fault_fallback"]);
-                    100.0 * ok as f64 / (ok + fell).max(1) as f64
+                    // No huge page fault at all: not a number, not 0 %.
+                    100.0 * ok as f64 / (ok + fell) as f64
                 }),
                 med(&|r| {
                     (r.vmstat["balloon_inflate"] + r.vmstat["balloon_deflate"]) as f64
@@ -183,8 +184,9 @@ pub(super) fn report(
     writeln!(
         t,
         "\nmedians over repetitions. kernel: system+irq+softirq share of the guest's CPU time \
-         (the balloon's work is in it); THP huge%: the guest's anonymous huge page faults \
-         that got a huge page (thp_fault_alloc over it plus thp_fault_fallback); churn: memory the balloon took and gave back \
+         (the balloon's work is in it); THP huge%: the share of the guest's anonymous huge \
+         page faults that got a huge page, thp_fault_alloc / (thp_fault_alloc + \
+         thp_fault_fallback), NaN without any; churn: memory the balloon took and gave back \
          (balloon_inflate + balloon_deflate pages) in the phase; settle: median time for \
          actual to reach a target (within a page; polled every 50 ms; a target not reached \
          before the next one counts as the whole {:.0} s step) / targets not reached, of \

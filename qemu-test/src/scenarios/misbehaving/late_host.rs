@@ -98,7 +98,7 @@ const OOM_WORKLOAD_LIMIT: Duration = Duration::from_secs(120);
 /// the workload ends (OOM-killed once the balloon is empty), the longest
 /// notifier call (`oom_notify_max_ns` in debugfs) stays within
 /// [`OOM_NOTIFY_LIMIT`], and its task never took the balloon lock without
-/// a bound (`oom_lock_waits` is 0). C: the workload's duration and OOM kills are
+/// a bound (`oom_notify_blocking_locks` is 0). C: the workload's duration and OOM kills are
 /// recorded.
 pub fn oom_with_late_host(driver: Driver) -> Result<()> {
     let mut vm =
@@ -163,10 +163,10 @@ pub fn oom_with_late_host(driver: Driver) -> Result<()> {
         let calls = field("oom_notify_calls")?;
         let max = Duration::from_nanos(field("oom_notify_max_ns")?);
         let pages = field("oom_notify_pages")?;
-        let waits = field("oom_lock_waits")?;
+        let waits = field("oom_notify_blocking_locks")?;
         vm.note(&format!(
             "ours: {calls} OOM notifier calls, the longest {max:.2?} (limit {OOM_NOTIFY_LIMIT:?}), \
-             {pages} balloon pages deflated by them, {waits} unbounded balloon-lock waits on \
+             {pages} balloon pages deflated by them, {waits} blocking balloon-lock takes on \
              the notifier's task"
         ));
         ensure!(
@@ -176,11 +176,11 @@ pub fn oom_with_late_host(driver: Driver) -> Result<()> {
         // Deterministic where the timing is not: a blocking lock on the
         // notifier's task is a wait behind any size round that holds the
         // lock across a host wait, whether or not one did this time (the
-        // notifier mostly gives up on the lock here: `deflate_on_oom_rs`
+        // notifier mostly gives up on the lock here: `deflate_on_oom_on`
         // checks the same with calls that deflate).
         ensure!(
             waits == 0,
-            "the OOM notifier took the balloon lock without a bound {waits} time(s): it can wait \
+            "the OOM notifier took the balloon lock blocking {waits} time(s): it can wait \
              behind a size round for as long as the host takes, holding oom_lock"
         );
         ensure!(
