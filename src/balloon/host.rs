@@ -276,7 +276,7 @@ impl Host {
     /// (`oom_notify_blocking_locks` in debugfs), which `deflate_on_oom_on`
     /// and `oom_with_late_host_rs` require to be 0.
     pub(super) fn lock(&self) -> MutexGuard<'_, Ballooned> {
-        if self.oom_task.load(Relaxed) == current_task_id() {
+        if self.on_oom_task() {
             self.perf.add(Counter::OomNotifyBlockingLocks, 1);
         }
         self.ballooned.lock()
@@ -291,6 +291,11 @@ impl Host {
         OomContext(self)
     }
 
+    /// Whether the calling task is running the OOM notifier.
+    fn on_oom_task(&self) -> bool {
+        self.oom_task.load(Relaxed) == current_task_id()
+    }
+
     /// Takes the balloon lock if it is free within `patience`: for the OOM
     /// notifier, which must not wait behind a round that waits for the
     /// host. The lock is polled, not queued for, so while it waits, page
@@ -300,7 +305,7 @@ impl Host {
         let start = Instant::<Monotonic>::now();
         loop {
             if let Some(guard) = self.ballooned.try_lock() {
-                if self.oom_task.load(Relaxed) == current_task_id() {
+                if self.on_oom_task() {
                     self.perf.add(Counter::OomNotifyLocks, 1);
                 }
                 return Some(guard);

@@ -6,7 +6,7 @@
 //! do its job, and reports what it measured.
 
 use crate::rig::units::{format_bytes, MIB};
-use crate::rig::vm::{Vm, Wait};
+use crate::rig::vm::{rs_counter, Vm, Wait};
 use crate::scenarios::realistic::vmstat;
 use crate::scenarios::suite::{balloon_to, config, target_for, BALLOON_TIMEOUT};
 use crate::{Driver, Tier, VmConfig};
@@ -151,8 +151,7 @@ pub fn deflate_on_oom(driver: Driver, on: bool) -> Result<()> {
             format_bytes(target)
         );
         if driver == Driver::Rust {
-            let stats = vm.run_ok("cat /sys/kernel/debug/virtio_balloon_rs-*/stats")?;
-            oom_notifier_locked_once_never_blocked(&stats)?;
+            oom_notifier_locked_once_never_blocked(&vm.rs_counters()?)?;
         }
     } else {
         ensure!(
@@ -170,7 +169,7 @@ pub fn deflate_on_oom(driver: Driver, on: bool) -> Result<()> {
     vm.shutdown()
 }
 
-/// Ours, from its debugfs `stats` after OOM notifier calls that deflated:
+/// Ours, from its debugfs counters after OOM notifier calls that deflated:
 /// the notifier deflated pages, got the balloon lock at most once per call
 /// (`oom_notify_locks`, counted by `Host::lock_within` on the notifier's
 /// task), and never took it blocking (`oom_notify_blocking_locks`, counted
@@ -179,23 +178,11 @@ pub fn deflate_on_oom(driver: Driver, on: bool) -> Result<()> {
 /// other at every call that deflates: deterministic, where a race to the
 /// lock is not. A blocking take would wait behind a size round holding the
 /// lock across a host wait, `oom_lock` held.
-fn oom_notifier_locked_once_never_blocked(stats: &str) -> Result<()> {
-    let field = |name: &str| -> Result<u64> {
-        stats
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(": ")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .with_context(|| format!("no {name} in ours's debugfs stats: {stats}"))
-    };
-    let calls = field("oom_notify_calls")?;
-    let pages = field("oom_notify_pages")?;
-    let locks = field("oom_notify_locks")?;
-    let blocking = field("oom_notify_blocking_locks")?;
+fn oom_notifier_locked_once_never_blocked(counters: &BTreeMap<String, u64>) -> Result<()> {
+    let calls = rs_counter(counters, "oom_notify_calls")?;
+    let pages = rs_counter(counters, "oom_notify_pages")?;
+    let locks = rs_counter(counters, "oom_notify_locks")?;
+    let blocking = rs_counter(counters, "oom_notify_blocking_locks")?;
     ensure!(
         pages >= 1,
         "the OOM notifier deflated no page: the path the lock checks guard did not run"

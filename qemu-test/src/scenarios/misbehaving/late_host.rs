@@ -97,9 +97,9 @@ const OOM_WORKLOAD_LIMIT: Duration = Duration::from_secs(120);
 /// the guest's memory makes the OOM notifier run again and again. Ours:
 /// the workload ends (OOM-killed once the balloon is empty), the longest
 /// notifier call (`oom_notify_max_ns` in debugfs) stays within
-/// [`OOM_NOTIFY_LIMIT`], and its task never took the balloon lock without
-/// a bound (`oom_notify_blocking_locks` is 0). C: the workload's duration and OOM kills are
-/// recorded.
+/// [`OOM_NOTIFY_LIMIT`], and its task never took the balloon lock blocking
+/// (`oom_notify_blocking_locks` is 0). C: the workload's duration and OOM
+/// kills are recorded.
 pub fn oom_with_late_host(driver: Driver) -> Result<()> {
     let mut vm =
         Vm::boot(config(&format!("{}-fake-oom-late-host", driver.load_param())).subject(driver))?;
