@@ -27,7 +27,7 @@ use super::guest::{load, prepare};
 use super::report::name;
 
 mod report;
-use super::{check_backing, host_setup, vm_config, BenchOpts};
+use super::{check_backing, host_setup, qemu_threads, vm_config, BenchOpts};
 use crate::rig::units::MIB;
 use crate::rig::vm::Vm;
 use crate::{Driver, DATA_MOUNT};
@@ -73,17 +73,77 @@ struct Snapshot {
     psi_full_us: u64,
     /// `/proc/stat` `cpu` line: user nice system idle iowait irq softirq.
     cpu: Vec<u64>,
+    /// CPU ticks (user + system) of each guest kworker thread, by thread id.
+    kworkers: BTreeMap<u32, u64>,
+    /// Host CPU seconds of QEMU's threads, by name (vCPUs summed).
+    qemu: BTreeMap<String, f64>,
+    /// Host CPU seconds busy (not idle or iowait), all CPUs.
+    host_busy: f64,
+}
+
+/// Host CPU seconds busy since boot, from the host's `/proc/stat`.
+fn host_busy_secs() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse::<u64>)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("host /proc/stat line {line:?}"))?;
+    ensure!(f.len() >= 5, "short host /proc/stat line {line:?}");
+    // user nice system idle iowait irq softirq steal ...; USER_HZ is 100.
+    Ok((f.iter().sum::<u64>() - f[3] - f[4]) as f64 / 100.0)
+}
+
+/// Parses `/proc/*/task/*/stat` lines of kworker threads: ticks by thread.
+fn parse_kworkers(out: &str) -> BTreeMap<u32, u64> {
+    out.lines()
+        .filter_map(|l| {
+            let tid = l.split_whitespace().next()?.parse().ok()?;
+            let (open, close) = (l.find('(')?, l.rfind(')')?);
+            if !l[open + 1..close].starts_with("kworker") {
+                return None;
+            }
+            let rest: Vec<&str> = l.get(close + 2..)?.split_whitespace().collect();
+            // utime and stime are fields 14 and 15, 11 and 12 after the state.
+            let ticks = rest
+                .get(11..13)?
+                .iter()
+                .map(|x| x.parse::<u64>().ok())
+                .sum::<Option<u64>>()?;
+            Some((tid, ticks))
+        })
+        .collect()
+}
+
+/// Guest kworker CPU seconds from `before` to `after`: a thread that
+/// exited in between is lost, one that started counts whole (USER_HZ 100).
+fn kworker_secs(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> f64 {
+    after
+        .iter()
+        .map(|(tid, t)| t.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum::<u64>() as f64
+        / 100.0
 }
 
 fn snapshot(vm: &mut Vm) -> Result<Snapshot> {
     let out = vm.run_ok(
-        "cat /proc/vmstat; echo @@; cat /proc/pressure/memory; echo @@; head -1 /proc/stat",
+        "cat /proc/vmstat; echo @@; cat /proc/pressure/memory; echo @@; head -1 /proc/stat; \
+         echo @@; cat /proc/[0-9]*/task/[0-9]*/stat 2>/dev/null | grep kworker",
     )?;
     let mut parts = out.split("@@");
-    let (Some(vmstat), Some(psi), Some(stat)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(vmstat), Some(psi), Some(stat), Some(kworkers)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         bail!("bad vmstat/pressure/stat output {out:?}");
     };
-    let mut s = Snapshot::default();
+    let mut s = Snapshot {
+        kworkers: parse_kworkers(kworkers),
+        qemu: qemu_threads(vm.pid())?,
+        host_busy: host_busy_secs()?,
+        ..Snapshot::default()
+    };
     for key in VMSTAT {
         let values: Vec<u64> = vmstat
             .lines()
@@ -155,6 +215,16 @@ struct PhaseResult {
     psi_full_ms: f64,
     /// Share of the guest's CPU time in the kernel (system, irq, softirq).
     system_share: f64,
+    /// Share of the guest's CPU time idle (idle, iowait).
+    idle_share: f64,
+    /// Guest kworker CPU seconds (the balloon's work runs on kworkers).
+    kworker_secs: f64,
+    /// Host CPU seconds of QEMU's main thread (the balloon's virtqueues
+    /// are handled there), its vCPU threads, and everything else on the
+    /// host (QEMU's other threads, the host kernel's own threads).
+    host_main_secs: f64,
+    host_vcpu_secs: f64,
+    host_other_secs: f64,
     /// Moving phase: the balloon size over time (s, bytes).
     balloon: Vec<(f64, u64)>,
     /// Moving phase: seconds `actual` took to reach each target, `None` if
@@ -305,6 +375,19 @@ fn run_phase(
     );
     let all: u64 = cpu.iter().sum();
     let kernel = cpu[2] + cpu[5] + cpu[6];
+    let share = |x: u64| if all == 0 { 0.0 } else { x as f64 / all as f64 };
+    let qemu = |s: &Snapshot, main: bool| -> f64 {
+        s.qemu
+            .iter()
+            .filter(|(k, _)| match main {
+                true => k.starts_with("qemu-system"),
+                false => k.as_str() == "vcpu",
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let host_main_secs = qemu(&after, true) - qemu(&before, true);
+    let host_vcpu_secs = qemu(&after, false) - qemu(&before, false);
     Ok(PhaseResult {
         driver,
         rep,
@@ -315,11 +398,12 @@ fn run_phase(
         vmstat,
         psi_some_ms: after.psi_some_us.saturating_sub(before.psi_some_us) as f64 / 1000.0,
         psi_full_ms: after.psi_full_us.saturating_sub(before.psi_full_us) as f64 / 1000.0,
-        system_share: if all == 0 {
-            0.0
-        } else {
-            kernel as f64 / all as f64
-        },
+        system_share: share(kernel),
+        idle_share: share(cpu[3] + cpu[4]),
+        kworker_secs: kworker_secs(&before.kworkers, &after.kworkers),
+        host_main_secs,
+        host_vcpu_secs,
+        host_other_secs: after.host_busy - before.host_busy - host_main_secs - host_vcpu_secs,
         balloon,
         settle,
         page,

@@ -183,6 +183,39 @@ pub(super) fn report(
     }
     writeln!(
         t,
+        "\nwhere the CPU went, seconds in the {} s phase:\n{:>4} {:<11} {:>10} {:>10} {:>11} {:>11} \
+         {:>11}",
+        PHASE.as_secs(),
+        "",
+        "phase",
+        "guest idle",
+        "guest kwkr",
+        "host vCPUs",
+        "host QEMU main",
+        "host other"
+    )?;
+    for &driver in &opts.drivers {
+        for moving in [false, true] {
+            let rs: Vec<&PhaseResult> = results
+                .iter()
+                .filter(|r| r.driver == driver && r.moving == moving)
+                .collect();
+            let med = |f: &dyn Fn(&PhaseResult) -> f64| median(rs.iter().map(|r| f(r)).collect());
+            writeln!(
+                t,
+                "{:>4} {:<11} {:>9.1}% {:>10.2} {:>11.1} {:>14.2} {:>11.2}",
+                name(driver),
+                if moving { "moving" } else { "undisturbed" },
+                med(&|r| r.idle_share * 100.0),
+                med(&|r| r.kworker_secs),
+                med(&|r| r.host_vcpu_secs),
+                med(&|r| r.host_main_secs),
+                med(&|r| r.host_other_secs)
+            )?;
+        }
+    }
+    writeln!(
+        t,
         "\nmedians over repetitions. kernel: system+irq+softirq share of the guest's CPU time \
          (the balloon's work is in it); THP huge%: the share of the guest's anonymous huge \
          page faults that got a huge page, thp_fault_alloc / (thp_fault_alloc + \
@@ -190,8 +223,14 @@ pub(super) fn report(
          (balloon_inflate + balloon_deflate pages) in the phase; settle: median time for \
          actual to reach a target (within a page; polled every 50 ms; a target not reached \
          before the next one counts as the whole {:.0} s step) / targets not reached, of \
-         {TARGETS}",
-        (PHASE / TARGETS as u32).as_secs_f64()
+         {TARGETS}. guest idle: idle+iowait share of the guest's CPU time; guest kwkr: CPU \
+         of the guest's kworker threads, where both drivers' balloon work runs (with the \
+         guest's other deferred work); host: CPU of QEMU's vCPU threads (the guest's work, \
+         and the host faults it takes), of QEMU's main thread (where QEMU handles the \
+         balloon's virtqueues: an madvise per page), and of the rest of the host (QEMU's \
+         other threads, khugepaged, kcompactd); {} host CPUs",
+        (PHASE / TARGETS as u32).as_secs_f64(),
+        std::thread::available_parallelism().map_or(0, usize::from)
     )?;
     Ok(t)
 }
