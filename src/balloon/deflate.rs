@@ -100,7 +100,7 @@ fn queue_buffer(
     }
 }
 
-/// Deflates by up to `2 * deflate_depth` buffers of `num` balloon pages in
+/// Deflates by up to `deflate_round` buffers of `num` balloon pages in
 /// all, up to `deflate_depth` of them in flight, waiting at most
 /// `ctx.wait` for each (C's `leak_balloon()`), then, if it told the host
 /// anything, writes `actual`. Allocates nothing.
@@ -120,9 +120,9 @@ pub(super) fn leak_balloon(ctx: &RoundContext<'_>, b: &mut Ballooned, num: u32) 
         Ok(pipe) => pipe,
         Err(stop) => return Round::stopped(stop),
     };
-    // A round ends after `2 * depth` buffers, so that `actual` follows and
-    // a new target is seen every few dozen MiB, as on the inflate side.
-    let mut budget = 2 * depth.get();
+    // A round ends after `deflate_round` buffers, so that `actual` follows
+    // and a new target is seen every few dozen MiB, as on the inflate side.
+    let mut budget = ctx.host.batching().deflate_round;
     let mut round = Round::NOTHING;
     loop {
         while pipe.has_room() && round.moved < num && budget > 0 && round.stop.is_none() {
