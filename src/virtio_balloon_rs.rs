@@ -36,8 +36,9 @@ module_virtio_driver! {
     params: {
         buffers: u32 {
             default: 0,
-            description: "PFN buffers (of 256 pages) in flight on the inflate and deflate queues; \
-                1 behaves like the C driver (one round trip per buffer); 0: 32",
+            description: "PFN buffers (of 256 pages) in flight on the inflate queue, half as many \
+                (rounded up) on the deflate queue; 1 behaves like the C driver (one round trip \
+                per buffer); 0: 32",
         },
         min_available_mib: u32 {
             default: 0,

@@ -120,13 +120,14 @@ impl Negotiated {
 pub(super) struct Batching {
     /// PFN buffers that may be on the inflate queue at once.
     pub(super) inflate_depth: NonZeroUsize,
-    /// PFN buffers that may be on the deflate queue at once: half the
-    /// inflate's (at least one). Deflating is guest-bound (QEMU only calls
-    /// `madvise(MADV_WILLNEED)`), and with 16 in flight instead of 32 it
-    /// took 0.34 s instead of 0.47 s per GiB in `make bench`.
+    /// PFN buffers that may be on the deflate queue at once: half of
+    /// `buffers` capped by the deflate ring's size, rounded up (16 by
+    /// default; 1 for `buffers=1`). Deflating is guest-bound (QEMU only
+    /// calls `madvise(MADV_WILLNEED)`): fewer pages taken off the list and
+    /// not yet freed deflate faster (README, "Performance").
     pub(super) deflate_depth: NonZeroUsize,
-    /// Deflate buffers a round sends before it writes `actual`: twice the
-    /// `buffers` parameter (capped by the ring), 64 by default.
+    /// Deflate buffers a round sends before it writes `actual`: twice
+    /// `buffers` capped by the deflate ring's size (64 by default).
     pub(super) deflate_round: usize,
     /// Inflate whole blocks when free memory has them (module parameter
     /// `blocks`, and two buffers in flight at least).
@@ -137,8 +138,9 @@ pub(super) struct Batching {
 
 impl Batching {
     /// For `dev`, whose queues exist, with the features `negotiated`: the
-    /// `buffers` module parameter (0: [`DEFAULT_BUFFERS_IN_FLIGHT`]) in
-    /// flight per queue, at most each ring's size.
+    /// `buffers` module parameter (0: [`DEFAULT_BUFFERS_IN_FLIGHT`]) capped
+    /// by each ring's size, in flight on the inflate queue and half of it on
+    /// the deflate queue.
     pub(super) fn of(dev: &virtio::Device<Bound>, negotiated: &Negotiated) -> Result<Self> {
         let want = match crate::module_parameters::buffers.get() {
             0 => DEFAULT_BUFFERS_IN_FLIGHT,
@@ -148,12 +150,13 @@ impl Batching {
             NonZeroUsize::new(ring as usize).map_or(NonZeroUsize::MIN, |ring| want.min(ring))
         };
         let inflate_depth = depth(dev.vq::<InflateBuffer>(vq::INFLATE)?.size());
-        let deflate_ring = depth(dev.vq::<DeflateBuffer>(vq::DEFLATE)?.size());
+        let deflate_want = depth(dev.vq::<DeflateBuffer>(vq::DEFLATE)?.size());
         let blocks = crate::module_parameters::blocks.get() != 0 && inflate_depth.get() >= 2;
         Ok(Self {
             inflate_depth,
-            deflate_depth: NonZeroUsize::new(deflate_ring.get() / 2).unwrap_or(NonZeroUsize::MIN),
-            deflate_round: 2 * deflate_ring.get(),
+            deflate_depth: NonZeroUsize::new(deflate_want.get().div_ceil(2))
+                .unwrap_or(NonZeroUsize::MIN),
+            deflate_round: 2 * deflate_want.get(),
             blocks,
             // QEMU discards a reported range only if `poison_val` is 0
             // (`virtio_balloon_handle_report()`): else reporting is wasted.

@@ -160,8 +160,8 @@ pub fn fake_device_normal(driver: Driver) -> Result<()> {
 }
 
 /// A device whose deflate ring is smaller (4 entries) than its inflate
-/// ring: the driver keeps fewer deflate buffers in flight, waits for a
-/// completion when the ring is full, and tells the host about every page
+/// ring: the driver keeps fewer deflate buffers in flight (half the ring's
+/// 4 with the default `buffers`), and tells the host about every page
 /// it frees (`MUST_TELL_HOST`): once the balloon is empty, the device has
 /// seen each inflated PFN deflated. (Before the fix, our deflate used the
 /// inflate ring's depth; `send` then failed with `ENOSPC` and the pages of

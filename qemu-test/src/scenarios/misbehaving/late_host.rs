@@ -75,7 +75,7 @@ pub fn refused_inflate_buffer(driver: Driver) -> Result<()> {
 /// How late the fake host returns each inflate and deflate buffer: below
 /// the notifier's patience for the host (1 s, past which ours marks the
 /// device unresponsive), and long enough that a deflate round of ours (64
-/// buffers, 32 in flight: two waits) holds the balloon lock about 1 s, so
+/// buffers, 16 in flight: four waits) holds the balloon lock about 2 s, so
 /// that a notifier waiting for a whole round would exceed
 /// [`OOM_NOTIFY_LIMIT`].
 pub const LATE_MS: u64 = 500;
