@@ -77,7 +77,7 @@ struct Snapshot {
     kworkers: BTreeMap<u32, u64>,
     /// Host CPU seconds of QEMU's threads, by name (vCPUs summed).
     qemu: BTreeMap<String, f64>,
-    /// Host CPU seconds busy (not idle or iowait), all CPUs.
+    /// Host CPU seconds busy (user, nice, system, irq, softirq), all CPUs.
     host_busy: f64,
 }
 
@@ -91,9 +91,11 @@ fn host_busy_secs() -> Result<f64> {
         .map(str::parse::<u64>)
         .collect::<Result<_, _>>()
         .with_context(|| format!("host /proc/stat line {line:?}"))?;
-    ensure!(f.len() >= 5, "short host /proc/stat line {line:?}");
-    // user nice system idle iowait irq softirq steal ...; USER_HZ is 100.
-    Ok((f.iter().sum::<u64>() - f[3] - f[4]) as f64 / 100.0)
+    ensure!(f.len() >= 7, "short host /proc/stat line {line:?}");
+    // user nice system idle iowait irq softirq steal guest guest_nice:
+    // guest time is already in user and nice, steal is not this host's
+    // work. USER_HZ is 100.
+    Ok((f[0] + f[1] + f[2] + f[5] + f[6]) as f64 / 100.0)
 }
 
 /// Parses `/proc/*/task/*/stat` lines of kworker threads: ticks by thread.
@@ -220,8 +222,8 @@ struct PhaseResult {
     /// Guest kworker CPU seconds (the balloon's work runs on kworkers).
     kworker_secs: f64,
     /// Host CPU seconds of QEMU's main thread (the balloon's virtqueues
-    /// are handled there), its vCPU threads, and everything else on the
-    /// host (QEMU's other threads, the host kernel's own threads).
+    /// are handled there), its vCPU threads, and all other host CPU, any
+    /// process (QEMU's other threads, the host kernel's threads, the bench).
     host_main_secs: f64,
     host_vcpu_secs: f64,
     host_other_secs: f64,
@@ -403,7 +405,9 @@ fn run_phase(
         kworker_secs: kworker_secs(&before.kworkers, &after.kworkers),
         host_main_secs,
         host_vcpu_secs,
-        host_other_secs: after.host_busy - before.host_busy - host_main_secs - host_vcpu_secs,
+        // Ticks against per-thread runtimes: a few hundredths either way.
+        host_other_secs: (after.host_busy - before.host_busy - host_main_secs - host_vcpu_secs)
+            .max(0.0),
         balloon,
         settle,
         page,

@@ -66,6 +66,15 @@ fn summary(v: &[f64]) -> String {
     format!("{:.3} ({lo:.2}..{hi:.2})", median(v.to_vec()))
 }
 
+/// CPUs the host's `/proc/stat` counts (its `cpuN` lines), 0 if unreadable.
+fn host_cpus() -> usize {
+    std::fs::read_to_string("/proc/stat").map_or(0, |s| {
+        s.lines()
+            .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+            .count()
+    })
+}
+
 /// The report: per driver and phase, medians over the repetitions.
 pub(super) fn report(
     opts: &BenchOpts,
@@ -227,10 +236,11 @@ pub(super) fn report(
          of the guest's kworker threads, where both drivers' balloon work runs (with the \
          guest's other deferred work); host: CPU of QEMU's vCPU threads (the guest's work, \
          and the host faults it takes), of QEMU's main thread (where QEMU handles the \
-         balloon's virtqueues: an madvise per page), and of the rest of the host (QEMU's \
-         other threads, khugepaged, kcompactd); {} host CPUs",
+         balloon's virtqueues: an madvise per page), and all other host CPU, any process (QEMU's \
+         other threads, the host kernel's khugepaged and kcompactd, the bench itself); {} \
+         host CPUs",
         (PHASE / TARGETS as u32).as_secs_f64(),
-        std::thread::available_parallelism().map_or(0, usize::from)
+        host_cpus()
     )?;
     Ok(t)
 }
