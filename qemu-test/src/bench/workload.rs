@@ -14,9 +14,11 @@
 //! it reads the guest's `/proc/vmstat` (allocation stalls, compaction
 //! stalls, direct scanning, pages the balloon moved, OOM kills),
 //! `/proc/pressure/memory` (PSI `some` and `full` time) and `/proc/stat`
-//! (system time: the guest kernel's CPU, the balloon's work in it; the guest
-//! kernel has no perf events), and in the moving phase how long `actual`
-//! took to reach each target.
+//! (system time: the guest kernel's CPU, the balloon's work in it), the
+//! guest's kworker threads' CPU time (both drivers' balloon work runs on
+//! kworkers; no profiler runs in the guest), the host CPU time of QEMU's
+//! vCPU and main threads and of the rest of the host, and in the moving
+//! phase how long `actual` took to reach each target.
 //!
 //! A phase's throughput is one number: the geometric mean, over the three
 //! kinds of operation, of its rate relative to the undisturbed rate of the
