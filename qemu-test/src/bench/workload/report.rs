@@ -43,6 +43,14 @@ fn phase_of(
         .find(|r| r.rep == rep && r.driver == driver && r.moving == moving)
 }
 
+/// The phases of `driver`, moving or undisturbed, of every repetition.
+fn phases(results: &[PhaseResult], driver: Driver, moving: bool) -> Vec<&PhaseResult> {
+    results
+        .iter()
+        .filter(|r| r.driver == driver && r.moving == moving)
+        .collect()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -145,10 +153,7 @@ pub(super) fn report(
     )?;
     for &driver in &opts.drivers {
         for moving in [false, true] {
-            let rs: Vec<&PhaseResult> = results
-                .iter()
-                .filter(|r| r.driver == driver && r.moving == moving)
-                .collect();
+            let rs = phases(results, driver, moving);
             let med = |f: &dyn Fn(&PhaseResult) -> f64| median(rs.iter().map(|r| f(r)).collect());
             // A target not reached before the next one counts as the whole step.
             let step = (PHASE / TARGETS as u32).as_secs_f64();
@@ -205,10 +210,7 @@ pub(super) fn report(
     )?;
     for &driver in &opts.drivers {
         for moving in [false, true] {
-            let rs: Vec<&PhaseResult> = results
-                .iter()
-                .filter(|r| r.driver == driver && r.moving == moving)
-                .collect();
+            let rs = phases(results, driver, moving);
             let med = |f: &dyn Fn(&PhaseResult) -> f64| median(rs.iter().map(|r| f(r)).collect());
             writeln!(
                 t,
