@@ -53,7 +53,7 @@ pub mod workload;
 use guest::{compact, counters, guest_busy, guest_mem, load, prepare, settle_reporting};
 pub use guest::{parse_buddyinfo, Compaction, GuestMem, COMPACT_COUNTERS};
 pub use host::Collapse;
-use host::{collapse, host_setup, qemu_threads};
+use host::{collapse, host_setup, qemu_threads, stat_comm_ticks};
 use measure::phase;
 pub use measure::{stats, Phase, Sample};
 

@@ -17,6 +17,21 @@ pub struct Collapse {
     pub ranges: hostmem::Collapsed,
 }
 
+/// A `/proc/<pid>/task/<tid>/stat` line's thread name and CPU ticks
+/// (utime + stime, in USER_HZ), `None` if the line is malformed.
+pub(super) fn stat_comm_ticks(stat: &str) -> Option<(&str, u64)> {
+    // comm is in parentheses and may contain spaces and parentheses.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let rest: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the state.
+    let ticks = rest
+        .get(11..13)?
+        .iter()
+        .map(|x| x.parse::<u64>().ok())
+        .sum::<Option<u64>>()?;
+    Some((stat.get(open + 1..close)?, ticks))
+}
+
 /// Host CPU seconds of each QEMU thread, by thread name.
 pub(super) fn qemu_threads(pid: u32) -> Result<BTreeMap<String, f64>> {
     // USER_HZ, the unit of /proc/*/stat times, is 100 on Linux.
@@ -27,22 +42,14 @@ pub(super) fn qemu_threads(pid: u32) -> Result<BTreeMap<String, f64>> {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue;
         };
-        // comm is in parentheses and may contain spaces.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        let Some((comm, ticks)) = stat_comm_ticks(&stat) else {
             continue;
         };
-        let comm = stat[open + 1..close].to_string();
-        let rest: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        // Fields 14 and 15 (utime, stime) are at 11 and 12 after the state.
-        let ticks: u64 = rest
-            .get(11..13)
-            .map(|f| f.iter().filter_map(|x| x.parse::<u64>().ok()).sum())
-            .unwrap_or(0);
         // Group "CPU 0/TCG", "CPU 1/TCG" as vCPUs; keep other names.
         let name = if comm.starts_with("CPU ") {
             "vcpu".to_string()
         } else {
-            comm
+            comm.to_string()
         };
         *out.entry(name).or_insert(0.0) += ticks as f64 / hz;
     }
@@ -108,4 +115,17 @@ pub(super) fn collapse(vm: &Vm, sizes: &[u64]) -> Result<Collapse> {
         anon_huge_after: after,
         ranges,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stat_comm_ticks;
+
+    #[test]
+    fn a_stat_line_gives_its_name_and_utime_plus_stime() {
+        // A name with a space and a parenthesis; utime 7, stime 5.
+        let line = "42 (CPU 0/TC) G) R 1 42 42 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0 9";
+        assert_eq!(stat_comm_ticks(line), Some(("CPU 0/TC) G", 12)));
+        assert_eq!(stat_comm_ticks("42 (short) R 1 2"), None);
+    }
 }

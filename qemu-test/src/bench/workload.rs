@@ -29,7 +29,7 @@ use super::guest::{load, prepare};
 use super::report::name;
 
 mod report;
-use super::{check_backing, host_setup, qemu_threads, vm_config, BenchOpts};
+use super::{check_backing, host_setup, qemu_threads, stat_comm_ticks, vm_config, BenchOpts};
 use crate::rig::units::MIB;
 use crate::rig::vm::Vm;
 use crate::{Driver, DATA_MOUNT};
@@ -105,18 +105,8 @@ fn parse_kworkers(out: &str) -> BTreeMap<u32, u64> {
     out.lines()
         .filter_map(|l| {
             let tid = l.split_whitespace().next()?.parse().ok()?;
-            let (open, close) = (l.find('(')?, l.rfind(')')?);
-            if !l[open + 1..close].starts_with("kworker") {
-                return None;
-            }
-            let rest: Vec<&str> = l.get(close + 2..)?.split_whitespace().collect();
-            // utime and stime are fields 14 and 15, 11 and 12 after the state.
-            let ticks = rest
-                .get(11..13)?
-                .iter()
-                .map(|x| x.parse::<u64>().ok())
-                .sum::<Option<u64>>()?;
-            Some((tid, ticks))
+            let (comm, ticks) = stat_comm_ticks(l)?;
+            comm.starts_with("kworker").then_some((tid, ticks))
         })
         .collect()
 }
